@@ -1,0 +1,58 @@
+"""The one exception tree of hps: every error the package raises derives from `HpsError`.
+
+Misses are data (a found mask, then the default value); failures are exceptions.
+"""
+
+from __future__ import annotations
+
+
+class HpsError(Exception):
+    """Root of every error raised by hps."""
+
+
+class ConfigError(HpsError):
+    """A ps.json (or dict / config object) is invalid; the message names the JSON path and value."""
+
+
+class ModelFormatError(HpsError):
+    """A sparse model directory is unreadable or inconsistent; the message names the file and counts."""
+
+
+class KeyInputError(HpsError):
+    """Keys passed to a lookup or update are unusable (dtype, rank, count, range)."""
+
+
+class UnknownModelError(HpsError):
+    """A model name or table id that this HPS does not serve."""
+
+
+class ClosedError(HpsError):
+    """An operation on an HPS, backend or cache that has been closed."""
+
+
+class BackendError(HpsError):
+    """A storage tier (hash map, Redis, RocksDB) failed to answer or to accept a batch."""
+
+
+class UpdateError(HpsError):
+    """An online update (Kafka message, publisher call) could not be decoded or applied."""
+
+
+class MissingDependencyError(HpsError):
+    """An optional dependency is not installed; the message names the extra to install."""
+
+
+def require(module: str, extra: str):
+    """Import an optional heavy dependency or raise `MissingDependencyError` naming the extra.
+
+    `require("rocksdict", "rocksdb")` returns the module, or tells the user to
+    `pip install 'hps[rocksdb]'`.
+    """
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise MissingDependencyError(
+            f"{module} is not installed; install it with: pip install 'hps[{extra}]'"
+        ) from exc
