@@ -11,7 +11,7 @@ import json
 import os
 import re
 import warnings
-from dataclasses import fields
+from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
@@ -181,6 +181,10 @@ def _parse_fields(cls: type, raw: dict, path: str, skip: tuple[str, ...] = ()) -
             values[f.name] = _convert(raw.pop(present[0]), f.metadata, _join(path, present[0]))
         elif f.metadata.get("required"):
             raise ConfigError(f"{_join(path, key)}: required key is missing")
+        elif f.default is not MISSING:
+            values[f.name] = f.default
+        elif f.default_factory is not MISSING:
+            values[f.name] = f.default_factory()
     for unknown in raw:
         warnings.warn(f"{_join(path, unknown)}: unknown key ignored", ConfigWarning, stacklevel=5)
     return values
