@@ -1,0 +1,27 @@
+"""Storage tiers behind one `KeyValueBackend` protocol; `make_backend` maps config to class."""
+
+from __future__ import annotations
+
+from hps.config.schema import HashMapConfig, RedisClusterConfig, RocksDBConfig
+from hps.storage.base import KeyValueBackend, make_tag
+
+__all__ = ["KeyValueBackend", "make_backend", "make_tag"]
+
+
+def make_backend(config: HashMapConfig | RedisClusterConfig | RocksDBConfig | None) -> KeyValueBackend | None:
+    """The one place that maps a tier's config to its backend class (None → tier disabled)."""
+    if config is None:
+        return None
+    if isinstance(config, HashMapConfig):
+        from hps.storage.hash_map import HashMapBackend
+
+        return HashMapBackend(config)
+    if isinstance(config, RedisClusterConfig):
+        from hps.storage.redis_cluster import RedisClusterBackend
+
+        return RedisClusterBackend(config)
+    if isinstance(config, RocksDBConfig):
+        from hps.storage.rocksdb import RocksDBBackend
+
+        return RocksDBBackend(config)
+    raise TypeError(f"no storage backend for {type(config).__name__}")
