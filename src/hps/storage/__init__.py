@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-from hps.config.schema import HashMapConfig, RedisClusterConfig, RocksDBConfig
+from typing import TYPE_CHECKING
+
 from hps.storage.base import KeyValueBackend, make_tag
+
+if TYPE_CHECKING:
+    from hps.config.schema import HashMapConfig, RedisClusterConfig, RocksDBConfig
 
 __all__ = ["KeyValueBackend", "make_backend", "make_tag"]
 
 
 def make_backend(config: HashMapConfig | RedisClusterConfig | RocksDBConfig | None) -> KeyValueBackend | None:
     """The one place that maps a tier's config to its backend class (None → tier disabled)."""
+    from hps.config.schema import HashMapConfig, RedisClusterConfig, RocksDBConfig
+
     if config is None:
         return None
     if isinstance(config, HashMapConfig):

@@ -1,0 +1,186 @@
+"""The `hps` command: inspect, lookup, convert, demo, publish, triton build / serve."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from hps.errors import HpsError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `hps` console script; returns the exit status (2 on an `HpsError`)."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "run", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.run(args) or 0
+    except HpsError as exc:
+        print(f"hps: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hps", description="Hierarchical parameter server (HugeCTR HPS compatible).")
+    sub = parser.add_subparsers(metavar="COMMAND")
+
+    p = sub.add_parser("inspect", help="models, tables, rows, dims and the memory each tier and cache will take")
+    p.add_argument("config", help="ps.json")
+    p.set_defaults(run=_inspect)
+
+    p = sub.add_parser("lookup", help="look keys up and print their vectors")
+    p.add_argument("config", help="ps.json")
+    p.add_argument("--model", required=True)
+    p.add_argument("--table", type=int, default=0, help="table id (default 0)")
+    p.add_argument("keys", nargs="+", type=int)
+    p.set_defaults(run=_lookup)
+
+    p = sub.add_parser("convert", help=".npy table or torch checkpoint → HugeCTR sparse model directory")
+    p.add_argument("input", help=".npy (rows, dim) table, or .pt/.pth state_dict / module")
+    p.add_argument("output", help="sparse model directory to write")
+    p.add_argument("--param", help="state_dict entry holding the table, when there are several 2-D tensors")
+    p.add_argument("--keys", help=".npy of (rows,) keys; default 0..rows-1")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(run=_convert)
+
+    p = sub.add_parser("demo", help="the seed pipeline end to end: train, split, serve, compare")
+    p.add_argument("--out", help="folder for the artefacts (default: a temporary folder)")
+    p.add_argument("--batch-size", type=int, default=8192, help="global training batch (seed: 65536)")
+    p.add_argument("--no-triton", action="store_true", help="skip the Triton Inference Server part")
+    p.set_defaults(run=_demo)
+
+    p = sub.add_parser("publish", help="publish a sparse model or .npy files as HCTR Kafka updates")
+    p.add_argument("--brokers", required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--table", required=True, help="table name (the topic is hps_et.<model>.<table>)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--sparse-model", help="sparse model directory (needs --dim)")
+    src.add_argument("--keys", help=".npy of keys (needs --vectors)")
+    p.add_argument("--vectors", help=".npy of (n, dim) vectors")
+    p.add_argument("--dim", type=int)
+    p.set_defaults(run=_publish)
+
+    triton = sub.add_parser("triton", help="Triton Inference Server: build a model repository, serve it")
+    tsub = triton.add_subparsers(metavar="ACTION")
+    p = tsub.add_parser("build", help="write a Triton model repository: hps_embedding → dense model ensemble")
+    p.add_argument("--config", required=True, help="ps.json")
+    p.add_argument("--dense", required=True, help="dense model: .onnx, TorchScript .pt or TensorRT .plan")
+    p.add_argument("--out", required=True, help="model repository folder")
+    p.set_defaults(run=_triton_build)
+    p = tsub.add_parser("serve", help="start tritonserver on a model repository")
+    p.add_argument("repo")
+    p.add_argument("--http-port", type=int, default=8000)
+    p.add_argument("--grpc-port", type=int, default=8001)
+    p.add_argument("--metrics-port", type=int, default=8002)
+    p.add_argument("--address", default="127.0.0.1")
+    p.set_defaults(run=_triton_serve)
+    return parser
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from hps.config import load_config
+    from hps.sizing import estimate_memory
+
+    config = load_config(args.config)
+    table = Table(title=f"{args.config}: key type {config.key_dtype}")
+    for col in ("model", "table", "rows", "dim", "cache", "cache memory", "volatile memory", "persistent disk"):
+        table.add_column(col, justify="right" if col in ("rows", "dim") or "memory" in col or "disk" in col else "left")
+    totals = {"cache": 0, "volatile": 0, "persistent": 0}
+    for estimate in estimate_memory(config):
+        table.add_row(estimate.model, estimate.table, f"{estimate.rows:,}", str(estimate.dim), estimate.cache_kind,
+                      _bytes(estimate.cache_bytes), _bytes(estimate.volatile_bytes), _bytes(estimate.persistent_bytes))
+        totals["cache"] += estimate.cache_bytes
+        totals["volatile"] += estimate.volatile_bytes
+        totals["persistent"] += estimate.persistent_bytes
+    table.add_row("total", "", "", "", "", _bytes(totals["cache"]), _bytes(totals["volatile"]),
+                  _bytes(totals["persistent"]), style="bold")
+    console = Console()
+    console.print(table)
+    tiers = [f"volatile: {config.volatile_db.type if config.volatile_db else 'disabled'}",
+             f"persistent: {config.persistent_db.type if config.persistent_db else 'disabled'}",
+             f"updates: {config.update_source.type if config.update_source else 'none'}"]
+    console.print("  ".join(tiers))
+    return 0
+
+
+def _bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _lookup(args: argparse.Namespace) -> int:
+    import numpy as np
+    from rich.console import Console
+    from rich.table import Table
+
+    import hps
+
+    with hps.HPS(args.config, show_progress=False) as ps:
+        vectors = ps.lookup(np.array(args.keys, dtype=np.int64), args.model, args.table)
+    table = Table(title=f"{args.model} table {args.table}")
+    table.add_column("key", justify="right")
+    table.add_column("vector")
+    for key, vector in zip(args.keys, vectors):
+        table.add_row(str(key), np.array2string(vector, precision=5, max_line_width=120))
+    Console().print(table)
+    return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from hps.model_format import convert_file
+
+    model = convert_file(args.input, args.output, param_name=args.param, keys_path=args.keys,
+                         overwrite=args.overwrite)
+    print(f"wrote {model.path}: {model.num_rows:,} rows of dim {model.dim}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from hps.demo import run_demo
+
+    max_diff = run_demo(args.out, global_batch_size=args.batch_size, with_triton=not args.no_triton)
+    return 0 if max_diff < 1e-4 else 1
+
+
+def _publish(args: argparse.Namespace) -> int:
+    from hps.update.publisher import publish_npy, publish_sparse_model
+
+    if args.sparse_model:
+        if args.dim is None:
+            raise HpsError("hps publish: --sparse-model needs --dim")
+        count = publish_sparse_model(args.brokers, args.model, args.table, args.sparse_model, args.dim)
+    else:
+        if not args.vectors:
+            raise HpsError("hps publish: --keys needs --vectors")
+        count = publish_npy(args.brokers, args.model, args.table, args.keys, args.vectors)
+    print(f"published {count:,} rows to hps_et.{args.model}.{args.table}")
+    return 0
+
+
+def _triton_build(args: argparse.Namespace) -> int:
+    from hps.serving.triton import build_repository
+
+    repo = build_repository(args.config, args.dense, args.out)
+    print(f"wrote Triton model repository {repo}")
+    return 0
+
+
+def _triton_serve(args: argparse.Namespace) -> int:
+    from hps.serving.triton import serve_forever
+
+    serve_forever(args.repo, http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
+                  address=args.address)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,181 @@
+"""`hps demo`: the seed notebook's pipeline end to end, on embedded defaults.
+
+Generate the seed's mock data (3 slots, vocabularies [0,10000), [10000,20000),
+[20000,30000)), train its DNN (embedding 30000×16 → Dense 256 → 128 → 1, Adam lr 0.1,
+10 steps) with PyTorch on the CPU, split it into an HPS sparse model and an ONNX dense
+model, write a ps.json (hash_map + rocks_db in the output folder, CPU cache), serve
+lookups through `hps.HPS` with the dense model in onnxruntime, and compare with the
+native model's predictions.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from hps.errors import require
+
+SLOT_NUM = 3
+EMBED_VEC_SIZE = 16
+VOCABULARY_RANGE_PER_SLOT = ((0, 10000), (10000, 20000), (20000, 30000))
+MAX_VOCABULARY_SIZE = 30000
+MODEL_NAME = "hps_embedding"
+TABLE_NAME = "sparse_embedding1"
+
+
+@dataclass(frozen=True)
+class DemoPaths:
+    """Where the demo writes its artefacts (the seed's names)."""
+
+    root: Path
+
+    @property
+    def sparse_model(self) -> Path:
+        return self.root / "naive_dnn_sparse.model"
+
+    @property
+    def dense_onnx(self) -> Path:
+        return self.root / "naive_dnn_dense.onnx"
+
+    @property
+    def ps_json(self) -> Path:
+        return self.root / "hps_embedding.json"
+
+    @property
+    def rocksdb(self) -> Path:
+        return self.root / "rocksdb"
+
+
+def generate_random_samples(num_samples: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The seed's mock data: keys `(num_samples, 3) int64`, one key per slot range; labels `(num_samples, 1)`."""
+    keys = np.stack([rng.integers(lo, hi, size=num_samples, dtype=np.int64)
+                     for lo, hi in VOCABULARY_RANGE_PER_SLOT], axis=1)
+    labels = rng.integers(0, 2, size=(num_samples, 1)).astype(np.float32)
+    return keys, labels
+
+
+def build_model():
+    """The seed's DenseModel in PyTorch: embedding lookup → reshape (B, 48) → fc_1 → fc_2 → fc_3."""
+    torch = require("torch", "torch")
+
+    class DenseModel(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embedding = torch.nn.Embedding(MAX_VOCABULARY_SIZE, EMBED_VEC_SIZE)
+            torch.nn.init.ones_(self.embedding.weight)  # the seed initialises the table with ones
+            self.dense = torch.nn.Sequential(torch.nn.Linear(SLOT_NUM * EMBED_VEC_SIZE, 256),
+                                             torch.nn.Linear(256, 128), torch.nn.Linear(128, 1))
+
+        def forward(self, keys):
+            return self.dense(self.embedding(keys).reshape(-1, SLOT_NUM * EMBED_VEC_SIZE))
+
+    return DenseModel()
+
+
+def train(global_batch_size: int, iter_num: int, seed: int = 0, log=print):
+    """Train the seed's DNN for `iter_num` steps of `global_batch_size` samples (Adam lr 0.1, BCE with logits)."""
+    torch = require("torch", "torch")
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model = build_model()
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    keys, labels = generate_random_samples(global_batch_size * iter_num, rng)
+    for step in range(iter_num):
+        batch = slice(step * global_batch_size, (step + 1) * global_batch_size)
+        logits = model(torch.from_numpy(keys[batch]))
+        loss = loss_fn(logits, torch.from_numpy(labels[batch]))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        log(f"  step {step}, loss: {loss.item():.6f}")
+    return model.eval()
+
+
+def export(model, paths: DemoPaths) -> None:
+    """Split the trained model: embedding table → HPS sparse model; dense layers → ONNX (`input_1` (B, 48) → `output_1` (B, 1))."""
+    import warnings
+
+    torch = require("torch", "torch")
+    from hps.model_format import write_from_torch
+
+    write_from_torch(paths.sparse_model, model.embedding)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model.dense, (torch.zeros(2, SLOT_NUM * EMBED_VEC_SIZE),), str(paths.dense_onnx),
+                          input_names=["input_1"], output_names=["output_1"],
+                          dynamic_axes={"input_1": {0: "batch"}, "output_1": {0: "batch"}}, dynamo=False)
+
+
+def ps_config(paths: DemoPaths) -> dict:
+    """The ps.json of the seed's tutorial (notebook 02), on hash_map + rocks_db and the CPU cache."""
+    return {
+        "supportlonglong": True,
+        "volatile_db": {"type": "hash_map", "num_partitions": 4, "update_filters": [".+"]},
+        "persistent_db": {"type": "rocks_db", "path": str(paths.rocksdb), "update_filters": [".+"]},
+        "models": [{
+            "model": MODEL_NAME,
+            "sparse_files": [str(paths.sparse_model)],
+            "num_of_worker_buffer_in_pool": 3,
+            "embedding_table_names": [TABLE_NAME],
+            "embedding_vecsize_per_table": [EMBED_VEC_SIZE],
+            "maxnum_catfeature_query_per_table_per_sample": [SLOT_NUM],
+            "default_value_for_each_table": [1.0],
+            "deployed_device_list": [0],
+            "max_batch_size": 65536,
+            "cache_refresh_percentage_per_iteration": 0.2,
+            "hit_rate_threshold": 1.0,
+            "gpucacheper": 1.0,
+            "gpucache": True,
+        }],
+    }
+
+
+def run_demo(out_dir: str | Path | None = None, global_batch_size: int = 8192, iter_num: int = 10,
+             request_batch: int = 1024, num_requests: int = 200, with_triton: bool = True, log=print) -> float:
+    """Run the whole demo and print its report; returns the max abs diff (must be < 1e-4)."""
+    torch = require("torch", "torch")
+    ort = require("onnxruntime", "onnx")
+    import hps
+
+    with tempfile.TemporaryDirectory(prefix="hps-demo-") as tmp:
+        paths = DemoPaths(Path(out_dir) if out_dir else Path(tmp))
+        paths.root.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        log(f"[1/4] training the seed's DNN: {iter_num} steps × {global_batch_size} samples (PyTorch, CPU)")
+        model = train(global_batch_size, iter_num, log=log)
+        log(f"[2/4] splitting it: {paths.sparse_model.name} (HPS sparse model) + {paths.dense_onnx.name} (ONNX)")
+        export(model, paths)
+        paths.ps_json.write_text(json.dumps(ps_config(paths), indent=2))
+        log(f"[3/4] serving {num_requests} requests of {request_batch} samples × {SLOT_NUM} keys through hps.HPS "
+            "+ onnxruntime")
+        session = ort.InferenceSession(str(paths.dense_onnx), providers=["CPUExecutionProvider"])
+        rng = np.random.default_rng(1)
+        max_diff = 0.0
+        latencies = []
+        with hps.HPS(str(paths.ps_json), show_progress=False) as ps:
+            for _ in range(num_requests):
+                keys, _ = generate_random_samples(request_batch, rng)
+                t0 = time.perf_counter()
+                vectors = ps.lookup(keys, MODEL_NAME, 0)
+                latencies.append(time.perf_counter() - t0)
+                served = session.run(None, {"input_1": vectors.reshape(request_batch, -1)})[0]
+                with torch.no_grad():
+                    native = model(torch.from_numpy(keys)).numpy()
+                max_diff = max(max_diff, float(np.abs(served - native).max()))
+            stats = ps.stats()["models"][MODEL_NAME][TABLE_NAME]
+            rows = ps.volatile.size(f"hps_et.{MODEL_NAME}.{TABLE_NAME}")
+        log("[4/4] report")
+        p50, p99 = np.percentile(np.array(latencies) * 1e6, [50, 99])
+        rates = ", ".join(f"{level} {rate:.1%}" for level, rate in stats["hit_rate"].items())
+        log(f"  rows loaded: {rows} (volatile hash_map), {MAX_VOCABULARY_SIZE} in the sparse model")
+        log(f"  hit rates: {rates}")
+        log(f"  lookup latency ({request_batch * SLOT_NUM} keys): p50 {p50:.0f} µs, p99 {p99:.0f} µs")
+        log(f"  max abs diff: {max_diff:.3g}")
+        log(f"  total time: {time.perf_counter() - started:.1f} s")
+        return max_diff

@@ -1,0 +1,139 @@
+"""The lookup of one table on one device: cache → misses, deduplicated → tiers → merge.
+
+The cache is probed with the raw keys (duplicates allowed): a sort-based dedupe of every
+batch costs more than the whole hit path, so only the misses are deduplicated
+(DESIGN.md, data flow). `hit_rate_threshold` picks how misses are handled (reference §2.5):
+below it, synchronously (exact values); at or above it, this batch gets the default value
+for its misses and the insert runs in the background.
+
+Arrays are numpy for the CPU cache and torch tensors on the cache's device for the GPU
+cache; the tiers always work on host numpy arrays.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import Executor
+from typing import Any
+
+import numpy as np
+
+from hps.cache.base import EmbeddingCache
+from hps.config.schema import ModelConfig, TableConfig
+from hps.lookup.stats import CACHE, DEFAULT, LEVELS, TableStats
+from hps.lookup.tiers import TierChain
+
+log = logging.getLogger(__name__)
+
+
+class TableLookup:
+    """Serves `lookup(keys)` for one table on one device replica."""
+
+    def __init__(self, model: ModelConfig, table: TableConfig, cache: EmbeddingCache | None, tiers: TierChain,
+                 stats: TableStats, background: Executor) -> None:
+        self.model = model
+        self.table = table
+        self.cache = cache
+        self.tiers = tiers
+        self.stats = stats
+        self._background = background
+        self._insert_in_flight = threading.Lock()
+        #: Static / uvm tables hold the whole table: a miss is a miss, no tier is consulted.
+        self._complete_table = model.cache_type in ("static", "uvm")
+
+    def lookup(self, keys: Any) -> Any:
+        """Vectors for flat `keys: (n,) int64` (numpy, or torch on the cache's device).
+
+        Returns `(n, dim) float32` of the same array kind and device."""
+        start = time.perf_counter()
+        if self.cache is None:
+            vectors, source = self.tiers.fetch(self.table, _to_numpy(keys), self.stats)
+            self.stats.record(np.bincount(source, minlength=len(LEVELS)), time.perf_counter() - start)
+            return _like(vectors, keys)
+        vectors, found = self.cache.find(keys)
+        miss_positions = _nonzero(~found)
+        num_misses = len(miss_positions)
+        level_hits = np.zeros(len(LEVELS), dtype=np.int64)
+        level_hits[CACHE] = len(keys) - num_misses
+        if num_misses:
+            if self._complete_table or level_hits[CACHE] >= self.model.hit_rate_threshold * len(keys):
+                vectors[miss_positions] = self.table.default_value
+                level_hits[DEFAULT] = num_misses
+                if not self._complete_table:
+                    self._insert_in_background(keys[miss_positions])
+            else:
+                miss_keys, inverse = _unique_inverse(keys[miss_positions])
+                host_vectors, source = self.tiers.fetch(self.table, _to_numpy(miss_keys), self.stats)
+                fetched = _like(host_vectors, vectors)
+                self.cache.insert_or_assign(miss_keys, fetched)
+                vectors[miss_positions] = fetched[inverse]
+                level_hits += np.bincount(source[_to_numpy(inverse)], minlength=len(LEVELS))
+        self.stats.record(level_hits, time.perf_counter() - start)
+        return vectors
+
+    def _insert_in_background(self, miss_keys: Any) -> None:
+        """Fetch `miss_keys` from the tiers and insert them into the cache, off the lookup path.
+
+        At most one background insert per table is in flight; misses seen meanwhile are
+        fetched by a later batch (HugeCTR bounded this with its worker-buffer pool)."""
+        if not self._insert_in_flight.acquire(blocking=False):
+            return
+        self.stats.count_async_insert()
+        keys = np.unique(_to_numpy(miss_keys))
+
+        def insert() -> None:
+            try:
+                host_vectors, _ = self.tiers.fetch(self.table, keys, self.stats)
+                self.cache.insert_or_assign(_like(keys, miss_keys), _like(host_vectors, miss_keys))
+            except Exception:  # noqa: BLE001 - a background insert must never break lookups
+                log.exception("background insert of %d keys into the cache of %s failed", len(keys), self.table.tag)
+            finally:
+                self._insert_in_flight.release()
+
+        self._background.submit(insert)
+
+    def refresh(self, chunk_rows: int = 65536) -> int:
+        """Re-read every cached key from the tiers and assign it in the cache; returns rows refreshed."""
+        if self.cache is None or self._complete_table:
+            return 0
+        cached = self.cache.dump()
+        for start in range(0, len(cached), chunk_rows):
+            chunk = cached[start:start + chunk_rows]
+            host_vectors, _ = self.tiers.fetch(self.table, _to_numpy(chunk), self.stats)
+            self.cache.assign(chunk, _like(host_vectors, chunk))
+        return len(cached)
+
+
+def _is_torch(x: Any) -> bool:
+    return type(x).__module__.startswith("torch")
+
+
+def _nonzero(mask: Any) -> Any:
+    if _is_torch(mask):
+        return mask.nonzero().squeeze(1)
+    return np.flatnonzero(mask)
+
+
+def _unique_inverse(keys: Any) -> tuple[Any, Any]:
+    if _is_torch(keys):
+        import torch
+
+        return torch.unique(keys, return_inverse=True)
+    return np.unique(keys, return_inverse=True)
+
+
+def _to_numpy(x: Any) -> np.ndarray:
+    if _is_torch(x):
+        return x.detach().cpu().numpy()
+    return x
+
+
+def _like(host: np.ndarray, like: Any) -> Any:
+    """`host` as an array of the same kind and device as `like`."""
+    if _is_torch(like):
+        import torch
+
+        return torch.from_numpy(np.ascontiguousarray(host)).to(like.device, non_blocking=False)
+    return host

@@ -1,0 +1,60 @@
+"""Per-table lookup statistics: hits per level, misses, errors, latency percentiles."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+
+LEVELS = ("cache", "volatile", "persistent", "default")
+#: Codes of `LEVELS` in the per-key source arrays returned by the tier chain.
+CACHE, VOLATILE, PERSISTENT, DEFAULT = range(4)
+LATENCY_WINDOW = 4096
+
+
+@dataclass
+class TableStats:
+    """Counters of one (model, table); updated by the pipeline under a lock, read by `snapshot`."""
+
+    lookups: int = 0
+    keys: int = 0
+    hits: dict[str, int] = field(default_factory=lambda: dict.fromkeys(LEVELS, 0))
+    volatile_errors: int = 0
+    async_inserts: int = 0
+    _latencies_s: np.ndarray = field(default_factory=lambda: np.zeros(LATENCY_WINDOW))
+    _latency_count: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def record(self, level_hits: np.ndarray, seconds: float) -> None:
+        """Count one lookup whose keys were answered `level_hits[i]` times by level `LEVELS[i]`."""
+        with self._lock:
+            self.lookups += 1
+            self.keys += int(level_hits.sum())
+            for level, n in zip(LEVELS, level_hits.tolist()):
+                self.hits[level] += n
+            self._latencies_s[self._latency_count % LATENCY_WINDOW] = seconds
+            self._latency_count += 1
+
+    def count_volatile_error(self) -> None:
+        with self._lock:
+            self.volatile_errors += 1
+
+    def count_async_insert(self) -> None:
+        with self._lock:
+            self.async_inserts += 1
+
+    def snapshot(self) -> dict:
+        """A plain dict: lookups, keys, hits and hit_rate per level, errors, latency p50/p99 in µs."""
+        with self._lock:
+            window = self._latencies_s[: min(self._latency_count, LATENCY_WINDOW)].copy()
+            hits = dict(self.hits)
+            out = {"lookups": self.lookups, "keys": self.keys, "hits": hits,
+                   "volatile_errors": self.volatile_errors, "async_inserts": self.async_inserts}
+        out["hit_rate"] = {level: (n / out["keys"] if out["keys"] else 0.0) for level, n in hits.items()}
+        if len(window):
+            p50, p99 = np.percentile(window, [50, 99]) * 1e6
+            out["latency_us"] = {"p50": float(p50), "p99": float(p99), "samples": int(len(window))}
+        else:
+            out["latency_us"] = {"p50": None, "p99": None, "samples": 0}
+        return out

@@ -1,0 +1,92 @@
+"""`convert_file`: a `.npy` table or a PyTorch checkpoint → a sparse model directory
+(the engine of the `hps convert` command)."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+
+from hps.errors import ModelFormatError, require
+from hps.model_format.reader import DEFAULT_CHUNK_ROWS, SparseModel
+from hps.model_format.writer import write_sparse_model
+
+NUMPY_SUFFIXES = (".npy",)
+TORCH_SUFFIXES = (".pt", ".pth")
+
+
+def _load_npy(path: Path, what: str) -> np.ndarray:
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise ModelFormatError(f"cannot read {what} {path} as a .npy array: {exc}") from exc
+
+
+def _load_torch(path: Path, allow_pickle: bool) -> object:
+    torch = require("torch", "torch")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if not allow_pickle:
+            raise ModelFormatError(
+                f"{path} is not a plain state_dict (it pickles objects: {exc}); "
+                f"loading it runs code from the file, allow it with allow_pickle=True"
+            ) from exc
+    except (OSError, RuntimeError, EOFError) as exc:
+        raise ModelFormatError(f"cannot read {path} as a PyTorch checkpoint: {exc}") from exc
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # unpickling a module can fail in arbitrary ways
+        raise ModelFormatError(f"cannot read {path} as a PyTorch checkpoint: {exc}") from exc
+
+
+def convert_file(
+    input_path: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    param_name: str | None = None,
+    keys_path: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
+    allow_pickle: bool = True,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+) -> SparseModel:
+    """Convert one embedding table file into the sparse model directory `out_dir`.
+
+    input_path: `.npy` holding a 2-D table `(rows, dim)` (read memory-mapped), or a PyTorch
+    checkpoint `.pt` / `.pth` holding a state_dict, a checkpoint dict, an `nn.Module` or a
+    tensor (`param_name` picks the table among several 2-D tensors). keys_path: optional
+    `.npy` of `(rows,)` integer keys; default `0..rows-1`. A pickled module is loaded only
+    with `allow_pickle` (loading it runs code from the file).
+    Returns the written `SparseModel`."""
+    input_path = Path(input_path)
+    if not input_path.is_file():
+        raise ModelFormatError(f"convert: input file {input_path} does not exist")
+    keys = None
+    if keys_path is not None:
+        keys_path = Path(keys_path)
+        if keys_path.suffix != ".npy":
+            raise ModelFormatError(f"convert: keys file {keys_path} must be a .npy array of integer keys")
+        keys = _load_npy(keys_path, "keys file")
+    suffix = input_path.suffix.lower()
+    if suffix in NUMPY_SUFFIXES:
+        if param_name is not None:
+            raise ModelFormatError(f"convert: param_name={param_name!r} given, but {input_path} is a single .npy array")
+        table = _load_npy(input_path, "embedding table")
+        if table.ndim != 2:
+            raise ModelFormatError(f"convert: {input_path} holds an array of shape {table.shape}; expected (rows, dim)")
+        if keys is None:
+            keys = np.arange(table.shape[0], dtype=np.int64)
+        return write_sparse_model(out_dir, keys, table, chunk_rows=chunk_rows, overwrite=overwrite)
+    if suffix in TORCH_SUFFIXES:
+        from hps.model_format.from_torch import write_from_torch
+
+        source = _load_torch(input_path, allow_pickle)
+        return write_from_torch(
+            out_dir, source, param_name, keys, chunk_rows=chunk_rows, overwrite=overwrite
+        )
+    raise ModelFormatError(
+        f"convert: cannot tell the format of {input_path} from its suffix {input_path.suffix!r}; "
+        f"supported: {', '.join(NUMPY_SUFFIXES + TORCH_SUFFIXES)}"
+    )

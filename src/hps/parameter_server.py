@@ -1,0 +1,371 @@
+"""`HPS`: the process-wide parameter server (mirrors `hugectr.inference.HPS`).
+
+    with HPS("ps.json") as ps:
+        vectors = ps.lookup(keys, "my_model", table_id=0)   # keys.shape + (dim,) float32
+
+It owns the shared tiers (volatile, persistent), one cache per table and device replica,
+the Kafka update sources and the periodic refresher.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from hps.cache.factory import cuda_available, make_cache
+from hps.config import ModelConfig, PsConfig, TableConfig, load_config, parse_config
+from hps.errors import ClosedError, HpsError, KeyInputError, UnknownModelError
+from hps.lookup.loading import iter_table_rows, load_model_into_tiers, open_sparse_models
+from hps.lookup.pipeline import TableLookup
+from hps.lookup.stats import TableStats
+from hps.lookup.tiers import TierChain
+from hps.storage import make_backend
+
+log = logging.getLogger(__name__)
+
+UINT32_LIMIT = 1 << 32
+
+
+@dataclass
+class _ModelRuntime:
+    """A loaded model: per table, its stats and one `TableLookup` per device replica."""
+
+    config: ModelConfig
+    stats: list[TableStats]
+    replicas: dict[tuple[int, int], TableLookup] = field(default_factory=dict)
+
+    def replica(self, table_id: int, device_id: int) -> TableLookup:
+        try:
+            return self.replicas[(table_id, device_id)]
+        except KeyError:
+            raise UnknownModelError(f"model {self.config.name!r}: device_id {device_id!r} is not in "
+                                    f"deployed_device_list {list(self.config.deployed_device_list)}") from None
+
+
+class HPS:
+    """A hierarchical parameter server: cache → volatile tier → persistent tier → default value."""
+
+    def __init__(self, config: str | os.PathLike | dict | PsConfig, *, show_progress: bool = True) -> None:
+        """Load `config` (ps.json path, dict or `PsConfig`) and every model's sparse files.
+
+        Raises `ConfigError` / `ModelFormatError` / `BackendError`; on failure nothing stays open."""
+        self.config: PsConfig = load_config(config)
+        self._lock = threading.RLock()
+        self._closed = False
+        self._models: dict[str, _ModelRuntime] = {}
+        self._show_progress = show_progress
+        self._background = ThreadPoolExecutor(max_workers=max(m.thread_pool_size for m in self.config.models),
+                                              thread_name_prefix="hps-background")
+        self.volatile = self.persistent = None
+        self._update_sources: list[Any] = []
+        self._stop_refresh = threading.Event()
+        self._refresher: threading.Thread | None = None
+        try:
+            self.volatile = make_backend(self.config.volatile_db)
+            self.persistent = make_backend(self.config.persistent_db)
+            self._tiers = TierChain(self.volatile, self.persistent,
+                                    promote_misses=bool(self.config.volatile_db
+                                                        and self.config.volatile_db.cache_missed_embeddings),
+                                    background=self._background)
+            for model in self.config.models:
+                self._load(model)
+            if self.config.update_source is not None:
+                from hps.update import start_update_sources
+
+                self._update_sources = start_update_sources(self, self.config)
+            self._start_refresher()
+        except BaseException:
+            self.close()
+            raise
+
+    # ------------------------------------------------------------------ lookups
+    def lookup(self, keys: Any, model_name: str, table_id: int, device_id: int = 0) -> Any:
+        """Embedding vectors of `keys` from table `table_id` of model `model_name`.
+
+        keys: int64 / int32 (uint32 when supportlonglong is false) of any shape `S`, as a numpy
+        array, a list, or a torch tensor on the CPU or a GPU.
+        Returns float32 of shape `S + (dim,)`: numpy for numpy / list keys, a torch tensor on
+        the keys' device for torch keys. Keys missing from every tier get the table's
+        `default_value_for_each_table` in every element."""
+        runtime = self._runtime(model_name)
+        table = runtime.config.table(table_id)
+        replica = runtime.replica(table_id, device_id)
+        flat, shape, is_torch, keys_device = self._validate_keys(keys, runtime.config, table)
+        cache_device = replica.cache.device if replica.cache is not None else "cpu"
+        if is_torch:
+            if str(keys_device) != cache_device:
+                flat = flat.to(cache_device)
+            if cache_device == "cpu":
+                vectors = replica.lookup(flat.numpy())
+                import torch
+
+                vectors = torch.from_numpy(vectors)
+            else:
+                vectors = replica.lookup(flat)
+            return vectors.to(keys_device).reshape(*shape, table.dim)
+        if cache_device != "cpu":
+            import torch
+
+            vectors = replica.lookup(torch.from_numpy(flat).to(cache_device)).cpu().numpy()
+        else:
+            vectors = replica.lookup(flat)
+        return vectors.reshape(*shape, table.dim)
+
+    def lookup_fromdlpack(self, keys: Any, out: Any, model_name: str, table_id: int, device_id: int = 0) -> None:
+        """Look up DLPack-capable `keys` and write the vectors into DLPack-capable `out` in place.
+
+        `out` is float32 with at least `keys.size × dim` elements, on the CPU or a GPU."""
+        keys_t, out_t = _from_dlpack(keys), _from_dlpack(out)
+        vectors = self.lookup(keys_t, model_name, table_id, device_id)
+        need = vectors.size if isinstance(vectors, np.ndarray) else vectors.numel()
+        out_size = out_t.size if isinstance(out_t, np.ndarray) else out_t.numel()
+        if out_size < need or str(out_t.dtype).rsplit(".", 1)[-1] != "float32":
+            raise KeyInputError(f"lookup_fromdlpack: out must be float32 with at least {need} elements "
+                                f"({len(vectors)} keys × dim), got {out_t.dtype} with {out_size}")
+        flat_out = out_t.reshape(-1)
+        if isinstance(flat_out, np.ndarray):
+            flat_out[:need] = np.asarray(vectors).reshape(-1)
+        else:
+            import torch
+
+            src = vectors if not isinstance(vectors, np.ndarray) else torch.from_numpy(vectors)
+            flat_out[:need].copy_(src.reshape(-1))
+
+    # ------------------------------------------------------------------ updates and models
+    def apply_update(self, tag: str, keys: np.ndarray, vectors: np.ndarray, tier: str) -> None:
+        """Upsert `keys: (n,) int64` → `vectors: (n, dim) float32` into `tier` ("volatile" |
+        "persistent", if configured), then assign them in every cache replica holding them."""
+        self._check_open()
+        table = self.table_by_tag(tag)
+        keys = np.ascontiguousarray(keys, dtype=np.int64)
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vectors.shape != (len(keys), table.dim):
+            raise KeyInputError(f"update of {tag}: vectors of shape {vectors.shape} for {len(keys)} keys "
+                                f"of dim {table.dim}")
+        if tier not in ("volatile", "persistent"):
+            raise HpsError(f"update of {tag}: unknown tier {tier!r}; expected 'volatile' or 'persistent'")
+        backend = self.volatile if tier == "volatile" else self.persistent
+        if backend is not None:
+            backend.insert_or_assign(tag, keys, vectors)
+        runtime = self._models[table.model_name]
+        for (table_id, _), replica in runtime.replicas.items():
+            if table_id == table.table_id and replica.cache is not None:
+                cache_keys = replica.cache_probe_kind()
+                if isinstance(cache_keys, np.ndarray):
+                    replica.cache.assign(keys, vectors)
+                else:
+                    import torch
+
+                    replica.cache.assign(torch.from_numpy(keys).to(cache_keys.device),
+                                         torch.from_numpy(vectors).to(cache_keys.device))
+
+    def add_model(self, model: ModelConfig | dict) -> None:
+        """Serve a model that was not in the original ps.json (its tables share this HPS's tiers)."""
+        self._check_open()
+        if isinstance(model, dict):
+            model = parse_config({"supportlonglong": self.config.supportlonglong, "models": [model]},
+                                 base_dir=self.config.base_dir or os.getcwd()).models[0]
+        with self._lock:
+            if model.name in self._models:
+                raise HpsError(f"add_model: model {model.name!r} is already served")
+            self._load(model)
+
+    def remove_model(self, name: str, drop_tables: bool = False) -> None:
+        """Stop serving model `name` and free its caches; `drop_tables` also deletes its tables from the tiers."""
+        self._check_open()
+        with self._lock:
+            runtime = self._runtime(name)
+            del self._models[name]
+        for replica in runtime.replicas.values():
+            if replica.cache is not None:
+                replica.cache.close()
+        if drop_tables:
+            for backend in (self.volatile, self.persistent):
+                for table in runtime.config.tables if backend is not None else ():
+                    backend.drop_table(table.tag)
+
+    def refresh(self, model_name: str | None = None) -> int:
+        """Re-read the cached keys of `model_name` (or every model) from the tiers; returns rows refreshed."""
+        self._check_open()
+        runtimes = [self._runtime(model_name)] if model_name else list(self._models.values())
+        return sum(replica.refresh() for runtime in runtimes for replica in runtime.replicas.values())
+
+    # ------------------------------------------------------------------ introspection
+    @property
+    def model_names(self) -> list[str]:
+        return list(self._models)
+
+    def model_config(self, name: str) -> ModelConfig:
+        return self._runtime(name).config
+
+    def table_by_tag(self, tag: str) -> TableConfig:
+        """The served table whose tag is `tag` (`hps_et.<model>.<table>`)."""
+        for runtime in self._models.values():
+            for table in runtime.config.tables:
+                if table.tag == tag:
+                    return table
+        raise UnknownModelError(f"no served table has tag {tag!r}")
+
+    def stats(self) -> dict:
+        """Per model and table: lookups, keys, hits and hit rate per level (cache, volatile,
+        persistent, default), volatile-tier errors, latency p50/p99 (µs); plus cache sizes."""
+        out: dict[str, Any] = {"models": {}}
+        for name, runtime in list(self._models.items()):
+            tables = {}
+            for table, stats in zip(runtime.config.tables, runtime.stats):
+                snap = stats.snapshot()
+                caches = [r.cache for (t, _), r in runtime.replicas.items() if t == table.table_id and r.cache]
+                snap["cache_rows"] = caches[0].size() if caches else 0
+                snap["cache_capacity_rows"] = caches[0].capacity_rows if caches else 0
+                tables[table.name] = snap
+            out["models"][name] = tables
+        return out
+
+    # ------------------------------------------------------------------ lifecycle
+    def close(self) -> None:
+        """Stop update sources and the refresher, free caches and close the tiers (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop_refresh.set()
+        for source in self._update_sources:
+            source.close()
+        if self._refresher is not None:
+            self._refresher.join()
+        self._background.shutdown(wait=True)
+        for runtime in self._models.values():
+            for replica in runtime.replicas.values():
+                if replica.cache is not None:
+                    replica.cache.close()
+        self._models.clear()
+        for backend in (self.volatile, self.persistent):
+            if backend is not None:
+                backend.close()
+
+    def __enter__(self) -> HPS:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ internals
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError("this HPS has been closed")
+
+    def _runtime(self, model_name: str) -> _ModelRuntime:
+        self._check_open()
+        try:
+            return self._models[model_name]
+        except (KeyError, TypeError):
+            raise UnknownModelError(f"unknown model {model_name!r}; served models: {list(self._models)}") from None
+
+    def _load(self, model: ModelConfig) -> None:
+        """Validate the model's files, fill the tiers, build one cache per table and device."""
+        sparse_models = open_sparse_models(model)
+        load_model_into_tiers(self.config, model, sparse_models, self.volatile, self.persistent, self._show_progress)
+        runtime = _ModelRuntime(model, [TableStats() for _ in model.tables])
+        devices = model.deployed_device_list if cuda_available() else model.deployed_device_list[:1]
+        for table, sparse in zip(model.tables, sparse_models):
+            for device_id in devices:
+                cache = make_cache(model, table, sparse.num_rows, device_id,
+                                   lambda s=sparse: iter_table_rows(s))
+                replica = TableLookup(model, table, cache, self._tiers, runtime.stats[table.table_id],
+                                      self._background)
+                self._prefill(model, sparse, replica)
+                runtime.replicas[(table.table_id, device_id)] = replica
+            if not cuda_available():  # one CPU cache serves every deployed device id
+                for device_id in model.deployed_device_list[1:]:
+                    runtime.replicas[(table.table_id, device_id)] = runtime.replicas[(table.table_id, devices[0])]
+        self._models[model.name] = runtime
+
+    @staticmethod
+    def _prefill(model: ModelConfig, sparse: Any, replica: TableLookup) -> None:
+        """Pre-fill a dynamic cache in file order (cache_refresh_percentage_per_iteration > 0 and init_ec)."""
+        cache = replica.cache
+        if (cache is None or model.cache_type != "dynamic" or not model.init_ec
+                or model.cache_refresh_percentage_per_iteration <= 0):
+            return
+        probe = replica.cache_probe_kind()
+        for keys, vectors in iter_table_rows(sparse, limit_rows=cache.capacity_rows):
+            if isinstance(probe, np.ndarray):
+                cache.insert_or_assign(keys, vectors)
+            else:
+                import torch
+
+                cache.insert_or_assign(torch.from_numpy(keys).to(probe.device),
+                                       torch.from_numpy(vectors).to(probe.device))
+
+    def _validate_keys(self, keys: Any, model: ModelConfig, table: TableConfig) -> tuple[Any, tuple, bool, Any]:
+        """Flat int64 keys, the original shape, whether they are torch, and their device."""
+        where = f"model {model.name!r} table {table.table_id} ({table.name})"
+        is_torch = type(keys).__module__.startswith("torch")
+        if is_torch:
+            import torch
+
+            if keys.dtype in (torch.bool,) or keys.is_floating_point() or keys.is_complex():
+                raise KeyInputError(f"{where}: keys must be int64 or int32, got {keys.dtype}")
+            shape, device = tuple(keys.shape), keys.device
+            flat = keys.reshape(-1).to(torch.int64)
+        else:
+            arr = np.asarray(keys)
+            if arr.dtype.kind not in "iu":
+                raise KeyInputError(f"{where}: keys must be int64 or int32, got {arr.dtype}")
+            shape, device = arr.shape, "cpu"
+            flat = np.ascontiguousarray(arr.reshape(-1), dtype=np.int64)
+        if len(shape) == 0:
+            raise KeyInputError(f"{where}: keys must have at least one dimension, got a scalar")
+        limit = model.max_keys_per_call(table.table_id)
+        if flat.shape[0] > limit:
+            raise KeyInputError(
+                f"{where}: {flat.shape[0]} keys exceed max_batch_size {model.max_batch_size} × "
+                f"maxnum_catfeature_query_per_table_per_sample[{table.table_id}] {table.maxnum_keys_per_sample} "
+                f"= {limit}")
+        if not self.config.supportlonglong and flat.shape[0]:
+            low, high = int(flat.min()), int(flat.max())
+            if low < 0 or high >= UINT32_LIMIT:
+                raise KeyInputError(f"{where}: supportlonglong is false (uint32 keys) but keys span "
+                                    f"[{low}, {high}]")
+        return flat, shape, is_torch, device
+
+    def _start_refresher(self) -> None:
+        """Refresh each model's caches every `refresh_interval` s after `refresh_delay` s (0 = off)."""
+        periodic = [m for m in self.config.models if m.refresh_interval > 0]
+        if not periodic:
+            return
+
+        def run() -> None:
+            clock = 0.0
+            next_due = {m.name: m.refresh_delay + m.refresh_interval for m in periodic}
+            tick = min(m.refresh_interval for m in periodic) / 4
+            while not self._stop_refresh.wait(tick):
+                clock += tick
+                for m in periodic:
+                    if clock >= next_due[m.name] and m.name in self._models:
+                        next_due[m.name] = clock + m.refresh_interval
+                        try:
+                            self.refresh(m.name)
+                        except Exception:  # noqa: BLE001 - keep refreshing the others
+                            log.exception("periodic refresh of model %s failed", m.name)
+
+        self._refresher = threading.Thread(target=run, name="hps-refresh", daemon=True)
+        self._refresher.start()
+
+
+def _from_dlpack(x: Any) -> Any:
+    """A numpy array or torch tensor viewing the DLPack-capable `x` (no copy)."""
+    if isinstance(x, np.ndarray) or type(x).__module__.startswith("torch"):
+        return x
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is not None:
+        import torch
+
+        return torch.from_dlpack(x)
+    return np.from_dlpack(x)

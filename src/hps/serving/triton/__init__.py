@@ -1,0 +1,19 @@
+"""Triton Inference Server deployment of hps.
+
+    from hps.serving.triton import build_repository, serve
+    build_repository("ps.json", "dense.onnx", "repo")          # hps_embedding + dense_model + ensemble_model
+    with serve("repo", http_port=0, grpc_port=0, metrics_port=0) as server:
+        ...                                                     # tritonclient against server.url_http / url_grpc
+
+The embedding model keeps HugeCTR's HPS-backend I/O (KEYS, NUMKEYS → OUTPUT0), so existing
+clients and ensembles work unchanged. `model.py` and `dense_model.py` run inside Triton's python
+stub and are not imported here.
+"""
+
+from hps.serving.triton.errors import RepositoryError, RequestError, ServerError
+from hps.serving.triton.repository import add_model_to_repository, build_repository, convert_hugectr_repository
+from hps.serving.triton.server import TritonServer, find_tritonserver, free_port, serve, serve_forever
+
+__all__ = ["RepositoryError", "RequestError", "ServerError", "TritonServer", "add_model_to_repository",
+           "build_repository", "convert_hugectr_repository", "find_tritonserver", "free_port", "serve",
+           "serve_forever"]

@@ -1,0 +1,127 @@
+"""Run a dense model (ONNX through onnxruntime, or TorchScript) on the flat vectors hps returns.
+
+The embedding model answers a 1-D float32 array (OUTPUT0, samples × width floats, with
+width = Σ maxnum[t] × dim[t]); the seed's dense model takes (samples, width) and answers
+(samples, 1). `DenseRunner` reshapes, runs and returns (samples, 1) float32. A model exported
+with a fixed batch (the seed's ONNX is fixed to 1,024 samples) is fed in chunks of that size,
+the last one zero-padded. Used by `dense_model.py` inside Triton and by the in-process benchmark.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from hps.errors import require
+from hps.serving.triton.errors import RepositoryError, RequestError
+
+ONNX_SUFFIXES = (".onnx",)
+TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".torchscript")
+TENSORRT_SUFFIXES = (".plan", ".trt", ".engine")
+
+
+def dense_kind(path: str | os.PathLike) -> str:
+    """"onnx", "torchscript" or "tensorrt" from the file suffix; `RepositoryError` otherwise."""
+    suffix = Path(path).suffix.lower()
+    if suffix in ONNX_SUFFIXES:
+        return "onnx"
+    if suffix in TORCHSCRIPT_SUFFIXES:
+        return "torchscript"
+    if suffix in TENSORRT_SUFFIXES:
+        return "tensorrt"
+    raise RepositoryError(f"{path}: unknown dense model type {suffix!r}; expected .onnx, .pt (TorchScript) "
+                          "or .plan/.trt (TensorRT)")
+
+
+class DenseRunner:
+    """A dense model on flat inputs: `runner(flat (samples × width,) float32) -> (samples, 1) float32`.
+
+    path: .onnx or TorchScript .pt file; width: floats per sample, or None to take it from the
+    model's input shape; threads: intra-op threads (0 = the runtime's default).
+    """
+
+    def __init__(self, path: str | os.PathLike, width: int | None = None, threads: int = 0):
+        self.path = Path(path)
+        self.kind = dense_kind(self.path)
+        if not self.path.is_file():
+            raise RepositoryError(f"{self.path}: dense model file not found")
+        self.fixed_batch: int | None = None
+        if self.kind == "onnx":
+            self._init_onnx(threads)
+        elif self.kind == "torchscript":
+            self._init_torch(threads)
+        else:
+            raise RepositoryError(f"{self.path}: a TensorRT plan runs only in Triton's tensorrt backend")
+        if width is None:
+            width = self.model_width
+        if width is None:
+            raise RepositoryError(f"{self.path}: the model's input width is not fixed; pass width "
+                                  "(Σ maxnum keys per sample × dim)")
+        if self.model_width is not None and width != self.model_width:
+            raise RepositoryError(f"{self.path}: the model takes {self.model_width} floats per sample but the "
+                                  f"embedding model gives {width} (Σ maxnum keys per sample × dim)")
+        self.width = int(width)
+
+    def _init_onnx(self, threads: int) -> None:
+        ort = require("onnxruntime", "onnx")
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        try:
+            self._session = ort.InferenceSession(str(self.path), sess_options=options,
+                                                 providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own non-HpsError types
+            raise RepositoryError(f"{self.path}: onnxruntime cannot load the model: {exc}") from exc
+        inputs = self._session.get_inputs()
+        if len(inputs) != 1:
+            raise RepositoryError(f"{self.path}: the dense model must take exactly 1 input, it takes "
+                                  f"{[i.name for i in inputs]}")
+        self.input_name = inputs[0].name
+        self.output_name = self._session.get_outputs()[0].name
+        shape = list(inputs[0].shape)
+        self.model_width = shape[-1] if len(shape) == 2 and isinstance(shape[-1], int) else None
+        if len(shape) == 2 and isinstance(shape[0], int) and shape[0] > 0:
+            self.fixed_batch = shape[0]
+
+    def _init_torch(self, threads: int) -> None:
+        torch = require("torch", "torch")
+        if threads:
+            torch.set_num_threads(threads)
+        try:
+            self._module = torch.jit.load(str(self.path), map_location="cpu").eval()
+        except Exception as exc:  # torch raises RuntimeError for bad archives
+            raise RepositoryError(f"{self.path}: torch.jit.load cannot load the model: {exc}") from exc
+        self._torch = torch
+        self.input_name, self.output_name, self.model_width = "input_1", "output_1", None
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        if self.kind == "onnx":
+            out = self._session.run([self.output_name], {self.input_name: batch})[0]
+        else:
+            with self._torch.inference_mode():
+                out = self._module(self._torch.from_numpy(batch)).numpy()
+        return np.asarray(out, dtype=np.float32).reshape(batch.shape[0], -1)
+
+    def __call__(self, flat: np.ndarray) -> np.ndarray:
+        """flat: float32 (samples × width,) (any shape with that many floats) → (samples, 1) float32."""
+        flat = np.asarray(flat)
+        if flat.dtype != np.float32:
+            raise RequestError(f"dense model {self.path.name}: input must be FP32, got {flat.dtype}")
+        if flat.size % self.width:
+            raise RequestError(f"dense model {self.path.name}: {flat.size} floats are not a whole number of "
+                               f"samples of {self.width} floats")
+        batch = np.ascontiguousarray(flat.reshape(-1, self.width))
+        n = batch.shape[0]
+        if self.fixed_batch is None or n == self.fixed_batch:
+            return self._run(batch)
+        step = self.fixed_batch
+        out = []
+        for start in range(0, n, step):
+            chunk = batch[start:start + step]
+            if chunk.shape[0] < step:
+                chunk = np.concatenate([chunk, np.zeros((step - chunk.shape[0], self.width), np.float32)])
+            out.append(self._run(chunk)[: min(step, n - start)])
+        return np.concatenate(out) if out else np.empty((0, 1), np.float32)

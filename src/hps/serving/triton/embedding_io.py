@@ -1,0 +1,117 @@
+"""The HugeCTR HPS-backend request format, as pure numpy (reference/hugectr-hps.md §3.6).
+
+A request carries `KEYS` (all keys of the batch, table by table: table 0's keys, then table 1's, ...)
+and `NUMKEYS` (the key count per table). The answer `OUTPUT0` is 1-D float32: every table's vectors,
+flattened, in the same table-major order. The python-backend model (`model.py`) wraps these
+functions; they live here so they can be tested and reused without a running Triton.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+from hps.serving.triton.errors import RequestError
+
+
+@dataclass(frozen=True)
+class EmbeddingSpec:
+    """What one hps embedding model accepts: per-table vector size and keys per sample, and the sample limit."""
+
+    model_name: str
+    dims: tuple[int, ...]
+    maxnum_keys_per_sample: tuple[int, ...]
+    max_batch_size: int
+
+    @property
+    def num_tables(self) -> int:
+        return len(self.dims)
+
+    @property
+    def keys_per_sample(self) -> int:
+        """Σ maxnum_catfeature_query_per_table_per_sample."""
+        return int(sum(self.maxnum_keys_per_sample))
+
+    @property
+    def sample_width(self) -> int:
+        """Floats per sample in OUTPUT0: Σ maxnum[t] × dim[t] (the dense model's input width)."""
+        return int(sum(m * d for m, d in zip(self.maxnum_keys_per_sample, self.dims)))
+
+    @classmethod
+    def from_model_config(cls, model) -> "EmbeddingSpec":
+        """Spec of an `hps.config.ModelConfig`."""
+        return cls(model.name, tuple(model.embedding_vecsize_per_table),
+                   tuple(model.maxnum_catfeature_query_per_table_per_sample), int(model.max_batch_size))
+
+
+def split_keys(keys: np.ndarray, numkeys: np.ndarray, spec: EmbeddingSpec) -> list[np.ndarray]:
+    """Split a request's keys into one array per table.
+
+    keys: any shape, int64 (or int32), table-major concatenation, flattened here;
+    numkeys: any shape holding `spec.num_tables` non-negative int32 counts with Σ = keys.size.
+    Returns `spec.num_tables` 1-D views of `keys`. Raises `RequestError` naming what is wrong.
+    """
+    keys = np.asarray(keys)
+    numkeys = np.asarray(numkeys)
+    if keys.dtype not in (np.int64, np.int32):
+        raise RequestError(f"model {spec.model_name!r}: KEYS must be INT64, got {keys.dtype}")
+    if numkeys.dtype.kind not in "iu":
+        raise RequestError(f"model {spec.model_name!r}: NUMKEYS must be INT32, got {numkeys.dtype}")
+    counts = numkeys.reshape(-1).astype(np.int64)
+    if counts.size != spec.num_tables:
+        raise RequestError(f"model {spec.model_name!r}: NUMKEYS has {counts.size} entries but the model has "
+                           f"{spec.num_tables} table(s); send one key count per table")
+    if (counts < 0).any():
+        raise RequestError(f"model {spec.model_name!r}: NUMKEYS {counts.tolist()} has a negative count")
+    flat = keys.reshape(-1)
+    total = int(counts.sum())
+    if total != flat.size:
+        raise RequestError(f"model {spec.model_name!r}: NUMKEYS {counts.tolist()} adds up to {total} keys "
+                           f"but KEYS holds {flat.size}")
+    samples = num_samples(total, spec)
+    if samples > spec.max_batch_size:
+        raise RequestError(
+            f"model {spec.model_name!r}: {total} keys are {samples} samples of {spec.keys_per_sample} key(s), "
+            f"more than max_batch_size {spec.max_batch_size} in the ps.json")
+    for t, (count, maxnum) in enumerate(zip(counts.tolist(), spec.maxnum_keys_per_sample)):
+        if count > spec.max_batch_size * maxnum:
+            raise RequestError(
+                f"model {spec.model_name!r}: table {t} got {count} keys, more than max_batch_size "
+                f"{spec.max_batch_size} × {maxnum} keys per sample")
+    bounds = np.concatenate(([0], np.cumsum(counts)))
+    return [flat[bounds[t]:bounds[t + 1]] for t in range(spec.num_tables)]
+
+
+def num_samples(total_keys: int, spec: EmbeddingSpec) -> int:
+    """Samples in a request of `total_keys` keys: ceil(total / Σ maxnum) (HugeCTR divides; we round up)."""
+    per = spec.keys_per_sample
+    return -(-int(total_keys) // per) if per else 0
+
+
+def lookup_request(keys: np.ndarray, numkeys: np.ndarray, spec: EmbeddingSpec,
+                   lookup: Callable[[np.ndarray, int], np.ndarray]) -> np.ndarray:
+    """Answer one request: OUTPUT0, float32 (Σ_t numkeys[t] × dim[t],), table-major.
+
+    `lookup(keys (n,) int64, table_id) -> (n, dim) float32` is e.g.
+    `lambda k, t: ps.lookup(k, model_name, t)`.
+    """
+    parts = split_keys(keys, numkeys, spec)
+    out = np.empty(sum(p.size * d for p, d in zip(parts, spec.dims)), dtype=np.float32)
+    offset = 0
+    for t, part in enumerate(parts):
+        size = part.size * spec.dims[t]
+        if size:
+            vectors = lookup(np.ascontiguousarray(part), t)
+            out[offset:offset + size] = np.asarray(vectors, dtype=np.float32).reshape(-1)
+        offset += size
+    return out
+
+
+def make_request(per_table_keys: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Client side: per-table key arrays → (KEYS (1, Σn) int64, NUMKEYS (1, tables) int32)."""
+    parts = [np.asarray(k, dtype=np.int64).reshape(-1) for k in per_table_keys]
+    keys = np.concatenate(parts).reshape(1, -1) if parts else np.empty((1, 0), np.int64)
+    numkeys = np.array([[p.size for p in parts]], dtype=np.int32)
+    return keys, numkeys

@@ -1,0 +1,272 @@
+"""Write Triton model repositories that serve hps (CLI `hps triton build`).
+
+A repository built here holds the seed's three models (reference/hugectr-hps.md §4):
+
+    <out>/<model>/config.pbtxt        python backend, HugeCTR HPS I/O (KEYS, NUMKEYS → OUTPUT0)
+    <out>/<model>/<model>.json        the ps.json, this model only, sparse_files relative to it
+    <out>/<model>/1/model.py          hps.serving.triton.model (runs hps.HPS)
+    <out>/<model>/1/<table dirs>      the sparse model files (hard-linked when possible, else copied)
+    <out>/<dense>/config.pbtxt        python backend running ONNX / TorchScript, or a tensorrt_plan config
+    <out>/<dense>/1/model.py + model file
+    <out>/ensemble_model/config.pbtxt EMB_KEY, EMB_N_KEY → DENSE_OUTPUT; empty 1/
+
+`convert_hugectr_repository` turns an existing repository whose embedding model uses HugeCTR's
+`backend: "hps"` into one served by hps; `add_model_to_repository` writes one more embedding model
+(its own ps.json) into a repository a server already serves, to be loaded through the model-control API.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from hps.config import ModelConfig, PsConfig, load_config
+from hps.errors import ConfigError
+from hps.serving.triton import config_text
+from hps.serving.triton.dense_runner import DenseRunner, dense_kind
+from hps.serving.triton.embedding_io import EmbeddingSpec
+from hps.serving.triton.errors import RepositoryError
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+EMBEDDING_MODEL_SOURCE = PACKAGE_DIR / "model.py"
+DENSE_MODEL_SOURCE = PACKAGE_DIR / "dense_model.py"
+VERSION = "1"
+
+
+def build_repository(ps_json: str | os.PathLike, dense_model: str | os.PathLike, out_dir: str | os.PathLike, *,
+                     model_name: str | None = None, ensemble_name: str = "ensemble_model",
+                     dense_name: str | None = None, batch_size_hint: int = 1024, copy_sparse: bool = True,
+                     instance_count: int = 1, dense_threads: int = 1, metrics_interval_s: float = 1.0,
+                     overwrite: bool = False) -> Path:
+    """Write a model repository serving `ps_json`'s model and `dense_model` as the seed's ensemble.
+
+    ps_json: HugeCTR ps.json; model_name picks its model (needed when it has several);
+    dense_model: .onnx or TorchScript .pt (python backend, onnxruntime / torch), or .plan/.trt
+    (a `tensorrt_plan` config for a Triton with that backend; fixed to `batch_size_hint` samples);
+    dense_name: defaults to "dense_model"; copy_sparse: put the sparse files into the repository
+    (False: the json points at the originals); dense_threads: onnxruntime intra-op threads;
+    metrics_interval_s: how often the embedding model refreshes its Prometheus metrics.
+    Returns the repository path. Raises `RepositoryError` / `ConfigError` naming the file.
+    """
+    out = Path(out_dir)
+    config = load_config(ps_json)
+    model = _pick_model(config, model_name, ps_json)
+    dense_path = Path(dense_model)
+    if not dense_path.is_file():
+        raise RepositoryError(f"{dense_path}: dense model file not found")
+    kind = dense_kind(dense_path)
+    dense_name = dense_name or "dense_model"
+    names = [model.name, dense_name, ensemble_name]
+    if len(set(names)) != 3:
+        raise RepositoryError(f"model names must differ, got embedding {model.name!r}, dense {dense_name!r}, "
+                              f"ensemble {ensemble_name!r}")
+    for name in names:
+        _claim_model_dir(out / name, overwrite)
+    spec = EmbeddingSpec.from_model_config(model)
+    dense_input, dense_output = config_text.DENSE_INPUT, config_text.DENSE_OUTPUT_NAME
+    if kind in ("onnx", "torchscript"):
+        DenseRunner(dense_path, width=spec.sample_width)  # fails now, not in the server, on a width mismatch
+    _write_embedding_model(out / model.name, ps_json, config, model, copy_sparse=copy_sparse,
+                           instance_count=instance_count, metrics_interval_s=metrics_interval_s)
+    dense_dir = out / dense_name
+    (dense_dir / VERSION).mkdir(parents=True)
+    shutil.copy2(dense_path, dense_dir / VERSION / dense_path.name)
+    if kind == "tensorrt":
+        dense_output = "fc_3"
+        text = config_text.tensorrt_dense_config(dense_name, dense_path.name, spec.sample_width, batch_size_hint)
+    else:
+        shutil.copy2(DENSE_MODEL_SOURCE, dense_dir / VERSION / "model.py")
+        text = config_text.python_dense_config(dense_name, {
+            "dense_file": dense_path.name, "width": str(spec.sample_width), "threads": str(int(dense_threads)),
+        }, instance_count=instance_count)
+    (dense_dir / "config.pbtxt").write_text(text)
+    ens_dir = out / ensemble_name
+    (ens_dir / VERSION).mkdir(parents=True)
+    (ens_dir / "config.pbtxt").write_text(config_text.ensemble_config(
+        ensemble_name, model.name, dense_name, dense_input=dense_input, dense_output=dense_output))
+    return out
+
+
+def add_model_to_repository(repo: str | os.PathLike, ps_json: str | os.PathLike, *, model_name: str | None = None,
+                            copy_sparse: bool = True, instance_count: int = 1, metrics_interval_s: float = 1.0,
+                            overwrite: bool = False) -> Path:
+    """Write one more hps embedding model (HugeCTR I/O, its own ps.json) into `repo`.
+
+    For a model that is not in the running server's ps.json (HugeCTR issue #451): write it here,
+    then load it with `TritonServer.load_model(name)` (model-control mode explicit); it runs in its
+    own python stub process with its own `hps.HPS`. Returns the new model directory.
+    """
+    config = load_config(ps_json)
+    model = _pick_model(config, model_name, ps_json)
+    repo = Path(repo)
+    if not repo.is_dir():
+        raise RepositoryError(f"{repo}: model repository not found")
+    model_dir = repo / model.name
+    _claim_model_dir(model_dir, overwrite)
+    _write_embedding_model(model_dir, ps_json, config, model, copy_sparse=copy_sparse,
+                           instance_count=instance_count, metrics_interval_s=metrics_interval_s)
+    return model_dir
+
+
+def convert_hugectr_repository(repo_in: str | os.PathLike, repo_out: str | os.PathLike | None,
+                               ps_json: str | os.PathLike, *, metrics_interval_s: float = 1.0) -> list[str]:
+    """Rewrite every `backend: "hps"` model of a HugeCTR repository to run on hps; keep the other models.
+
+    repo_out: a new directory (the repository is copied first) or None / the same path (in place).
+    ps_json: the file HugeCTR got as `--backend-config=hps,ps=...`. Each hps model is matched to the
+    ps.json model of the same name and gets its own `<name>.json`; sparse files keep their paths, or,
+    when those do not exist, the copies inside the model directory (the seed copies them into `1/`).
+    The original config is kept as `config.pbtxt.hugectr`. Returns the names of the converted models.
+    """
+    src = Path(repo_in)
+    if not src.is_dir():
+        raise RepositoryError(f"{src}: model repository not found")
+    dst = src if repo_out is None else Path(repo_out)
+    if dst.resolve() != src.resolve():
+        if dst.exists() and any(dst.iterdir()):
+            raise RepositoryError(f"{dst}: output directory exists and is not empty")
+        shutil.copytree(src, dst, dirs_exist_ok=True)
+    config = load_config(ps_json)
+    converted = []
+    for cfg_path in sorted(dst.glob("*/config.pbtxt")):
+        text = cfg_path.read_text()
+        if config_text.top_level_field(text, "backend") != "hps":
+            continue
+        model_dir = cfg_path.parent
+        name = config_text.top_level_field(text, "name") or model_dir.name
+        if name != model_dir.name:
+            raise RepositoryError(f"{cfg_path}: name {name!r} differs from its directory {model_dir.name!r}")
+        try:
+            model = config.model(name)
+        except Exception as exc:
+            raise RepositoryError(f"{cfg_path}: no model {name!r} in {ps_json}: {exc}") from None
+        sparse = [_locate_sparse(p, model_dir) for p in model.sparse_files]
+        json_name = f"{name}.json"
+        raw = _single_model_json(ps_json, config, model, [_rel_or_abs(p, model_dir) for p in sparse])
+        (model_dir / json_name).write_text(json.dumps(raw, indent=2) + "\n")
+        versions = [d for d in model_dir.iterdir() if d.is_dir() and d.name.isdigit()] or [model_dir / VERSION]
+        for version in versions:
+            version.mkdir(exist_ok=True)
+            shutil.copy2(EMBEDDING_MODEL_SOURCE, version / "model.py")
+        shutil.copy2(cfg_path, model_dir / "config.pbtxt.hugectr")
+        cfg_path.write_text(config_text.rewrite_hps_config(text, _embedding_parameters(
+            json_name, model.name, metrics_interval_s)))
+        converted.append(name)
+    if not converted:
+        raise RepositoryError(f"{dst}: no model with backend \"hps\" found")
+    return converted
+
+
+# --- internals --------------------------------------------------------------------------------
+
+
+def _pick_model(config: PsConfig, model_name: str | None, ps_json: Any) -> ModelConfig:
+    if model_name is None:
+        if len(config.models) != 1:
+            raise ConfigError(f"{ps_json}: has models {[m.name for m in config.models]}; say which one to serve")
+        return config.models[0]
+    return config.model(model_name)
+
+
+def _claim_model_dir(path: Path, overwrite: bool) -> None:
+    if path.exists():
+        if not overwrite:
+            raise RepositoryError(f"{path}: already exists (pass overwrite=True to replace it)")
+        shutil.rmtree(path)
+
+
+def _embedding_parameters(json_name: str, model_name: str, metrics_interval_s: float) -> dict[str, str]:
+    return {"ps_json": json_name, "hps_model_name": model_name, "metrics_interval_s": repr(float(metrics_interval_s))}
+
+
+def _write_embedding_model(model_dir: Path, ps_json: Any, config: PsConfig, model: ModelConfig, *,
+                           copy_sparse: bool, instance_count: int, metrics_interval_s: float) -> None:
+    """Write config.pbtxt, <name>.json, 1/model.py and (copy_sparse) 1/<table dirs> under `model_dir`."""
+    version = model_dir / VERSION
+    version.mkdir(parents=True)
+    try:
+        if copy_sparse:
+            sparse = []
+            used: set[str] = set()
+            for t, path in enumerate(model.sparse_files):
+                src = Path(path)
+                if not src.is_dir():
+                    raise RepositoryError(f"{ps_json}: model {model.name!r} table {t}: sparse model directory "
+                                          f"{src} not found")
+                name = src.name if src.name not in used else f"{t}_{src.name}"
+                used.add(name)
+                _link_or_copy_tree(src, version / name)
+                sparse.append(f"{VERSION}/{name}")
+        else:
+            sparse = [str(Path(p).resolve()) if "://" not in p else p for p in model.sparse_files]
+        json_name = f"{model.name}.json"
+        raw = _single_model_json(ps_json, config, model, sparse)
+        (model_dir / json_name).write_text(json.dumps(raw, indent=2) + "\n")
+        shutil.copy2(EMBEDDING_MODEL_SOURCE, version / "model.py")
+        (model_dir / "config.pbtxt").write_text(config_text.embedding_config(
+            model.name, _embedding_parameters(json_name, model.name, metrics_interval_s),
+            instance_count=instance_count))
+    except BaseException:
+        shutil.rmtree(model_dir, ignore_errors=True)
+        raise
+
+
+def _single_model_json(ps_json: Any, config: PsConfig, model: ModelConfig, sparse_files: list[str]) -> dict:
+    """The user's ps.json (their keys kept), reduced to `model`, with new sparse_files and an absolute
+    persistent_db.path (relative paths were meant relative to the original file)."""
+    if isinstance(ps_json, (str, os.PathLike)):
+        raw = json.loads(Path(ps_json).read_text())
+    elif isinstance(ps_json, dict):
+        raw = json.loads(json.dumps(ps_json))
+    else:
+        raw = config.to_dict()
+    entry = next((m for m in raw.get("models", []) if isinstance(m, dict) and m.get("model") == model.name), None)
+    if entry is None:
+        entry = next(m for m in config.to_dict()["models"] if m["model"] == model.name)
+    entry = dict(entry)
+    entry.pop("sparse_model_files", None)
+    entry["sparse_files"] = list(sparse_files)
+    raw["models"] = [entry]
+    if isinstance(raw.get("persistent_db"), dict) and config.persistent_db is not None:
+        raw["persistent_db"] = {**raw["persistent_db"], "path": config.persistent_db.path}
+    return raw
+
+
+def _link_or_copy_tree(src: Path, dst: Path) -> None:
+    """Copy a sparse model directory, hard-linking files when src and dst share a file system.
+
+    The sparse model writer replaces directories by rename, never rewrites a file in place, so
+    a hard link keeps the bytes the repository was built with."""
+    def link(s: str, d: str) -> None:
+        try:
+            os.link(s, d)
+        except OSError:
+            shutil.copy2(s, d)
+
+    shutil.copytree(src, dst, copy_function=link)
+
+
+def _locate_sparse(path: str, model_dir: Path) -> str:
+    """`path` if it exists; else the same-named directory inside `model_dir` or one of its versions."""
+    if "://" in path or Path(path).is_dir():
+        return path
+    base = Path(path).name
+    candidates = [model_dir / base] + sorted(d / base for d in model_dir.iterdir() if d.is_dir())
+    for candidate in candidates:
+        if candidate.is_dir():
+            return str(candidate)
+    raise RepositoryError(f"sparse model {path} not found, nor {base} inside {model_dir}")
+
+
+def _rel_or_abs(path: str, model_dir: Path) -> str:
+    if "://" in path:
+        return path
+    p = Path(path).resolve()
+    try:
+        return str(p.relative_to(model_dir.resolve()))
+    except ValueError:
+        return str(p)
+

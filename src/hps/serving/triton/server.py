@@ -1,0 +1,368 @@
+"""Start, watch and stop a tritonserver for an hps model repository (CLI `hps triton serve`).
+
+The binary is the user's own `tritonserver` when one is on PATH, else the one bundled in the
+nvidia-pytriton wheel. For the bundled one we prepare what its python backend needs
+(reference/ecosystem-notes.md §1): a writable backend directory with the python stub under
+~/.cache/hps/triton-backends (site-packages stays untouched), LD_LIBRARY_PATH with the wheel's
+libraries and this interpreter's libpython, and this environment's bin/ first on PATH so the stub's
+embedded Python imports this environment's numpy (< 2) and hps. Every server gets its own
+python-backend shared-memory prefix; `stop()` removes whatever /dev/shm regions remain under it.
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from hps.errors import require
+from hps.serving.triton.errors import ServerError
+
+CACHE_DIR = Path(os.environ.get("HPS_CACHE_DIR", Path.home() / ".cache" / "hps"))
+SHM_DIR = Path("/dev/shm")
+PYTHON_SHM_DEFAULT_BYTES = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class TritonInstall:
+    """How to run tritonserver: the binary, an optional --backend-directory, and extra environment."""
+
+    binary: Path
+    backend_dir: Path | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    bundled: bool = False
+
+
+def find_tritonserver(binary: str | os.PathLike | None = None) -> TritonInstall:
+    """The tritonserver to run: `binary` if given, else `tritonserver` on PATH, else nvidia-pytriton's.
+
+    Raises `ServerError` saying what to install when there is none."""
+    if binary is not None:
+        path = Path(binary)
+        if not path.is_file():
+            raise ServerError(f"{path}: tritonserver binary not found")
+        return TritonInstall(path, env=_stub_env({}))
+    on_path = shutil.which("tritonserver")
+    if on_path:
+        return TritonInstall(Path(on_path), env=_stub_env({}))
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        raise ServerError("no tritonserver on PATH and nvidia-pytriton is not installed; install it with: "
+                          "pip install 'hps[triton]'")
+    root = Path(list(spec.submodule_search_locations)[0]) / "tritonserver"
+    server = root / "bin" / "tritonserver"
+    if not server.is_file():
+        raise ServerError(f"{server}: the nvidia-pytriton wheel has no tritonserver binary")
+    site = root.parent.parent
+    libs = site / "nvidia_pytriton.libs"
+    ld = [str(libs), sysconfig.get_config_var("LIBDIR") or ""]
+    if os.environ.get("LD_LIBRARY_PATH"):
+        ld.append(os.environ["LD_LIBRARY_PATH"])
+    env = _stub_env({"LD_LIBRARY_PATH": ":".join(p for p in ld if p)})
+    return TritonInstall(server, backend_dir=prepare_backends(root), env=env, bundled=True)
+
+
+def _stub_env(env: dict[str, str]) -> dict[str, str]:
+    """PATH with this environment's bin/ first: the python stub finds python3 there, then its site-packages."""
+    bin_dir = str(Path(sys.prefix) / "bin")
+    path = os.environ.get("PATH", "")
+    return {**env, "PATH": bin_dir + (os.pathsep + path if path else "")}
+
+
+def prepare_backends(pytriton_root: Path, cache_dir: Path = CACHE_DIR) -> Path:
+    """A backend directory holding the wheel's python backend plus the stub for this Python version.
+
+    Built once under `cache_dir`/triton-backends/<key> (atomically, so concurrent servers agree)."""
+    pyver = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    stub = pytriton_root / "python_backend_stubs" / pyver / "triton_python_backend_stub"
+    if not stub.is_file():
+        raise ServerError(f"{stub}: nvidia-pytriton has no python backend stub for Python {pyver}")
+    source = pytriton_root / "backends" / "python"
+    key = f"py{pyver}-{int(stub.stat().st_mtime)}-{stub.stat().st_size}"
+    target = cache_dir / "triton-backends" / key
+    if (target / "python" / "triton_python_backend_stub").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=target.parent))
+    try:
+        shutil.copytree(source, staging / "python", ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copy2(stub, staging / "python" / "triton_python_backend_stub")
+        try:
+            os.rename(staging, target)
+        except OSError:  # another process won the race; use its copy
+            if not (target / "python" / "triton_python_backend_stub").is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def free_port(address: str = "127.0.0.1") -> int:
+    """A TCP port free on `address` right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((address, 0))
+        return sock.getsockname()[1]
+
+
+class TritonServer:
+    """A tritonserver process serving `repo`; a context manager that stops it on exit.
+
+    Ports given as 0 are picked free. Attributes: url_http ("127.0.0.1:8000"), url_grpc, url_metrics,
+    log_path, shm_prefix, process.
+    """
+
+    def __init__(self, repo: str | os.PathLike, *, http_port: int = 8000, grpc_port: int = 8001,
+                 metrics_port: int = 8002, address: str = "127.0.0.1", model_control: str = "explicit",
+                 load_models: Sequence[str] | None = None, tritonserver: str | os.PathLike | None = None,
+                 log_path: str | os.PathLike | None = None, log_verbose: int = 0,
+                 extra_args: Iterable[str] = ()):
+        self.repo = Path(repo).resolve()
+        if not self.repo.is_dir():
+            raise ServerError(f"{self.repo}: model repository not found")
+        if model_control not in ("explicit", "none", "poll"):
+            raise ServerError(f"model_control must be 'explicit', 'none' or 'poll', not {model_control!r}")
+        self.address = address
+        self.http_port = http_port or free_port(address)
+        self.grpc_port = grpc_port or free_port(address)
+        self.metrics_port = metrics_port or free_port(address)
+        self.model_control = model_control
+        self.load_models = list(load_models) if load_models is not None else None
+        self.install = find_tritonserver(tritonserver)
+        self.shm_prefix = f"hps_{os.getpid()}_{secrets.token_hex(4)}_"
+        if log_path is None:
+            fd, log_path = tempfile.mkstemp(prefix="hps-tritonserver-", suffix=".log")
+            os.close(fd)
+        self.log_path = Path(log_path)
+        self.log_verbose = log_verbose
+        self.extra_args = list(extra_args)
+        self.process: subprocess.Popen | None = None
+        self._log_file = None
+
+    @property
+    def url_http(self) -> str:
+        return f"{_client_host(self.address)}:{self.http_port}"
+
+    @property
+    def url_grpc(self) -> str:
+        return f"{_client_host(self.address)}:{self.grpc_port}"
+
+    @property
+    def url_metrics(self) -> str:
+        return f"http://{_client_host(self.address)}:{self.metrics_port}/metrics"
+
+    def command(self) -> list[str]:
+        """The tritonserver command line."""
+        cmd = [str(self.install.binary), f"--model-repository={self.repo}",
+               f"--http-address={self.address}", f"--http-port={self.http_port}",
+               f"--grpc-address={self.address}", f"--grpc-port={self.grpc_port}",
+               f"--metrics-address={self.address}", f"--metrics-port={self.metrics_port}",
+               "--allow-gpu-metrics=false", "--exit-timeout-secs=5", f"--log-verbose={self.log_verbose}",
+               f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
+               f"--backend-config=python,shm-default-byte-size={PYTHON_SHM_DEFAULT_BYTES}",
+               f"--model-control-mode={self.model_control}"]
+        if self.install.backend_dir is not None:
+            cmd.append(f"--backend-directory={self.install.backend_dir}")
+        if self.model_control == "explicit":
+            for name in (self.load_models if self.load_models is not None else ["*"]):
+                cmd.append(f"--load-model={name}")
+        return cmd + self.extra_args
+
+    def start(self) -> "TritonServer":
+        """Start the process (in its own session, so its python stubs can be stopped with it)."""
+        if self.process is not None:
+            raise ServerError(f"tritonserver for {self.repo} is already started")
+        env = {**os.environ, **self.install.env}
+        self._log_file = open(self.log_path, "ab")
+        try:
+            self.process = subprocess.Popen(self.command(), stdout=self._log_file, stderr=subprocess.STDOUT,
+                                            stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        except OSError as exc:
+            self._log_file.close()
+            raise ServerError(f"cannot start {self.install.binary}: {exc}") from exc
+        return self
+
+    def wait_ready(self, timeout_s: float = 60.0) -> "TritonServer":
+        """Block until /v2/health/ready answers 200; `ServerError` with the log tail if the server
+        exits or is not ready within `timeout_s`."""
+        if self.process is None:
+            raise ServerError("tritonserver is not started")
+        deadline = time.monotonic() + timeout_s
+        url = f"http://{self.url_http}/v2/health/ready"
+        while True:
+            code = self.process.poll()
+            if code is not None:
+                self._close_log()
+                self.cleanup_shm()
+                raise ServerError(f"tritonserver exited with code {code} before it was ready "
+                                  f"(log {self.log_path}):\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(url, timeout=1.0) as response:
+                    if response.status == 200:
+                        return self
+            except (urllib.error.URLError, OSError):
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise ServerError(f"tritonserver not ready at {url} after {timeout_s:g} s "
+                                  f"(log {self.log_path}):\n{self.log_tail()}")
+            time.sleep(0.1)
+
+    def is_alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, timeout_s: float = 20.0) -> int | None:
+        """SIGTERM, wait up to `timeout_s`, then SIGKILL the whole process group; remove leftover
+        /dev/shm regions with this server's prefix. Returns the exit code (None if never started)."""
+        if self.process is None:
+            return None
+        proc = self.process
+        if proc.poll() is None:
+            try:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                _kill_group(proc.pid)
+                proc.wait(timeout=10)
+            except ProcessLookupError:
+                pass
+        _kill_group(proc.pid)  # python stubs left behind by a crashed server
+        self._close_log()
+        self.cleanup_shm()
+        return proc.returncode
+
+    def cleanup_shm(self) -> list[str]:
+        """Remove /dev/shm regions with this server's prefix; returns the removed paths."""
+        removed = []
+        for path in glob.glob(str(SHM_DIR / f"{self.shm_prefix}*")):
+            try:
+                os.unlink(path)
+                removed.append(path)
+            except OSError:
+                pass
+        return removed
+
+    def shm_regions(self) -> list[str]:
+        """/dev/shm regions currently under this server's prefix."""
+        return glob.glob(str(SHM_DIR / f"{self.shm_prefix}*"))
+
+    def log_tail(self, chars: int = 4000) -> str:
+        """The last `chars` characters of the server log."""
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    # --- model control (needs tritonclient) -----------------------------------------------
+
+    def client(self):
+        """A `tritonclient.http.InferenceServerClient` for this server."""
+        http = require("tritonclient.http", "triton")
+        return http.InferenceServerClient(url=self.url_http)
+
+    def load_model(self, name: str) -> None:
+        """Load (or reload) model `name` from the repository (model_control "explicit");
+        `ServerError` with Triton's message if it fails."""
+        self._control("load_model", name)
+
+    def unload_model(self, name: str) -> None:
+        """Unload model `name` (model_control "explicit")."""
+        self._control("unload_model", name)
+
+    def is_model_ready(self, name: str) -> bool:
+        return bool(self.client().is_model_ready(name))
+
+    def _control(self, action: str, name: str) -> None:
+        utils = require("tritonclient.utils", "triton")
+        client = self.client()
+        try:
+            getattr(client, action)(name)
+        except utils.InferenceServerException as exc:
+            raise ServerError(f"{action.replace('_', ' ')} {name!r} on {self.url_http} failed: "
+                              f"{exc.message()}") from None
+        finally:
+            client.close()
+
+    def _close_log(self) -> None:
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+    def __enter__(self) -> "TritonServer":
+        if self.process is None:
+            self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "running" if self.is_alive() else "stopped"
+        return f"TritonServer({str(self.repo)!r}, http={self.url_http}, grpc={self.url_grpc}, {state})"
+
+
+def _client_host(address: str) -> str:
+    return "127.0.0.1" if address in ("0.0.0.0", "") else address
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def serve(repo: str | os.PathLike, *, http_port: int = 8000, grpc_port: int = 8001, metrics_port: int = 8002,
+          address: str = "127.0.0.1", model_control: str = "explicit", load_models: Sequence[str] | None = None,
+          ready_timeout_s: float = 60.0, tritonserver: str | os.PathLike | None = None,
+          log_path: str | os.PathLike | None = None, extra_args: Iterable[str] = ()) -> TritonServer:
+    """Start tritonserver on `repo` and wait until it is ready; returns the running `TritonServer`.
+
+    model_control "explicit" loads `load_models` (None: every model) at start and allows
+    load/unload later; "none" loads everything once. Ports given as 0 are picked free.
+    Use as `with serve(repo) as server: ...` to stop it afterwards."""
+    server = TritonServer(repo, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
+                          address=address, model_control=model_control, load_models=load_models,
+                          tritonserver=tritonserver, log_path=log_path, extra_args=extra_args)
+    server.start()
+    return server.wait_ready(ready_timeout_s)
+
+
+def serve_forever(repo: str | os.PathLike, *, log_to_console: bool = True, **kwargs) -> int:
+    """Run tritonserver on `repo` (arguments as `serve`) until SIGINT / SIGTERM or until it exits;
+    stop it cleanly and return its exit code. With `log_to_console` the server log goes to stdout."""
+    if log_to_console and "log_path" not in kwargs:
+        kwargs["log_path"] = "/dev/stdout"
+    stop_requested = []
+
+    def on_signal(signum, _frame):
+        stop_requested.append(signum)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    server = None
+    try:
+        server = serve(repo, **kwargs)
+        print(f"hps: tritonserver ready: HTTP {server.url_http}, gRPC {server.url_grpc}, "
+              f"metrics {server.url_metrics}", file=sys.stderr, flush=True)
+        while not stop_requested and server.is_alive():
+            time.sleep(0.2)
+        code = server.stop()
+        return 0 if stop_requested else int(code or 0)
+    finally:
+        if server is not None and server.is_alive():
+            server.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

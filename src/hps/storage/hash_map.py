@@ -1,0 +1,374 @@
+"""The in-process CPU hash map tier: `volatile_db.type` hash_map / parallel_hash_map.
+
+One compiled open-addressing table per embedding table (`hps.storage.hash_map_kernels`):
+16-byte slots (key, row, uint32 access metadata) probed linearly, values in one contiguous
+float32 slab. The HugeCTR partition (`rrxmrrxmsx_0(key) % num_partitions`) is kept only for
+overflow accounting: `overflow_margin` rows per partition, so `overflow_margin × num_partitions`
+per table, evicted per partition down to `round(overflow_margin × overflow_resolution_target)`
+by the configured policy (random, least used, oldest).
+
+Memory: slots at load 0.5–0.75 (16–32 B per row) plus the slab (4·dim B per row, grown by
+1/8 at a time or to the exact batch size), so at most ~1.45× the raw 8 + 4·dim bytes at dim 16
+and ~1.2× at dim 128, where HugeCTR's per-entry overhead reached 10× (issue #412).
+
+Thread safety: one readers–writer lock per table; finds share it (the kernels release the GIL
+and run in parallel), inserts / erases / evictions take it exclusively, so no reader ever sees a
+torn row.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from contextlib import contextmanager
+from typing import Iterator
+
+import numpy as np
+
+from hps.config.schema import HashMapConfig
+from hps.errors import BackendError, ClosedError, KeyInputError
+from hps.storage import hash_map_kernels as K
+
+#: Grow the slot array when the load would pass this.
+MAX_LOAD = 0.75
+#: Slot array growth factor (load falls to MAX_LOAD / SLOT_GROWTH = 0.5 after a resize).
+SLOT_GROWTH = 1.5
+#: Load a resize aims at when a single batch needs more than SLOT_GROWTH allows.
+BATCH_LOAD = 0.6
+#: Slab growth factor when a batch fits within it (keeps slab slack ≤ 12.5 %).
+ROW_GROWTH = 1.125
+MIN_SLOTS = 64
+MIN_ROWS = 32
+#: Row indices are uint32 in the slots and int32 in the free list.
+MAX_ROWS = 2**31 - 1
+_CLOCK_MAX = 2**32 - 2
+_NO_MARGIN = 2**62
+_SLAB_ALIGN_BYTES = 64
+
+
+def check_keys(tag: str, keys: np.ndarray) -> np.ndarray:
+    """Validate `keys: (n,) integer` for table `tag` → C-contiguous `(n,) int64`.
+
+    Raises `KeyInputError` naming the tag, the dtype and the shape."""
+    arr = np.asarray(keys)
+    if arr.dtype.kind not in "iu":
+        raise KeyInputError(f"table {tag}: keys must be integers, got dtype {arr.dtype} (shape {arr.shape})")
+    if arr.ndim != 1:
+        raise KeyInputError(f"table {tag}: keys must be a 1-D array, got shape {arr.shape}")
+    return np.ascontiguousarray(arr, dtype=np.int64) if arr.dtype != np.int64 else np.ascontiguousarray(arr)
+
+
+def check_vectors(tag: str, vectors: np.ndarray, num_keys: int, dim: int) -> np.ndarray:
+    """Validate `vectors: (num_keys, dim) floating` for table `tag` → C-contiguous float32.
+
+    Raises `BackendError` naming the tag, the shape expected and the shape given."""
+    arr = np.asarray(vectors)
+    if arr.dtype.kind != "f":
+        raise BackendError(f"table {tag}: vectors must be floating point, got dtype {arr.dtype}")
+    if arr.shape != (num_keys, dim):
+        raise BackendError(
+            f"table {tag}: vectors of shape {arr.shape} do not match {num_keys} keys × dim {dim}")
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+class _ReadWriteLock:
+    """Many readers or one writer; a waiting writer blocks new readers (no writer starvation)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._readers = 0
+        self._writer = False
+        self._writers_waiting = 0
+
+    @contextmanager
+    def read(self) -> Iterator[None]:
+        with self._cond:
+            while self._writer or self._writers_waiting:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if self._readers == 0:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def write(self) -> Iterator[None]:
+        with self._cond:
+            self._writers_waiting += 1
+            while self._writer or self._readers:
+                self._cond.wait()
+            self._writers_waiting -= 1
+            self._writer = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writer = False
+                self._cond.notify_all()
+
+
+def _aligned_slab(rows: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """A `(rows, dim) float32` slab starting on a 64-byte boundary, and the buffer that owns it."""
+    pad = _SLAB_ALIGN_BYTES // 4
+    buf = np.empty(rows * dim + pad, dtype=np.float32)
+    offset = (-buf.ctypes.data % _SLAB_ALIGN_BYTES) // 4
+    return buf, buf[offset:offset + rows * dim].reshape(rows, dim)
+
+
+class _Table:
+    """State of one table: slots, slab, counters and its lock (mutated under `lock.write()`)."""
+
+    def __init__(self, tag: str, dim: int, num_partitions: int) -> None:
+        self.tag = tag
+        self.dim = dim
+        self.lock = _ReadWriteLock()
+        self.num_slots = MIN_SLOTS
+        self.slots = np.full(2 * MIN_SLOTS, K.EMPTY_WORD, dtype=np.uint64)
+        self.buf, self.values = _aligned_slab(MIN_ROWS, dim)
+        self.values_i32 = self.values.view(np.int32)
+        # size, high-water row, free-list head, free-list length
+        self.state = np.array([0, 0, -1, 0], dtype=np.int64)
+        self.part_counts = np.zeros(num_partitions, dtype=np.int64)
+        self.clock = 1
+
+    @property
+    def size(self) -> int:
+        return int(self.state[K.ST_SIZE])
+
+    @property
+    def capacity_rows(self) -> int:
+        return self.values.shape[0]
+
+    def free_rows(self) -> int:
+        return self.capacity_rows - int(self.state[K.ST_HWM]) + int(self.state[K.ST_FREE_COUNT])
+
+    def memory_bytes(self) -> int:
+        return self.slots.nbytes + self.buf.nbytes + self.part_counts.nbytes + self.state.nbytes
+
+    def tick(self) -> int:
+        """Advance and return the logical clock (LRU 'last access')."""
+        if self.clock < _CLOCK_MAX:
+            self.clock += 1
+        return self.clock
+
+    def reserve(self, new_rows: int) -> None:
+        """Make room for `new_rows` more live rows: slab rows and slots (load ≤ MAX_LOAD)."""
+        live = self.size + new_rows
+        if live > MAX_ROWS:
+            raise BackendError(f"table {self.tag}: {live} rows exceed the hash map limit of {MAX_ROWS}")
+        missing = new_rows - self.free_rows()
+        if missing > 0:
+            cap = self.capacity_rows
+            new_cap = min(MAX_ROWS, max(cap + missing, math.ceil(cap * ROW_GROWTH), MIN_ROWS))
+            buf, values = _aligned_slab(new_cap, self.dim)
+            hwm = int(self.state[K.ST_HWM])
+            values[:hwm] = self.values[:hwm]
+            self.buf, self.values, self.values_i32 = buf, values, values.view(np.int32)
+        if live > MAX_LOAD * self.num_slots:
+            new_slots = max(math.ceil(live / BATCH_LOAD), math.ceil(self.num_slots * SLOT_GROWTH))
+            if new_slots >= 2**32:
+                raise BackendError(f"table {self.tag}: {live} rows need more than 2^32 slots")
+            slots = np.full(2 * new_slots, K.EMPTY_WORD, dtype=np.uint64)
+            K.rehash(self.slots, self.num_slots, slots, new_slots)
+            self.slots, self.num_slots = slots, new_slots
+
+
+class HashMapBackend:
+    """In-process hash map tier (HugeCTR `hash_map` / `parallel_hash_map`); not shared between processes."""
+
+    name = "hash_map"
+    is_shared = False
+
+    def __init__(self, config: HashMapConfig) -> None:
+        self.config = config
+        self._num_partitions = int(config.num_partitions)
+        self._batch_rows = int(config.max_batch_size)
+        margin = int(config.overflow_margin)
+        self._margin = margin if margin < _NO_MARGIN else None
+        self._target_rows = int(config.overflow_target_rows) if self._margin is not None else 0
+        self._meta_mode = {"evict_least_used": K.META_COUNT, "evict_oldest": K.META_CLOCK}.get(
+            config.overflow_policy, K.META_NONE)
+        self._rng = np.random.default_rng()
+        self._tables: dict[str, _Table] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+
+    # -- tables -------------------------------------------------------------------------------
+
+    def _table(self, tag: str) -> _Table:
+        if self._closed:
+            raise ClosedError(f"hash map backend is closed (table {tag})")
+        try:
+            return self._tables[tag]
+        except KeyError:
+            raise BackendError(
+                f"hash map: unknown table {tag}; open tables: {sorted(self._tables)}") from None
+
+    def create_table(self, tag: str, dim: int) -> None:
+        """Open (or create) table `tag` of `dim`-float rows; idempotent for the same dim."""
+        if self._closed:
+            raise ClosedError(f"hash map backend is closed (table {tag})")
+        if not isinstance(dim, (int, np.integer)) or int(dim) < 1:
+            raise BackendError(f"hash map: table {tag}: dim must be a positive integer, got {dim!r}")
+        with self._lock:
+            table = self._tables.get(tag)
+            if table is None:
+                self._tables[tag] = _Table(tag, int(dim), self._num_partitions)
+            elif table.dim != int(dim):
+                raise BackendError(f"hash map: table {tag} exists with dim {table.dim}, not {dim}")
+
+    def tables(self) -> list[str]:
+        """Tags of the open tables."""
+        if self._closed:
+            raise ClosedError("hash map backend is closed")
+        return list(self._tables)
+
+    def drop_table(self, tag: str) -> None:
+        """Delete table `tag` and release its memory."""
+        table = self._table(tag)
+        with table.lock.write(), self._lock:
+            self._tables.pop(tag, None)
+
+    def close(self) -> None:
+        """Release every table; later calls raise `ClosedError`."""
+        with self._lock:
+            self._closed = True
+            tables, self._tables = self._tables, {}
+        for table in tables.values():
+            with table.lock.write():
+                pass
+
+    # -- queries ------------------------------------------------------------------------------
+
+    def size(self, tag: str) -> int:
+        """Rows currently held in table `tag`."""
+        return self._table(tag).size
+
+    def memory_bytes(self, tag: str) -> int:
+        """Bytes held by table `tag`: slot array + value slab capacity + counters."""
+        table = self._table(tag)
+        with table.lock.read():
+            return table.memory_bytes()
+
+    def partition_sizes(self, tag: str) -> np.ndarray:
+        """Rows per partition of table `tag`: `(num_partitions,) int64`."""
+        table = self._table(tag)
+        with table.lock.read():
+            return table.part_counts.copy()
+
+    def find(self, tag: str, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Look up `keys: (n,) int64` (duplicates allowed).
+
+        Returns `(vectors: (n, dim) float32, found: (n,) bool)`; rows of missing keys are zeros.
+        Under evict_least_used / evict_oldest, found keys' access count / last access is updated."""
+        table = self._table(tag)
+        keys = check_keys(tag, keys)
+        out = np.empty((keys.shape[0], table.dim), dtype=np.float32)
+        found = np.empty(keys.shape[0], dtype=np.bool_)
+        if keys.shape[0] == 0:
+            return out, found
+        with table.lock.read():
+            clock = table.tick() if self._meta_mode == K.META_CLOCK else 0
+            K.find_rows(table.slots, table.num_slots, table.values, keys, out, found, self._meta_mode, clock)
+        return out, found
+
+    def items(self, tag: str, batch_rows: int = 65536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Iterate table `tag` as `(keys: (m,) int64, vectors: (m, dim) float32)` batches, m ≤ batch_rows.
+
+        Keys are snapshotted first; each batch is read under the lock, so keys erased meanwhile are
+        skipped and no row is torn. Access metadata is not touched."""
+        table = self._table(tag)
+        if batch_rows < 1:
+            raise BackendError(f"hash map: table {tag}: batch_rows must be ≥ 1, got {batch_rows}")
+        with table.lock.read():
+            snapshot = K.live_keys(table.slots, table.num_slots, table.size)
+        for start in range(0, snapshot.shape[0], batch_rows):
+            keys = snapshot[start:start + batch_rows]
+            out = np.empty((keys.shape[0], table.dim), dtype=np.float32)
+            found = np.empty(keys.shape[0], dtype=np.bool_)
+            with table.lock.read():
+                K.find_rows(table.slots, table.num_slots, table.values, keys, out, found, K.META_NONE, 0)
+            if found.all():
+                yield keys, out
+            elif found.any():
+                yield keys[found], out[found]
+
+    # -- updates ------------------------------------------------------------------------------
+
+    def insert_or_assign(self, tag: str, keys: np.ndarray, vectors: np.ndarray) -> None:
+        """Upsert `keys: (n,) int64` → `vectors: (n, dim) float32` (later duplicates win).
+
+        Processed in `max_batch_size` chunks; after each chunk every partition that reached
+        `overflow_margin` is shrunk by the overflow policy. Nothing is written if validation fails."""
+        table = self._table(tag)
+        keys = check_keys(tag, keys)
+        vectors = check_vectors(tag, vectors, keys.shape[0], table.dim)
+        n = keys.shape[0]
+        if n == 0:
+            return
+        with table.lock.write():
+            if table.clock >= _CLOCK_MAX:
+                K.halve_meta(table.slots, table.num_slots)
+                table.clock //= 2
+            clock = table.tick() if self._meta_mode == K.META_CLOCK else 0
+            if n > self._batch_rows:
+                self._reserve_for(table, keys, limit_rows=self._overflow_cap_rows())
+            for start in range(0, n, self._batch_rows):
+                chunk = slice(start, start + self._batch_rows)
+                self._reserve_for(table, keys[chunk])
+                K.insert_rows(table.slots, table.num_slots, table.values, table.values_i32, table.state,
+                              table.part_counts, keys[chunk], vectors[chunk], self._meta_mode, clock)
+                self._resolve_overflow(table)
+
+    def erase(self, tag: str, keys: np.ndarray) -> int:
+        """Remove `keys: (n,) int64` from table `tag`; returns how many were present."""
+        table = self._table(tag)
+        keys = check_keys(tag, keys)
+        if keys.shape[0] == 0:
+            return 0
+        with table.lock.write():
+            return int(K.erase_keys(table.slots, table.num_slots, table.values_i32, table.state,
+                                    table.part_counts, keys))
+
+    def _overflow_cap_rows(self) -> int | None:
+        if self._margin is None:
+            return None
+        return self._margin * self._num_partitions + self._batch_rows
+
+    def _reserve_for(self, table: _Table, keys: np.ndarray, limit_rows: int | None = None) -> None:
+        """Grow `table` so that every key of `keys` could be a new row (capped at `limit_rows` live)."""
+        n = keys.shape[0]
+        if n <= table.free_rows() and table.size + n <= MAX_LOAD * table.num_slots:
+            return
+        new_rows = int(K.count_absent(table.slots, table.num_slots, keys))
+        if limit_rows is not None:
+            new_rows = max(0, min(new_rows, limit_rows - table.size))
+        if new_rows:
+            table.reserve(new_rows)
+
+    def _resolve_overflow(self, table: _Table) -> None:
+        """Shrink every partition holding ≥ overflow_margin rows to the resolution target."""
+        if self._margin is None:
+            return
+        wanted = table.part_counts >= self._margin
+        if not wanted.any():
+            return
+        keys, metas, parts = K.partition_members(table.slots, table.num_slots, self._num_partitions, wanted)
+        for p in np.flatnonzero(wanted):
+            members = parts == p
+            part_keys = keys[members]
+            excess = part_keys.shape[0] - self._target_rows
+            if excess <= 0:
+                continue
+            if self._meta_mode == K.META_NONE:
+                victims = part_keys[self._rng.choice(part_keys.shape[0], size=excess, replace=False)]
+            elif excess >= part_keys.shape[0]:
+                victims = part_keys
+            else:
+                victims = part_keys[np.argpartition(metas[members], excess - 1)[:excess]]
+            for start in range(0, victims.shape[0], self._batch_rows):
+                K.erase_keys(table.slots, table.num_slots, table.values_i32, table.state, table.part_counts,
+                             victims[start:start + self._batch_rows])

@@ -1,0 +1,286 @@
+"""Compiled (numba) hot loops of the in-process hash map tier (`hps.storage.hash_map`).
+
+One open-addressing table per embedding table, linear probing, backward-shift deletion
+(no tombstones). The slot array is `slots: (2 * num_slots,) uint64`; slot `j` is two words:
+
+- `slots[2j]`     the key (int64 bits),
+- `slots[2j + 1]` `(meta << 32) | row`: `row` indexes the value slab (`EMPTY_ROW` = free slot),
+  `meta` is the uint32 access metadata (LFU access count or LRU logical clock).
+
+So key, row and metadata share one 16-byte slot (one cache line touched per probe). Value rows
+live in a contiguous `(capacity_rows, dim) float32` slab; a freed row is chained into an
+intrusive free list through its first float32 (read as int32), so holes cost no memory.
+
+The home slot of a key is `((mix >> 32) * num_slots) >> 32` with `mix = rrxmrrxmsx_0(key)`;
+its partition is `mix % num_partitions` (HugeCTR's), used only for per-partition overflow counts.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from hps.storage.partition import rrxmrrxmsx_0_scalar
+
+EMPTY_ROW = np.uint64(0xFFFFFFFF)
+EMPTY_WORD = np.uint64(0xFFFFFFFF)  # meta 0, row EMPTY_ROW
+LOW32 = np.uint64(0xFFFFFFFF)
+META_MAX = np.uint64(0xFFFFFFFF)
+_ONE_META = np.uint64(1 << 32)
+_S32 = np.uint64(32)
+
+#: meta_mode values: what a find does to the slot metadata.
+META_NONE, META_COUNT, META_CLOCK = 0, 1, 2
+
+# state vector of a table: (4,) int64
+ST_SIZE, ST_HWM, ST_FREE_HEAD, ST_FREE_COUNT = 0, 1, 2, 3
+
+_PREFETCH_DISTANCE = 16
+_RING = 32  # power of two > 2 * _PREFETCH_DISTANCE
+
+
+@intrinsic
+def _prefetch(typingctx, arr, idx):
+    """Emit `llvm.prefetch` (read, high locality) for the address of `arr[idx]` (1-D array)."""
+    sig = types.void(arr, idx)
+
+    def codegen(context, builder, signature, args):
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]], wraparound=False)
+        i8p = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+        builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@numba.njit(inline="always")
+def _home(h, num_slots):
+    return np.int64(((h >> _S32) * np.uint64(num_slots)) >> _S32)
+
+
+@numba.njit(inline="always")
+def _probe(slots, num_slots, k, j):
+    """Slot index holding key `k` (uint64) starting at home `j`, or -(empty slot index) - 1."""
+    while True:
+        w = slots[2 * j + 1]
+        if (w & LOW32) == EMPTY_ROW:
+            return -j - 1
+        if slots[2 * j] == k:
+            return j
+        j += 1
+        if j == num_slots:
+            j = 0
+
+
+@numba.njit(cache=True, nogil=True)
+def find_rows(slots, num_slots, values, keys, out, found, meta_mode, clock):
+    """Gather `values` rows of `keys: (n,) int64` into `out: (n, dim) float32` and `found: (n,) bool`.
+
+    Missing rows are zero-filled. `meta_mode` 1 increments the access count (saturating),
+    2 stores `clock` (uint32) as last access. Software-pipelined with prefetches: the slot of
+    key i+2D and the value row of key i+D are requested while key i is copied."""
+    n = keys.shape[0]
+    dim = values.shape[1]
+    flat = values.reshape(-1)
+    ring_home = np.empty(_RING, np.int64)
+    ring_slot = np.empty(_RING, np.int64)
+    mask = _RING - 1
+    dist = _PREFETCH_DISTANCE
+    clock_word = np.uint64(clock) << _S32
+    for t in range(n + 2 * dist):
+        a = t
+        if a < n:
+            h = rrxmrrxmsx_0_scalar(np.uint64(keys[a]))
+            jh = _home(h, num_slots)
+            ring_home[a & mask] = jh
+            _prefetch(slots, 2 * jh)
+        b = t - dist
+        if 0 <= b < n:
+            j = _probe(slots, num_slots, np.uint64(keys[b]), ring_home[b & mask])
+            ring_slot[b & mask] = j
+            if j >= 0:
+                _prefetch(flat, np.int64(slots[2 * j + 1] & LOW32) * dim)
+        c = t - 2 * dist
+        if c >= 0:
+            j = ring_slot[c & mask]
+            if j < 0:
+                found[c] = False
+                for d in range(dim):
+                    out[c, d] = 0.0
+            else:
+                found[c] = True
+                w = slots[2 * j + 1]
+                r = np.int64(w & LOW32)
+                for d in range(dim):
+                    out[c, d] = values[r, d]
+                if meta_mode == META_COUNT:
+                    if (w >> _S32) < META_MAX:
+                        slots[2 * j + 1] = w + _ONE_META
+                elif meta_mode == META_CLOCK:
+                    slots[2 * j + 1] = clock_word | (w & LOW32)
+
+
+@numba.njit(cache=True, nogil=True)
+def count_absent(slots, num_slots, keys):
+    """How many of `keys: (n,) int64` are not in the table (duplicates counted each time)."""
+    absent = 0
+    for i in range(keys.shape[0]):
+        k = np.uint64(keys[i])
+        j = _probe(slots, num_slots, k, _home(rrxmrrxmsx_0_scalar(k), num_slots))
+        if j < 0:
+            absent += 1
+    return absent
+
+
+@numba.njit(cache=True, nogil=True)
+def insert_rows(slots, num_slots, values, values_i32, state, part_counts, keys, vectors, meta_mode, clock):
+    """Upsert `keys: (n,) int64` → `vectors: (n, dim) float32`; later duplicates win.
+
+    The caller guarantees room: enough free slab rows (`state`) and slots for every key.
+    Inserted and assigned rows get meta 0 (LFU) or `clock` (LRU). Returns rows added."""
+    n = keys.shape[0]
+    dim = values.shape[1]
+    num_partitions = np.uint64(part_counts.shape[0])
+    meta_word = np.uint64(clock) << _S32 if meta_mode == META_CLOCK else np.uint64(0)
+    added = 0
+    for i in range(n):
+        k = np.uint64(keys[i])
+        h = rrxmrrxmsx_0_scalar(k)
+        j = _probe(slots, num_slots, k, _home(h, num_slots))
+        if j >= 0:
+            r = np.int64(slots[2 * j + 1] & LOW32)
+        else:
+            j = -j - 1
+            if state[ST_FREE_HEAD] >= 0:
+                r = state[ST_FREE_HEAD]
+                state[ST_FREE_HEAD] = values_i32[r, 0]
+                state[ST_FREE_COUNT] -= 1
+            else:
+                r = state[ST_HWM]
+                state[ST_HWM] += 1
+            slots[2 * j] = k
+            part_counts[np.int64(h % num_partitions)] += 1
+            state[ST_SIZE] += 1
+            added += 1
+        slots[2 * j + 1] = meta_word | np.uint64(r)
+        for d in range(dim):
+            values[r, d] = vectors[i, d]
+    return added
+
+
+@numba.njit(cache=True, nogil=True)
+def erase_keys(slots, num_slots, values_i32, state, part_counts, keys):
+    """Remove `keys: (n,) int64` (backward-shift deletion; freed rows join the free list).
+
+    Returns how many keys were present."""
+    num_partitions = np.uint64(part_counts.shape[0])
+    erased = 0
+    for i in range(keys.shape[0]):
+        k = np.uint64(keys[i])
+        h = rrxmrrxmsx_0_scalar(k)
+        j = _probe(slots, num_slots, k, _home(h, num_slots))
+        if j < 0:
+            continue
+        r = np.int64(slots[2 * j + 1] & LOW32)
+        values_i32[r, 0] = np.int32(state[ST_FREE_HEAD])
+        state[ST_FREE_HEAD] = r
+        state[ST_FREE_COUNT] += 1
+        state[ST_SIZE] -= 1
+        part_counts[np.int64(h % num_partitions)] -= 1
+        erased += 1
+        hole = j
+        m = j
+        while True:
+            m += 1
+            if m == num_slots:
+                m = 0
+            w = slots[2 * m + 1]
+            if (w & LOW32) == EMPTY_ROW:
+                break
+            home = _home(rrxmrrxmsx_0_scalar(slots[2 * m]), num_slots)
+            # the entry at m may move back into the hole unless its home lies in (hole, m]
+            if hole <= m:
+                movable = home <= hole or home > m
+            else:
+                movable = home <= hole and home > m
+            if movable:
+                slots[2 * hole] = slots[2 * m]
+                slots[2 * hole + 1] = w
+                hole = m
+        slots[2 * hole + 1] = EMPTY_WORD
+    return erased
+
+
+@numba.njit(cache=True, nogil=True)
+def rehash(old_slots, old_num_slots, new_slots, new_num_slots):
+    """Move every live slot of `old_slots` into the empty table `new_slots`."""
+    for j in range(old_num_slots):
+        w = old_slots[2 * j + 1]
+        if (w & LOW32) == EMPTY_ROW:
+            continue
+        k = old_slots[2 * j]
+        m = _home(rrxmrrxmsx_0_scalar(k), new_num_slots)
+        while (new_slots[2 * m + 1] & LOW32) != EMPTY_ROW:
+            m += 1
+            if m == new_num_slots:
+                m = 0
+        new_slots[2 * m] = k
+        new_slots[2 * m + 1] = w
+
+
+@numba.njit(cache=True, nogil=True)
+def live_keys(slots, num_slots, size):
+    """Keys of all live slots: `(size,) int64`, in slot order."""
+    out = np.empty(size, np.int64)
+    c = 0
+    for j in range(num_slots):
+        if (slots[2 * j + 1] & LOW32) != EMPTY_ROW and c < size:
+            out[c] = np.int64(slots[2 * j])
+            c += 1
+    return out[:c]
+
+
+@numba.njit(cache=True, nogil=True)
+def partition_members(slots, num_slots, num_partitions, wanted):
+    """Live entries whose partition `p` has `wanted[p]` set.
+
+    Returns `(keys: (m,) int64, metas: (m,) int64, parts: (m,) int64)`."""
+    np_u = np.uint64(num_partitions)
+    count = 0
+    for j in range(num_slots):
+        if (slots[2 * j + 1] & LOW32) != EMPTY_ROW:
+            if wanted[np.int64(rrxmrrxmsx_0_scalar(slots[2 * j]) % np_u)]:
+                count += 1
+    keys = np.empty(count, np.int64)
+    metas = np.empty(count, np.int64)
+    parts = np.empty(count, np.int64)
+    c = 0
+    for j in range(num_slots):
+        w = slots[2 * j + 1]
+        if (w & LOW32) == EMPTY_ROW:
+            continue
+        p = np.int64(rrxmrrxmsx_0_scalar(slots[2 * j]) % np_u)
+        if wanted[p]:
+            keys[c] = np.int64(slots[2 * j])
+            metas[c] = np.int64(w >> _S32)
+            parts[c] = p
+            c += 1
+    return keys, metas, parts
+
+
+@numba.njit(cache=True, nogil=True)
+def halve_meta(slots, num_slots):
+    """Halve every slot's metadata (keeps LRU order when the logical clock nears uint32 max)."""
+    for j in range(num_slots):
+        w = slots[2 * j + 1]
+        if (w & LOW32) != EMPTY_ROW:
+            slots[2 * j + 1] = (((w >> _S32) >> np.uint64(1)) << _S32) | (w & LOW32)

@@ -1,0 +1,297 @@
+"""hps.tensorflow: HugeCTR's TensorFlow HPS plugin (`import hierarchical_parameter_server as hps`),
+re-implemented on `hps.HPS`; HugeCTR users change only their import (reference §3.3).
+
+    import hps.tensorflow as hps
+    hps.Init(global_batch_size=1024, ps_config_file="ps.json")
+    layer = hps.LookupLayer(model_name="m", table_id=0, emb_vec_size=16)
+    vectors = layer(ids)                     # ids (B, ...) int64 -> (B, ..., 16) float32
+
+The layers run eagerly, inside `tf.function` and in Keras models (`fit`, `predict`). Eagerly the
+lookup is a direct call of `HPS.lookup`; in a graph it is a stateful `tf.numpy_function` (so an
+online update is seen by the next call) with the static output shape `ids.shape + [emb_vec_size]`.
+
+Differences from HugeCTR, on purpose:
+- Every validation failure raises an `HpsError` (HugeCTR logged and returned zeros, §1.9 #9).
+  Eagerly and while tracing, the `HpsError` itself is raised; a failure that can only be seen
+  when a graph runs (a dynamic batch over `max_batch_size`) comes back as a `tf.errors.OpError`
+  (TensorFlow wraps exceptions raised inside `tf.numpy_function`) whose message holds the
+  `HpsError`'s text.
+- Key dtype: as in HugeCTR, ids must be int64 when ps.json says `supportlonglong: true` and int32
+  when it says false; HugeCTR refused a mismatch (with a log line), we raise `KeyInputError`.
+  Any other dtype (floats, uint8, ...) raises too.
+- The lookup runs on the host, so a graph holding these layers cannot be XLA-compiled
+  (`supports_jit = False`) and a SavedModel holding them cannot be loaded in another process
+  (`tf.numpy_function` is process-local): serve such models through `hps.serving.triton`.
+- `Init` works without GPUs: replicas come from the active `tf.distribute` strategy (one when
+  none), and `deployed_device_list` is checked only when TensorFlow sees GPUs.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import threading
+from typing import Any
+
+import numpy as np
+
+from hps.config import PsConfig, load_config
+from hps.errors import ConfigError, HpsError, KeyInputError, require
+
+tf = require("tensorflow", "tf")
+
+__all__ = ["Init", "LookupLayer", "SparseLookupLayer"]
+
+_COMBINERS = ("mean", "sum", "sqrtn")
+
+_lock = threading.Lock()
+_servers: dict[str, Any] = {}          # realpath of a ps.json -> its process-wide hps.HPS
+_configs: dict[str, PsConfig] = {}     # realpath of a ps.json -> its parsed config
+_default_path: list[str] = []          # the first file given to Init: used by layers without a file
+
+
+def _real(ps_config_file: str | os.PathLike[str]) -> str:
+    """The canonical key of a ps.json in the registries."""
+    if not isinstance(ps_config_file, (str, os.PathLike)) or not str(ps_config_file):
+        raise ConfigError(f"ps_config_file must be a path to a ps.json, got {ps_config_file!r}")
+    return os.path.realpath(os.fspath(ps_config_file))
+
+
+def _config(path: str) -> PsConfig:
+    """The parsed config of the ps.json at realpath `path` (parsed once per process)."""
+    config = _configs.get(path)
+    if config is None:
+        config = load_config(path)
+        _configs[path] = config
+    return config
+
+
+def _num_replicas() -> int:
+    """Replicas in sync of the active tf.distribute strategy (1 without a strategy)."""
+    return int(tf.distribute.get_strategy().num_replicas_in_sync)
+
+
+def _check_init(global_batch_size: int, config: PsConfig, path: str) -> None:
+    """HugeCTR's Init checks: batch divisible by the replicas, per-replica batch within every
+    model's max_batch_size, and (with GPUs) the replicas' devices in deployed_device_list."""
+    if isinstance(global_batch_size, bool) or not isinstance(global_batch_size, (int, np.integer)) \
+            or global_batch_size < 1:
+        raise ConfigError(f"Init: global_batch_size must be a positive int, got {global_batch_size!r}")
+    replicas = _num_replicas()
+    if global_batch_size % replicas:
+        raise ConfigError(f"Init: global_batch_size {global_batch_size} is not divisible by the "
+                          f"{replicas} replicas in sync")
+    per_replica = int(global_batch_size) // replicas
+    gpus = len(tf.config.list_logical_devices("GPU"))
+    for i, model in enumerate(config.models):
+        if per_replica > model.max_batch_size:
+            raise ConfigError(
+                f"{path}: models[{i}].max_batch_size is {model.max_batch_size} but Init got "
+                f"global_batch_size {global_batch_size} ({per_replica} per replica, {replicas} replicas); "
+                f"raise max_batch_size or lower the batch")
+        if gpus and replicas > 1:
+            missing = sorted(set(range(replicas)) - set(model.deployed_device_list))
+            if missing:
+                raise ConfigError(
+                    f"{path}: models[{i}].deployed_device_list {list(model.deployed_device_list)} lacks "
+                    f"the devices {missing} of the {replicas} replicas")
+
+
+def Init(global_batch_size: int, ps_config_file: str) -> str:  # noqa: N802 - HugeCTR's name
+    """Create the process-wide HPS for `ps_config_file` and check it against the batch size.
+
+    global_batch_size: samples per step over all replicas; each replica's share must be at most
+    every model's `max_batch_size`. Thread-safe and idempotent: the tables are loaded once per file
+    (later calls only repeat the checks). The first file given is the one used by layers built
+    without `ps_config_file`. Returns "OK"; raises `ConfigError` on a failed check.
+    """
+    path = _real(ps_config_file)
+    with _lock:
+        _check_init(global_batch_size, _config(path), path)
+        if path not in _servers:
+            from hps.parameter_server import HPS
+
+            _servers[path] = HPS(_config(path))
+        if not _default_path:
+            _default_path.append(path)
+    return "OK"
+
+
+@atexit.register
+def _close_all() -> None:
+    """Close every process-wide HPS at interpreter exit (flushes and unlocks persistent tiers)."""
+    with _lock:
+        for server in _servers.values():
+            server.close()
+        _servers.clear()
+
+
+def _server(ps_config_file: str, global_batch_size: int) -> Any:
+    """The HPS a layer uses: its own file (lazily Init-ed), else the first Init-ed one."""
+    if ps_config_file:
+        path = _real(ps_config_file)
+        server = _servers.get(path)
+        if server is None:
+            Init(global_batch_size, path)
+            server = _servers[path]
+        return server
+    if not _default_path:
+        raise HpsError("hps.tensorflow: no HPS yet; call hps.tensorflow.Init(global_batch_size, ps_config_file) "
+                       "first or give the layer ps_config_file")
+    return _servers[_default_path[0]]
+
+
+def _known_config(ps_config_file: str) -> PsConfig | None:
+    """The config a layer will use, when it is known without loading any table."""
+    if ps_config_file:
+        return _config(_real(ps_config_file))
+    return _configs[_default_path[0]] if _default_path else None
+
+
+class _HpsLayerBase(tf.keras.layers.Layer):
+    """Arguments, checks and the host lookup shared by `LookupLayer` and `SparseLookupLayer`."""
+
+    def __init__(self, model_name: str, table_id: int, emb_vec_size: int, emb_vec_dtype: Any = tf.float32,
+                 ps_config_file: str = "", global_batch_size: int = 1, **kwargs: Any) -> None:
+        kwargs.setdefault("trainable", False)
+        super().__init__(**kwargs)
+        where = f"{type(self).__name__}({model_name!r}, table_id={table_id!r})"
+        if not isinstance(model_name, str) or not model_name:
+            raise ConfigError(f"{where}: model_name must be a non-empty str")
+        if isinstance(table_id, bool) or not isinstance(table_id, (int, np.integer)) or table_id < 0:
+            raise ConfigError(f"{where}: table_id must be an int >= 0")
+        if isinstance(emb_vec_size, bool) or not isinstance(emb_vec_size, (int, np.integer)) or emb_vec_size < 1:
+            raise ConfigError(f"{where}: emb_vec_size must be a positive int, got {emb_vec_size!r}")
+        if tf.as_dtype(emb_vec_dtype) != tf.float32:
+            raise ConfigError(f"{where}: emb_vec_dtype must be tf.float32 (HPS stores float32), "
+                              f"got {tf.as_dtype(emb_vec_dtype).name}")
+        self.model_name = model_name
+        self.table_id = int(table_id)
+        self.emb_vec_size = int(emb_vec_size)
+        self.emb_vec_dtype = tf.float32
+        self.ps_config_file = os.fspath(ps_config_file) if ps_config_file else ""
+        self.global_batch_size = int(global_batch_size)
+        self.supports_jit = False  # a host lookup (numpy_function) cannot be XLA-compiled
+        self._where = where
+        config = _known_config(self.ps_config_file)
+        if config is not None:
+            self._check_table(config)
+
+    def get_config(self) -> dict[str, Any]:
+        """Keras serialization: the constructor's arguments."""
+        config = super().get_config()
+        config.update(model_name=self.model_name, table_id=self.table_id, emb_vec_size=self.emb_vec_size,
+                      ps_config_file=self.ps_config_file, global_batch_size=self.global_batch_size)
+        return config
+
+    def _check_table(self, config: PsConfig) -> None:
+        """The model and table exist and their dim equals emb_vec_size (ConfigError otherwise)."""
+        table = config.model(self.model_name).table(self.table_id)
+        if table.dim != self.emb_vec_size:
+            raise ConfigError(
+                f"{self._where}: emb_vec_size {self.emb_vec_size} does not match the table {table.name!r} "
+                f"dim {table.dim} (embedding_vecsize_per_table in ps.json)")
+
+    def _check_ids_dtype(self, dtype: Any, what: str) -> None:
+        """ids must be int64 with supportlonglong, int32 without (KeyInputError otherwise)."""
+        dtype = tf.as_dtype(dtype)
+        if dtype not in (tf.int32, tf.int64):
+            raise KeyInputError(f"{self._where}: {what} must be int64 or int32 keys, got {dtype.name}")
+        config = _known_config(self.ps_config_file)
+        if config is None:
+            return
+        expected = tf.int64 if config.supportlonglong else tf.int32
+        if dtype != expected:
+            raise KeyInputError(
+                f"{self._where}: {what} are {dtype.name} but ps.json has supportlonglong="
+                f"{str(config.supportlonglong).lower()}, which takes {expected.name} keys; "
+                f"cast them with tf.cast(ids, tf.{expected.name})")
+
+    def _check_batch(self, batch: int, num_keys: int) -> None:
+        """batch ≤ max_batch_size and num_keys ≤ max_batch_size × maxnum keys per sample."""
+        model = _known_config(self.ps_config_file).model(self.model_name)
+        if batch > model.max_batch_size:
+            raise KeyInputError(f"{self._where}: batch of {batch} samples exceeds max_batch_size "
+                                f"{model.max_batch_size} of model {self.model_name!r}")
+        limit = model.max_keys_per_call(self.table_id)
+        if num_keys > limit:
+            raise KeyInputError(f"{self._where}: {num_keys} keys exceed max_batch_size × "
+                                f"maxnum_catfeature_query_per_table_per_sample = {limit}")
+
+    def _lookup_numpy(self, ids: np.ndarray, batch: int) -> np.ndarray:
+        """Host lookup. ids: (...) int32|int64; batch: samples in the call → (..., D) float32."""
+        server = _server(self.ps_config_file, self.global_batch_size)
+        config = _known_config(self.ps_config_file)
+        self._check_table(config)
+        self._check_ids_dtype(ids.dtype, "ids")
+        self._check_batch(batch, ids.size)
+        vectors = server.lookup(ids, self.model_name, self.table_id)
+        if vectors.shape != ids.shape + (self.emb_vec_size,) or vectors.dtype != np.float32:
+            raise HpsError(f"{self._where}: HPS returned {vectors.dtype} {vectors.shape}, expected float32 "
+                           f"{ids.shape + (self.emb_vec_size,)}")
+        return vectors
+
+    def _lookup(self, ids: Any, batch: Any) -> Any:
+        """ids: tf int tensor (...) → float32 (..., D), eagerly or as a graph op; batch: scalar."""
+        if tf.executing_eagerly() and hasattr(ids, "numpy"):
+            return tf.convert_to_tensor(self._lookup_numpy(ids.numpy(), int(batch)))
+        vectors = tf.numpy_function(lambda i, b: self._lookup_numpy(i, int(b)), [ids, batch], tf.float32,
+                                    stateful=True, name="hps_lookup")
+        vectors.set_shape(ids.shape.concatenate([self.emb_vec_size]))
+        return vectors
+
+
+class LookupLayer(_HpsLayerBase):
+    """Dense lookup: `layer(ids, max_norm=None)`, ids (B, ...) int64|int32 → (B, ..., emb_vec_size) float32.
+
+    Constructor as HugeCTR's: `LookupLayer(model_name, table_id, emb_vec_size, emb_vec_dtype=tf.float32,
+    ps_config_file="", global_batch_size=1, **kwargs)`; with `ps_config_file` the HPS is created on the
+    first call (thread-safe, once per file), else `Init` must have been called.
+    `max_norm` clips each vector's L2 norm, as `tf.nn.embedding_lookup` does.
+    """
+
+    def call(self, ids: Any, max_norm: float | None = None) -> Any:
+        """ids: (B, ...) int64|int32 tensor → (B, ..., emb_vec_size) float32."""
+        if isinstance(ids, (tf.SparseTensor, tf.RaggedTensor)):
+            raise KeyInputError(f"{self._where}: ids must be a dense tensor, got {type(ids).__name__}; "
+                                f"use SparseLookupLayer for sparse ids")
+        ids = tf.convert_to_tensor(ids)
+        self._check_ids_dtype(ids.dtype, "ids")
+        if ids.shape.rank == 0:
+            raise KeyInputError(f"{self._where}: ids must have rank >= 1 (batch first), got a scalar")
+        vectors = self._lookup(ids, tf.shape(ids, out_type=tf.int64)[0])
+        if max_norm is not None:
+            vectors = tf.clip_by_norm(vectors, max_norm, axes=[-1])
+        return vectors
+
+
+class SparseLookupLayer(_HpsLayerBase):
+    """Sparse lookup with `tf.nn.embedding_lookup_sparse` semantics (same constructor as `LookupLayer`).
+
+    `layer(sp_ids, sp_weights, name=None, combiner="mean", max_norm=None)`: sp_ids a (B, M) SparseTensor of
+    int64|int32 ids, sp_weights None or a SparseTensor of float weights with the same indices →
+    (B', emb_vec_size) float32, B' = 1 + the last row holding an id (TF's rule). The unique ids are looked up
+    once, gathered back, weighted and combined per row ("sum", "mean" or "sqrtn"); `max_norm` clips each
+    looked-up vector before weighting.
+    """
+
+    def call(self, sp_ids: Any, sp_weights: Any = None, name: str | None = None, combiner: str | None = None,
+             max_norm: float | None = None) -> Any:
+        """sp_ids: (B, M) SparseTensor int64|int32; sp_weights: None | SparseTensor → (B', D) float32."""
+        combiner = "mean" if combiner is None else combiner
+        if combiner not in _COMBINERS:
+            raise ConfigError(f"{self._where}: combiner must be one of {_COMBINERS}, got {combiner!r}")
+        if not isinstance(sp_ids, tf.SparseTensor):
+            raise KeyInputError(f"{self._where}: sp_ids must be a tf.SparseTensor, got {type(sp_ids).__name__}")
+        if sp_weights is not None and not isinstance(sp_weights, tf.SparseTensor):
+            raise KeyInputError(f"{self._where}: sp_weights must be None or a tf.SparseTensor, "
+                                f"got {type(sp_weights).__name__}")
+        if sp_ids.shape.rank is not None and sp_ids.shape.rank != 2:
+            raise KeyInputError(f"{self._where}: sp_ids must have rank 2 (batch, ids per sample), "
+                                f"got rank {sp_ids.shape.rank}")
+        self._check_ids_dtype(sp_ids.dtype, "sp_ids")
+        unique_ids, positions = tf.unique(sp_ids.values, out_idx=tf.int64)
+        vectors = self._lookup(unique_ids, sp_ids.dense_shape[0])
+        remapped = tf.SparseTensor(sp_ids.indices, positions, sp_ids.dense_shape)
+        return tf.nn.embedding_lookup_sparse(vectors, remapped, sp_weights, combiner=combiner,
+                                             max_norm=max_norm, name=name)

@@ -1,0 +1,155 @@
+"""hps.torch: HugeCTR's PyTorch HPS plugin (`hps_torch`), re-implemented on `hps.HPS` (reference §3.4).
+
+    import hps.torch as hps_torch
+    layer = hps_torch.LookupLayer("ps.json", "my_model", table_id=0, emb_vec_size=16)
+    vectors = layer(keys)                    # (B, N) int64 -> (B, N, 16) float32, on keys.device
+
+The lookup is the torch custom op `torch.ops.hps.lookup(keys, ps_config_file, model_name, table_id,
+emb_vec_size)` with a fake (meta) implementation giving the output shape, so the layer works under
+`torch.compile` (one opaque op, no graph break) and `torch.export`. The HPS of a ps.json is created on
+the first lookup, once per process (thread-safe). Keys on a GPU stay there: with the GPU embedding
+cache the vectors are written on that GPU and returned without a host round trip; with a CPU cache
+they come back to the keys' device.
+
+Differences from HugeCTR, on purpose: CPU keys work too; every device in `deployed_device_list`
+works (HugeCTR's op was limited to device 0, §3.4); a bad input raises an `HpsError` (HugeCTR
+logged and left the output unset, §1.9 #9). As in HugeCTR the key dtype must match `supportlonglong`
+(int64 when true, int32 when false).
+"""
+
+import atexit
+import os
+import threading
+from typing import Any
+
+from hps.config import PsConfig, load_config
+from hps.errors import ConfigError, KeyInputError, require
+
+torch = require("torch", "torch")
+
+__all__ = ["LookupLayer", "lookup"]
+
+_lock = threading.Lock()
+_servers: dict[str, Any] = {}          # realpath of a ps.json -> its process-wide hps.HPS
+_configs: dict[str, PsConfig] = {}     # realpath of a ps.json -> its parsed config
+
+
+def _real(ps_config_file: str) -> str:
+    """The canonical key of a ps.json in the registries."""
+    if not isinstance(ps_config_file, (str, os.PathLike)) or not str(ps_config_file):
+        raise ConfigError(f"ps_config_file must be a path to a ps.json, got {ps_config_file!r}")
+    return os.path.realpath(os.fspath(ps_config_file))
+
+
+def _config(ps_config_file: str) -> PsConfig:
+    """The parsed config of a ps.json (parsed once per process)."""
+    path = _real(ps_config_file)
+    config = _configs.get(path)
+    if config is None:
+        config = load_config(path)
+        _configs[path] = config
+    return config
+
+
+def _server(ps_config_file: str) -> Any:
+    """The process-wide HPS of a ps.json, created on first use (thread-safe, once)."""
+    path = _real(ps_config_file)
+    server = _servers.get(path)
+    if server is None:
+        with _lock:
+            server = _servers.get(path)
+            if server is None:
+                from hps.parameter_server import HPS
+
+                server = HPS(_config(path))
+                _servers[path] = server
+    return server
+
+
+@atexit.register
+def _close_all() -> None:
+    """Close every process-wide HPS at interpreter exit (flushes and unlocks persistent tiers)."""
+    with _lock:
+        for server in _servers.values():
+            server.close()
+        _servers.clear()
+
+
+def _check(keys: Any, ps_config_file: str, model_name: str, table_id: int, emb_vec_size: int) -> None:
+    """Static checks (valid on fake tensors too): a (B, N) tensor whose dtype matches supportlonglong,
+    a known model and table, and emb_vec_size equal to the table's dim."""
+    where = f"hps.torch lookup ({model_name!r}, table_id={table_id})"
+    if not isinstance(keys, torch.Tensor):
+        raise KeyInputError(f"{where}: keys must be a torch.Tensor, got {type(keys).__name__}")
+    config = _config(ps_config_file)
+    table = config.model(model_name).table(table_id)
+    if table.dim != emb_vec_size:
+        raise ConfigError(f"{where}: emb_vec_size {emb_vec_size} does not match the table {table.name!r} "
+                          f"dim {table.dim} (embedding_vecsize_per_table in ps.json)")
+    expected = torch.int64 if config.supportlonglong else torch.int32
+    if keys.dtype not in (torch.int32, torch.int64):
+        raise KeyInputError(f"{where}: keys must be int64 or int32, got {keys.dtype}")
+    if keys.dtype != expected:
+        raise KeyInputError(f"{where}: keys are {keys.dtype} but ps.json has supportlonglong="
+                            f"{str(config.supportlonglong).lower()}, which takes {expected} keys; "
+                            f"cast them with keys.to({expected})")
+    if keys.dim() != 2:
+        raise KeyInputError(f"{where}: keys must have shape (batch, keys per sample), got {tuple(keys.shape)}")
+
+
+@torch.library.custom_op("hps::lookup", mutates_args=())
+def lookup(keys: torch.Tensor, ps_config_file: str, model_name: str, table_id: int,
+           emb_vec_size: int) -> torch.Tensor:
+    """keys: (B, N) int64|int32 on the CPU or a GPU → (B, N, emb_vec_size) float32 on keys.device.
+
+    Raises `KeyInputError` / `ConfigError` / `UnknownModelError` on a bad input; B over the model's
+    `max_batch_size` raises `KeyInputError`."""
+    _check(keys, ps_config_file, model_name, table_id, emb_vec_size)
+    model = _config(ps_config_file).model(model_name)
+    if keys.shape[0] > model.max_batch_size:
+        raise KeyInputError(f"hps.torch lookup ({model_name!r}, table_id={table_id}): batch of {keys.shape[0]} "
+                            f"samples exceeds max_batch_size {model.max_batch_size}")
+    device_id = (keys.device.index or 0) if keys.is_cuda else 0
+    vectors = _server(ps_config_file).lookup(keys, model_name, table_id, device_id=device_id)
+    if vectors.data_ptr() == keys.data_ptr() and keys.numel():  # an op's output may not alias its input
+        vectors = vectors.clone()
+    return vectors
+
+
+@lookup.register_fake
+def _lookup_fake(keys: torch.Tensor, ps_config_file: str, model_name: str, table_id: int,
+                 emb_vec_size: int) -> torch.Tensor:
+    """Output shape for torch.compile / torch.export: (B, N, emb_vec_size) float32 on keys.device."""
+    _check(keys, ps_config_file, model_name, table_id, emb_vec_size)
+    return keys.new_empty((*keys.shape, emb_vec_size), dtype=torch.float32)
+
+
+class LookupLayer(torch.nn.Module):
+    """`LookupLayer(ps_config_file, model_name, table_id, emb_vec_size)`: (B, N) int64|int32 keys on the CPU
+    or a GPU → (B, N, emb_vec_size) float32 on the same device (HugeCTR's `hps_torch.LookupLayer`).
+
+    The config is read (not the tables) at construction to check the model, the table and its dim;
+    the tables are loaded on the first forward. No parameters: the embeddings live in the HPS."""
+
+    def __init__(self, ps_config_file: str, model_name: str, table_id: int, emb_vec_size: int) -> None:
+        super().__init__()
+        if isinstance(table_id, bool) or not isinstance(table_id, int) or table_id < 0:
+            raise ConfigError(f"hps.torch.LookupLayer: table_id must be an int >= 0, got {table_id!r}")
+        if isinstance(emb_vec_size, bool) or not isinstance(emb_vec_size, int) or emb_vec_size < 1:
+            raise ConfigError(f"hps.torch.LookupLayer: emb_vec_size must be a positive int, got {emb_vec_size!r}")
+        self.ps_config_file = _real(ps_config_file)
+        self.model_name = model_name
+        self.table_id = table_id
+        self.emb_vec_size = emb_vec_size
+        table = _config(self.ps_config_file).model(model_name).table(table_id)
+        if table.dim != emb_vec_size:
+            raise ConfigError(f"hps.torch.LookupLayer({model_name!r}, table_id={table_id}): emb_vec_size "
+                              f"{emb_vec_size} does not match the table {table.name!r} dim {table.dim}")
+
+    def forward(self, keys: torch.Tensor) -> torch.Tensor:
+        """keys: (B, N) int64|int32 → (B, N, emb_vec_size) float32 on keys.device."""
+        return lookup(keys, self.ps_config_file, self.model_name, self.table_id, self.emb_vec_size)
+
+    def extra_repr(self) -> str:
+        return (f"ps_config_file={self.ps_config_file!r}, model_name={self.model_name!r}, "
+                f"table_id={self.table_id}, emb_vec_size={self.emb_vec_size}")

@@ -1,0 +1,256 @@
+"""A real, throw-away Redis Cluster on 127.0.0.1 for tests and benchmarks (no mocks).
+
+    with redis_cluster(masters=3) as cluster:
+        cluster.address           # "127.0.0.1:p1,127.0.0.1:p2,127.0.0.1:p3"
+        cluster.kill(0)           # SIGKILL master 0 (its slots stay assigned to it)
+        cluster.restart(0)        # start it again from the same dir / nodes.conf; it rejoins
+        cluster.pause(1); cluster.resume(1)   # SIGSTOP / SIGCONT: a hung node
+        cluster.wait_ok()         # every running master reports cluster_state:ok
+        cluster.flushall()
+
+Needs Debian's `redis-server` on PATH (package redis-server); `redis_server_available()` says
+whether it is there, so tests can skip with a clear reason. Masters are started as child
+processes (no --daemonize) on fresh random ports whose cluster-bus port (+10000) is free too,
+with persistence off; slots are split evenly with CLUSTER ADDSLOTSRANGE and the nodes are
+joined with CLUSTER MEET. Startup takes about 2 s (Redis delays a new master's `ok` state).
+
+pytest: `from tests.redis_cluster_fixture import redis_cluster` (tests/ is a package under the
+rootdir); a module-scoped fixture is simply
+
+    @pytest.fixture(scope="module")
+    def cluster():
+        with redis_cluster(3) as c:
+            yield c
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator
+
+NUM_SLOTS = 16384
+
+
+def redis_server_available() -> bool:
+    """True when a `redis-server` binary is on PATH."""
+    return shutil.which("redis-server") is not None
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _fresh_ports(count: int) -> list[int]:
+    """`count` random ports in [20000, 45000) whose cluster-bus ports (+10000) are free too."""
+    rng = random.Random(os.getpid() ^ time.monotonic_ns())
+    ports: list[int] = []
+    while len(ports) < count:
+        p = rng.randrange(20000, 45000)
+        if p in ports or p + 10000 in ports or p - 10000 in ports:
+            continue
+        if _port_free(p) and _port_free(p + 10000):
+            ports.append(p)
+    return ports
+
+
+class RedisClusterProcesses:
+    """A running local cluster of `masters` redis-server processes (no replicas)."""
+
+    def __init__(self, masters: int = 3, node_timeout_ms: int = 2000, directory: str | None = None) -> None:
+        if masters < 1:
+            raise ValueError(f"a cluster needs at least one master, got {masters}")
+        exe = shutil.which("redis-server")
+        if exe is None:
+            raise RuntimeError("redis-server is not on PATH (apt-get install redis-server redis-tools)")
+        self._exe = exe
+        self._own_dir = directory is None
+        self.dir = Path(directory or tempfile.mkdtemp(prefix="hps-rcluster-"))
+        self.node_timeout_ms = node_timeout_ms
+        self.ports = _fresh_ports(masters)
+        self._procs: list[subprocess.Popen | None] = [None] * masters
+        try:
+            for i in range(masters):
+                self._spawn(i)
+            self._wait_ping(range(masters))
+            self._create()
+            self.wait_ok()
+        except BaseException:
+            self.close()
+            raise
+
+    # -- addresses -------------------------------------------------------------------------
+    @property
+    def address(self) -> str:
+        """Seed list in ps.json form: "127.0.0.1:p1,127.0.0.1:p2,..."."""
+        return ",".join(f"127.0.0.1:{p}" for p in self.ports)
+
+    def node_name(self, i: int) -> str:
+        """"127.0.0.1:<port>" of master `i`."""
+        return f"127.0.0.1:{self.ports[i]}"
+
+    def client(self, i: int, **kwargs):
+        """A plain redis-py client of master `i` (no cluster routing)."""
+        import redis
+
+        return redis.Redis(host="127.0.0.1", port=self.ports[i], **kwargs)
+
+    # -- process control ---------------------------------------------------------------------
+    def _spawn(self, i: int) -> None:
+        port = self.ports[i]
+        node_dir = self.dir / str(port)
+        node_dir.mkdir(parents=True, exist_ok=True)
+        args = [self._exe, "--port", str(port), "--bind", "127.0.0.1", "--protected-mode", "yes",
+                "--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf",
+                "--cluster-node-timeout", str(self.node_timeout_ms), "--dir", str(node_dir),
+                "--save", "", "--appendonly", "no", "--daemonize", "no",
+                "--logfile", str(node_dir / "redis.log")]
+        self._procs[i] = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.DEVNULL)
+
+    def pid(self, i: int) -> int:
+        """Process id of master `i` (it must be running)."""
+        proc = self._procs[i]
+        if proc is None or proc.poll() is not None:
+            raise RuntimeError(f"master {i} ({self.node_name(i)}) is not running")
+        return proc.pid
+
+    def kill(self, i: int) -> None:
+        """SIGKILL master `i` and wait for it to exit (its port refuses connections at once)."""
+        proc = self._procs[i]
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        self._procs[i] = None
+
+    def restart(self, i: int, wait: bool = True) -> None:
+        """Start master `i` again from its directory (same nodes.conf: same id, same slots).
+
+        With `wait`, returns once it answers PING (not necessarily cluster_state:ok yet)."""
+        self.kill(i)
+        self._spawn(i)
+        if wait:
+            self._wait_ping([i])
+
+    def pause(self, i: int) -> None:
+        """SIGSTOP master `i`: it accepts connections but never answers (a hung node)."""
+        os.kill(self.pid(i), signal.SIGSTOP)
+
+    def resume(self, i: int) -> None:
+        """SIGCONT master `i` after `pause`."""
+        os.kill(self.pid(i), signal.SIGCONT)
+
+    # -- cluster setup ---------------------------------------------------------------------------
+    def _wait_ping(self, which, timeout_s: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        for i in which:
+            c = self.client(i, socket_timeout=0.5, socket_connect_timeout=0.5)
+            try:
+                while True:
+                    try:
+                        if c.ping():
+                            break
+                    except Exception:
+                        if self._procs[i] is None or self._procs[i].poll() is not None:
+                            raise RuntimeError(f"redis-server {self.node_name(i)} exited; see "
+                                               f"{self.dir / str(self.ports[i]) / 'redis.log'}")
+                        if time.monotonic() > deadline:
+                            raise TimeoutError(f"redis-server {self.node_name(i)} did not answer PING "
+                                               f"within {timeout_s} s")
+                        time.sleep(0.02)
+            finally:
+                c.close()
+
+    def _create(self) -> None:
+        n = len(self.ports)
+        bounds = [NUM_SLOTS * i // n for i in range(n + 1)]
+        clients = [self.client(i) for i in range(n)]
+        try:
+            for i, c in enumerate(clients):
+                c.execute_command("CLUSTER", "ADDSLOTSRANGE", bounds[i], bounds[i + 1] - 1)
+            for c in clients[1:]:
+                c.execute_command("CLUSTER", "MEET", "127.0.0.1", self.ports[0])
+        finally:
+            for c in clients:
+                c.close()
+
+    def wait_ok(self, timeout_s: float = 30.0) -> None:
+        """Wait until every running master says cluster_state:ok and knows all masters."""
+        deadline = time.monotonic() + timeout_s
+        running = [i for i, p in enumerate(self._procs) if p is not None and p.poll() is None]
+        for i in running:
+            c = self.client(i, socket_timeout=0.5, socket_connect_timeout=0.5)
+            try:
+                while True:
+                    try:
+                        info = c.execute_command("CLUSTER", "INFO")
+                        info = info.decode() if isinstance(info, bytes) else str(info)
+                        known = int(info.split("cluster_known_nodes:")[1].split()[0])
+                        if "cluster_state:ok" in info and known == len(self.ports):
+                            break
+                    except Exception:
+                        pass
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"cluster node {self.node_name(i)} not ok within {timeout_s} s")
+                    time.sleep(0.05)
+            finally:
+                c.close()
+
+    def flushall(self) -> None:
+        """FLUSHALL on every running master."""
+        for i, p in enumerate(self._procs):
+            if p is not None and p.poll() is None:
+                c = self.client(i)
+                try:
+                    c.flushall()
+                finally:
+                    c.close()
+
+    def close(self) -> None:
+        """Stop every master (SIGTERM, then SIGKILL after 5 s) and remove the directory."""
+        for proc in self._procs:
+            if proc is not None and proc.poll() is None:
+                try:
+                    os.kill(proc.pid, signal.SIGCONT)
+                except OSError:
+                    pass
+                proc.terminate()
+        for i, proc in enumerate(self._procs):
+            if proc is not None:
+                try:
+                    proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(timeout=5)
+            self._procs[i] = None
+        if self._own_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> "RedisClusterProcesses":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+@contextlib.contextmanager
+def redis_cluster(masters: int = 3, node_timeout_ms: int = 2000) -> Iterator[RedisClusterProcesses]:
+    """Start a local `masters`-node Redis Cluster, yield it, stop it (and remove its files)."""
+    cluster = RedisClusterProcesses(masters, node_timeout_ms=node_timeout_ms)
+    try:
+        yield cluster
+    finally:
+        cluster.close()

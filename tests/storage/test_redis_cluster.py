@@ -1,0 +1,240 @@
+"""RedisClusterBackend against a real local 3-master Redis Cluster (no mocks)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+import hps.storage  # noqa: F401  (import order: hps.config alone hits a circular import today)
+from hps.config.schema import RedisClusterConfig
+from hps.errors import BackendError
+from hps.storage.partition import partition_of
+from tests.redis_cluster_fixture import redis_cluster, redis_server_available
+from tests.storage.backend_contract import BackendContract, _rows
+
+pytestmark = [
+    pytest.mark.redis,
+    pytest.mark.skipif(not redis_server_available(),
+                       reason="redis-server is not on PATH (apt-get install redis-server redis-tools)"),
+]
+
+redis_cluster_mod = pytest.importorskip("hps.storage.redis_cluster")
+RedisClusterBackend = redis_cluster_mod.RedisClusterBackend
+TAG = "hps_et.rtest.table0"
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with redis_cluster(3) as c:
+        yield c
+
+
+def _config(cluster, **kw) -> RedisClusterConfig:
+    kw.setdefault("num_partitions", 5)
+    return RedisClusterConfig(address=cluster.address, **kw)
+
+
+@pytest.fixture
+def make_backend(cluster):
+    made = []
+
+    def make(**kw):
+        timeout_ms = kw.pop("timeout_ms", 1000)
+        b = RedisClusterBackend(_config(cluster, **kw), timeout_ms=timeout_ms)
+        made.append(b)
+        return b
+
+    cluster.flushall()
+    yield make
+    for b in made:
+        b.close()
+
+
+def _raw(cluster):
+    from redis.cluster import ClusterNode, RedisCluster
+
+    return RedisCluster(startup_nodes=[ClusterNode("127.0.0.1", p) for p in cluster.ports])
+
+
+class TestRedisClusterContract(BackendContract):
+    @pytest.fixture
+    def backend(self, make_backend):
+        return make_backend(max_batch_size=3000)
+
+
+def test_hash_names_are_hugectrs():
+    assert redis_cluster_mod.hash_key("hps_et.m.t", 3, "v") == b"hps_et{hps_et.m.t/p3}v"
+    assert redis_cluster_mod.hash_key("hps_et.m.t", 12, "t") == b"hps_et{hps_et.m.t/p12}t"
+    assert redis_cluster_mod.tag_of_hash_key(b"hps_et{hps_et.m.a/b/p12}v") == "hps_et.m.a/b"
+    assert redis_cluster_mod.tag_of_hash_key(b"hps_et{hps_et.m.t/p3}t") is None
+    assert redis_cluster_mod.tag_of_hash_key("other") is None
+
+
+def test_layout_raw_hget_and_hugectr_filled_data(cluster, make_backend):
+    b = make_backend(num_partitions=7)
+    b.create_table(TAG, 4)
+    keys = np.array([0, 1, -1, 2**40 + 3, 123456789], dtype=np.int64)
+    b.insert_or_assign(TAG, keys, _rows(keys, dim=4))
+    raw = _raw(cluster)
+    try:
+        parts = partition_of(keys, 7)
+        for k, p, row in zip(keys, parts, _rows(keys, dim=4)):
+            hv = f"hps_et{{{TAG}/p{p}}}v"
+            assert raw.hget(hv, k.astype("<i8").tobytes()) == row.astype("<f4").tobytes()
+            assert raw.keyslot(hv) == raw.keyslot(f"hps_et{{{TAG}/p{p}}}t")
+        # Rows written the way HugeCTR writes them are read as they are.
+        other = np.array([77, -5], dtype=np.int64)
+        for k, p, row in zip(other, partition_of(other, 7), _rows(other, dim=4, salt=9)):
+            raw.hset(f"hps_et{{{TAG}/p{p}}}v", k.astype("<i8").tobytes(), row.tobytes())
+        vectors, found = b.find(TAG, other)
+        assert found.all()
+        np.testing.assert_array_equal(vectors, _rows(other, dim=4, salt=9))
+        # A value of the wrong size is an error naming the table.
+        raw.hset(f"hps_et{{{TAG}/p{partition_of(other[:1], 7)[0]}}}v", other[0].astype("<i8").tobytes(), b"xyz")
+        with pytest.raises(BackendError, match=TAG):
+            b.find(TAG, other)
+    finally:
+        raw.close()
+
+
+def test_another_process_sees_the_same_rows(cluster, make_backend):
+    a, b = make_backend(), make_backend()
+    assert a.is_shared and a.name == "redis_cluster"
+    a.create_table(TAG, 8)
+    keys = np.arange(1000, dtype=np.int64)
+    a.insert_or_assign(TAG, keys, _rows(keys))
+    b.create_table(TAG, 8)
+    vectors, found = b.find(TAG, keys)
+    assert found.all() and b.size(TAG) == 1000 and TAG in b.tables()
+    np.testing.assert_array_equal(vectors, _rows(keys))
+
+
+def test_overflow_random(make_backend):
+    b = make_backend(num_partitions=2, overflow_margin=100, overflow_resolution_target=0.5, max_batch_size=16)
+    b.create_table(TAG, 8)
+    keys = np.arange(1000, dtype=np.int64)
+    parts = partition_of(keys, 2)
+    b.insert_or_assign(TAG, keys[parts == 0][:99], _rows(keys[parts == 0][:99]))
+    assert b.size(TAG) == 99  # below the margin: nothing evicted
+    b.insert_or_assign(TAG, keys[parts == 0][99:150], _rows(keys[parts == 0][99:150]))
+    assert b.size(TAG) == 50  # 150 >= 100 → shrunk to round(100 * 0.5)
+    b.insert_or_assign(TAG, keys[parts == 1][:30], _rows(keys[parts == 1][:30]))
+    assert b.size(TAG) == 80  # the other partition is independent
+    got = np.concatenate([k for k, _ in b.items(TAG)])
+    assert np.isin(got, keys).all() and len(np.unique(got)) == 80
+
+
+def test_overflow_least_used_keeps_hot_rows(cluster, make_backend):
+    b = make_backend(num_partitions=1, overflow_margin=10, overflow_resolution_target=0.5,
+                     overflow_policy="evict_least_used")
+    b.create_table(TAG, 8)
+    keys = np.arange(100, 109, dtype=np.int64)
+    b.insert_or_assign(TAG, keys, _rows(keys))
+    for _ in range(2):
+        assert b.find(TAG, keys[:4])[1].all()
+    raw = _raw(cluster)
+    try:  # HugeCTR's format: HINCRBY counts (1 on insert, +1 per hit)
+        assert raw.hget(f"hps_et{{{TAG}/p0}}t", keys[0].astype("<i8").tobytes()) == b"3"
+        assert raw.hget(f"hps_et{{{TAG}/p0}}t", keys[5].astype("<i8").tobytes()) == b"1"
+    finally:
+        raw.close()
+    b.insert_or_assign(TAG, np.array([200], dtype=np.int64), _rows(np.array([200])))
+    assert b.size(TAG) == 5
+    assert b.find(TAG, keys[:4])[1].all()
+
+
+def test_overflow_oldest_evicts_by_hugectr_timestamps(cluster, make_backend):
+    b = make_backend(num_partitions=1, overflow_margin=10, overflow_resolution_target=0.5,
+                     overflow_policy="evict_oldest")
+    b.create_table(TAG, 8)
+    keys = np.arange(9, dtype=np.int64)
+    b.insert_or_assign(TAG, keys, _rows(keys))
+    raw = _raw(cluster)
+    try:
+        ht = f"hps_et{{{TAG}/p0}}t"
+        stamp = int.from_bytes(raw.hget(ht, keys[6].astype("<i8").tobytes()), "little")
+        assert abs(stamp - time.time()) < 60  # raw 8-byte little-endian time_t
+        for k in keys[:6]:  # make 0..5 old, as a HugeCTR writer long ago would have
+            raw.hset(ht, k.astype("<i8").tobytes(), np.int64(1000 + k).astype("<i8").tobytes())
+        assert b.find(TAG, keys[:1])[1].all()  # a hit refreshes key 0 to now
+        assert abs(int.from_bytes(raw.hget(ht, keys[0].astype("<i8").tobytes()), "little") - time.time()) < 60
+    finally:
+        raw.close()
+    b.insert_or_assign(TAG, np.array([50], dtype=np.int64), _rows(np.array([50])))
+    left = np.sort(np.concatenate([k for k, _ in b.items(TAG)]))
+    assert left.tolist() == [0, 6, 7, 8, 50]
+
+
+def test_connection_options_reach_redis_py(cluster, make_backend, tmp_path):
+    b = make_backend(num_node_connections=3, timeout_ms=250)
+    for node in b._rc.get_primaries():
+        pool = node.redis_connection.connection_pool
+        assert pool.max_connections == 3
+        assert pool.connection_kwargs["socket_timeout"] == pytest.approx(0.25)
+        assert pool.connection_kwargs["socket_connect_timeout"] == pytest.approx(0.25)
+    ca_dir = tmp_path / "cas"
+    ca_dir.mkdir()
+    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    cert.write_text("x")
+    key.write_text("x")
+    cfg = RedisClusterConfig(address="10.0.0.1:7000", user_name="svc", password="pw", enable_tls=True,
+                             tls_ca_certificate=str(ca_dir), tls_client_certificate=str(cert),
+                             tls_client_key=str(key), tls_server_name_identification="redis.example")
+    kw = redis_cluster_mod.connection_kwargs(cfg, timeout_ms=500)
+    from redis.connection import SSLConnection
+
+    assert kw["ssl"] is True and kw["ssl_ca_path"] == str(ca_dir) and "ssl_ca_certs" not in kw
+    assert kw["ssl_certfile"] == str(cert) and kw["ssl_keyfile"] == str(key)
+    assert kw["username"] == "svc" and kw["password"] == "pw" and kw["socket_timeout"] == 0.5
+    assert issubclass(kw["connection_class"], SSLConnection) and kw["connection_class"].server_name == "redis.example"
+    kw = redis_cluster_mod.connection_kwargs(RedisClusterConfig(enable_tls=True, tls_ca_certificate="ca.crt"))
+    assert kw["ssl_ca_certs"] == "ca.crt" and "ssl_certfile" not in kw and "password" not in kw
+    assert "ssl" not in redis_cluster_mod.connection_kwargs(RedisClusterConfig())
+
+
+def _until_ok(fn, timeout_s: float):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return fn()
+        except BackendError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def test_node_failure_is_an_error_and_the_backend_recovers():
+    with redis_cluster(3) as c:
+        b = RedisClusterBackend(RedisClusterConfig(address=c.address, num_partitions=6), timeout_ms=300)
+        try:
+            b.create_table(TAG, 8)
+            keys = np.arange(3000, dtype=np.int64)
+            b.insert_or_assign(TAG, keys, _rows(keys))
+
+            c.pause(1)  # hung node: the socket timeout bounds the wait
+            t0 = time.monotonic()
+            with pytest.raises(BackendError, match=f"{c.node_name(1)}.*|{TAG}") as err:
+                b.find(TAG, keys)
+            assert time.monotonic() - t0 < 3.0
+            assert TAG in str(err.value) and c.node_name(1) in str(err.value)
+            c.resume(1)
+            vectors, found = _until_ok(lambda: b.find(TAG, keys), 20)
+            assert found.all()
+
+            c.kill(0)  # dead node: connection refused
+            for _ in range(2):
+                t0 = time.monotonic()
+                with pytest.raises(BackendError) as err:
+                    b.find(TAG, keys)
+                assert time.monotonic() - t0 < 3.0
+                assert TAG in str(err.value) and c.node_name(0) in str(err.value)
+            c.restart(0)
+            vectors, found = _until_ok(lambda: b.find(TAG, keys), 30)
+            assert found.any() and not found.all()  # node 0 came back empty (no persistence)
+            np.testing.assert_array_equal(vectors[found], _rows(keys[found]))
+            _until_ok(lambda: b.insert_or_assign(TAG, keys, _rows(keys)), 30)
+            assert b.find(TAG, keys)[1].all()
+        finally:
+            b.close()
