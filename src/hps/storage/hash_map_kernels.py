@@ -39,7 +39,7 @@ META_NONE, META_COUNT, META_CLOCK = 0, 1, 2
 # state vector of a table: (4,) int64
 ST_SIZE, ST_HWM, ST_FREE_HEAD, ST_FREE_COUNT = 0, 1, 2, 3
 
-_PREFETCH_DISTANCE = 16
+_PREFETCH_DISTANCE = 8
 _RING = 32  # power of two > 2 * _PREFETCH_DISTANCE
 
 

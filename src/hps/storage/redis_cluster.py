@@ -80,6 +80,7 @@ def connection_kwargs(config: RedisClusterConfig, timeout_ms: int = 1000) -> dic
         "socket_timeout": timeout_s,
         "socket_connect_timeout": timeout_s,
         "socket_keepalive": True,
+        "protocol": 2,  # RESP2, as HugeCTR's hiredis: no push messages, stale sockets are detected
     }
     if config.password:
         kw["username"] = config.user_name or None
@@ -554,9 +555,12 @@ class RedisClusterBackend:
                             out.append((ticket, reply))
             finally:
                 for name, conn in conns.items():
+                    pool = batches[name].node.redis_connection.connection_pool
                     if name in failed:
                         conn.disconnect()
-                    batches[name].node.redis_connection.connection_pool.release(conn)
+                    pool.release(conn)
+                for name in failed:  # idle sockets to a failed node are stale too
+                    batches[name].node.redis_connection.connection_pool.disconnect(inuse_connections=False)
         if failed:
             self._stale = True
             detail = "; ".join(f"node {n}: {m}" for n, m in failed.items())
@@ -601,7 +605,10 @@ class RedisClusterBackend:
             victims = keys[self._rng.permutation(keys.shape[0])[:excess]]
         else:
             score = np.zeros(keys.shape[0], np.int64)  # rows without metadata go first
-            mk, mv = meta_flat[0::2], meta_flat[1::2]
+            if isinstance(meta_flat, dict):  # RESP3 map
+                mk, mv = list(meta_flat.keys()), list(meta_flat.values())
+            else:  # RESP2 flat array
+                mk, mv = meta_flat[0::2], meta_flat[1::2]
             ok = [i for i, k in enumerate(mk) if len(k) == 8]
             if ok:
                 mkeys = np.frombuffer(b"".join(mk[i] for i in ok), "<i8")

@@ -72,7 +72,8 @@ class KafkaPublisher:
         deadline = time.monotonic() + timeout_s
         created = False
         while True:
-            meta = self._admin.list_topics(topic=topic, timeout=max(0.1, deadline - time.monotonic()))
+            # all topics: a metadata request naming the topic would auto-create it with the broker's default
+            meta = self._admin.list_topics(timeout=max(0.1, deadline - time.monotonic()))
             info = meta.topics.get(topic)
             if info is not None and info.error is None and info.partitions:
                 self._partitions[topic] = len(info.partitions)
@@ -142,6 +143,8 @@ class KafkaPublisher:
 
     def flush(self, timeout_s: float = 30.0) -> None:
         """Wait until every queued message is acknowledged; `UpdateError` on failures or timeout."""
+        if self._producer is None:
+            raise UpdateError("KafkaPublisher is closed")
         remaining = self._producer.flush(timeout_s)
         with self._lock:
             errors, self._errors = self._errors, []
@@ -159,6 +162,10 @@ class KafkaPublisher:
             self.flush(timeout_s)
         finally:
             self._closed = True
+            close = getattr(self._producer, "close", None)  # confluent-kafka >= 2.5
+            if close is not None:
+                close()
+            self._producer = self._admin = None
 
     def __enter__(self) -> "KafkaPublisher":
         return self

@@ -170,7 +170,7 @@ class TritonServer:
                f"--http-address={self.address}", f"--http-port={self.http_port}",
                f"--grpc-address={self.address}", f"--grpc-port={self.grpc_port}",
                f"--metrics-address={self.address}", f"--metrics-port={self.metrics_port}",
-               "--allow-gpu-metrics=false", "--exit-timeout-secs=5", f"--log-verbose={self.log_verbose}",
+               "--allow-gpu-metrics=false", "--exit-timeout-secs=3", f"--log-verbose={self.log_verbose}",
                f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
                f"--backend-config=python,shm-default-byte-size={PYTHON_SHM_DEFAULT_BYTES}",
                f"--model-control-mode={self.model_control}"]

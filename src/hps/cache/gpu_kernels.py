@@ -1,0 +1,241 @@
+"""Triton kernels of the GPU embedding cache (`hps.cache.gpu`) and static tables (`gpu_static`).
+
+Dynamic cache layout (all device tensors, `NB` buckets of `W` ways, `NS = NB * W` slots):
+
+- `keys`     `(NS + 1,) int64`   slot keys; `EMPTY` (INT64_MIN) marks a free slot. Slot `NS` is the
+  slot of the one user key equal to `EMPTY`; its `keys` entry stays `EMPTY` and `special[0]` (int64)
+  says whether it is present.
+- `versions` `(NB + 2,) int32`  one seqlock per bucket (`NB` is the special slot's); even = stable,
+  odd = a writer holds the bucket. Entry `NB + 1` is a dummy that atomics of idle lanes target.
+- `scores`   `(NS + 1,) int64`  LRU clock of the last insert / touch, or LFU count.
+- `rows`     `(NS + 1, dim)` float32 or float16, row-major, one row per slot.
+
+A find reads the key, the bucket's `W` keys (one 64 B probe for W = 8), the bucket version (acquire),
+the row, then after a fence the version and the slot key again: a row is reported found only if the
+version was even and unchanged and the slot still holds the key, so a lookup racing a writer sees the
+whole old row, the whole new row, or a miss. Writers take the bucket version from even to odd with a
+CAS (this is also the writers' lock), write, fence, and release it at even + 2.
+
+On the CPU (`TRITON_INTERPRET=1`) the memory-ordering instructions are inline PTX, which the
+interpreter cannot run: `ASM=False` replaces them with plain loads (the interpreter runs one
+program at a time, in program order).
+"""
+
+from __future__ import annotations
+
+from hps.errors import require
+
+triton = require("triton", "gpu")
+tl = triton.language
+
+#: The empty-slot marker; the user key with this value lives in the special slot.
+EMPTY = -(2**63)
+
+MODE_UPSERT = 0
+MODE_ASSIGN = 1
+MODE_ERASE = 2
+
+
+@triton.jit
+def _bucket_of(k, num_buckets):
+    """int64 keys → bucket index in [0, num_buckets) (splitmix64-style mixer, multiply-shift range)."""
+    x = k.to(tl.uint64, bitcast=True)
+    x = (x ^ (x >> 30)) * 0x3F58476D1CE4E5B9
+    x = (x ^ (x >> 27)) * 0x14D049BB133111EB
+    x = x ^ (x >> 31)
+    return (((x >> 32) * num_buckets.to(tl.uint64)) >> 32).to(tl.int64)
+
+
+@triton.jit
+def _load_acquire_i32(ptrs):
+    """ld.acquire.gpu of int32 words: later loads of this thread are ordered after it."""
+    return tl.inline_asm_elementwise("ld.acquire.gpu.global.b32 $0, [$1];", "=r,l", [ptrs],
+                                     dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
+def _fence_pass(x, dep):
+    """fence.acq_rel.gpu, returning `x` (int64); `dep` (int32) makes the fence wait for the loads
+    that produced it, and users of the result are ordered after the fence."""
+    return tl.inline_asm_elementwise("fence.acq_rel.gpu;\n\tmov.b64 $0, $1;", "=l,l,r", [x, dep],
+                                     dtype=tl.int64, is_pure=False, pack=1)
+
+
+@triton.jit
+def bucket_kernel(k_ptr, out_ptr, n, num_buckets, BLOCK: tl.constexpr):
+    """out[i] = bucket of k[i] (int64), the same function the cache and static kernels use."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    m = offs < n
+    k = tl.load(k_ptr + offs, mask=m, other=0)
+    tl.store(out_ptr + offs, _bucket_of(k, num_buckets), mask=m)
+
+
+@triton.jit
+def find_kernel(q_ptr, n, keys_ptr, ver_ptr, scores_ptr, rows_ptr, special_ptr, out_ptr, found_ptr,
+                num_buckets, clock,
+                DIM: tl.constexpr, DIM_P2: tl.constexpr, W: tl.constexpr, BK: tl.constexpr,
+                CHECK: tl.constexpr, TOUCH: tl.constexpr, LFU: tl.constexpr, ASM: tl.constexpr):
+    """Probe `n` keys `q: (n,) int64`; write `out: (n, DIM) float32` and `found: (n,) int8`.
+
+    One bucket probe per key, BK keys per program. CHECK: seqlock validation (no torn rows).
+    TOUCH: write the LRU clock (or add 1 to the LFU count) of every hit slot."""
+    offs = tl.program_id(0).to(tl.int64) * BK + tl.arange(0, BK)
+    inb = offs < n
+    k = tl.load(q_ptr + offs, mask=inb, other=0)
+    is_sp = k == EMPTY
+    nslots = num_buckets * W
+    b = tl.where(is_sp, num_buckets, _bucket_of(k, num_buckets))
+    ways = tl.arange(0, W)
+    bk = tl.load(keys_ptr + (b * W)[:, None] + ways[None, :], mask=(inb & ~is_sp)[:, None], other=EMPTY)
+    if CHECK:
+        if ASM:
+            v1 = _load_acquire_i32(ver_ptr + b)
+        else:
+            v1 = tl.load(ver_ptr + b, mask=inb, other=0, volatile=True)
+    eq = bk == k[:, None]
+    hit = tl.max(eq.to(tl.int32), axis=1) > 0
+    way = tl.argmax(eq.to(tl.int32), axis=1).to(tl.int64)
+    slot = tl.where(is_sp, nslots, b * W + way)
+    sp = tl.load(special_ptr)
+    hit = tl.where(is_sp, sp != 0, hit) & inb
+    ok = hit
+    if CHECK:
+        ok = ok & ((v1 & 1) == 0)
+    cols = tl.arange(0, DIM_P2)
+    cm = cols < DIM
+    row = tl.load(rows_ptr + (slot * DIM)[:, None] + cols[None, :], mask=ok[:, None] & cm[None, :], other=0.0)
+    row = row.to(tl.float32)
+    if CHECK:
+        if ASM:
+            dep = tl.max(row.to(tl.int32, bitcast=True), axis=1)
+            slot2 = _fence_pass(slot, dep)
+        else:
+            slot2 = slot
+        v2 = tl.load(ver_ptr + slot2 // W, mask=ok, other=1, volatile=True)
+        k2 = tl.load(keys_ptr + slot2, mask=ok, other=0, volatile=True)
+        sp2 = tl.load(special_ptr + slot2 * 0, mask=ok & is_sp, other=1, volatile=True)
+        ok = ok & (v2 == v1) & (k2 == k) & (sp2 != 0)
+    tl.store(out_ptr + (offs * DIM)[:, None] + cols[None, :], row, mask=inb[:, None] & cm[None, :])
+    tl.store(found_ptr + offs, ok.to(tl.int8), mask=inb)
+    if TOUCH:
+        if LFU:
+            tl.atomic_add(scores_ptr + slot, 1, mask=ok, sem="relaxed")
+        else:
+            tl.store(scores_ptr + slot, tl.zeros_like(slot) + clock, mask=ok)
+
+
+@triton.jit
+def write_kernel(k_ptr, v_ptr, n, keys_ptr, ver_ptr, scores_ptr, rows_ptr, special_ptr,
+                 num_buckets, base_clock,
+                 DIM: tl.constexpr, DIM_P2: tl.constexpr, W: tl.constexpr, BK: tl.constexpr,
+                 MODE: tl.constexpr, LFU: tl.constexpr, ASM: tl.constexpr):
+    """Insert-or-assign (MODE 0), assign-if-present (1) or erase (2) `n` keys `k: (n,) int64` with
+    rows `v: (n, DIM) float32`.
+
+    Each lane locks its bucket (CAS of the bucket version even → odd), decides under the lock,
+    writes, fences and releases (version + 2). Lanes that lose the CAS retry in the next round.
+    MODE 0 with LRU gives key i the score base_clock + i and replaces the lowest-score slot of a
+    full bucket only if that score is lower, so the result equals inserting the batch in order."""
+    offs = tl.program_id(0).to(tl.int64) * BK + tl.arange(0, BK)
+    inb = offs < n
+    k = tl.load(k_ptr + offs, mask=inb, other=0)
+    is_sp = k == EMPTY
+    nslots = num_buckets * W
+    b = tl.where(is_sp, num_buckets, _bucket_of(k, num_buckets))
+    dummy = num_buckets + 1
+    ways = tl.arange(0, W)
+    cols = tl.arange(0, DIM_P2)
+    cm = cols < DIM
+    if MODE != MODE_ERASE:
+        vec = tl.load(v_ptr + (offs * DIM)[:, None] + cols[None, :], mask=inb[:, None] & cm[None, :], other=0.0)
+        vec = vec.to(rows_ptr.dtype.element_ty)
+    my_score = base_clock + offs
+    pending = inb
+    while tl.max(pending.to(tl.int32), axis=0) > 0:
+        v = tl.load(ver_ptr + b, mask=pending, other=1, volatile=True)
+        can = pending & ((v & 1) == 0)
+        old = tl.atomic_cas(ver_ptr + tl.where(can, b, dummy), tl.where(can, v, 1), v + 1, sem="acquire")
+        got = can & (old == v)
+        if ASM:
+            got = _fence_pass(got.to(tl.int64), got.to(tl.int32)) != 0
+        normal = got & ~is_sp
+        bk = tl.load(keys_ptr + (b * W)[:, None] + ways[None, :], mask=normal[:, None], other=0, volatile=True)
+        sc = tl.load(scores_ptr + (b * W)[:, None] + ways[None, :], mask=normal[:, None], other=0, volatile=True)
+        eq = bk == k[:, None]
+        present = tl.max(eq.to(tl.int32), axis=1) > 0
+        way_k = tl.argmax(eq.to(tl.int32), axis=1).to(tl.int64)
+        empty = bk == EMPTY
+        has_empty = tl.max(empty.to(tl.int32), axis=1) > 0
+        way_e = tl.argmax(empty.to(tl.int32), axis=1).to(tl.int64)
+        way_v = tl.argmin(sc, axis=1).to(tl.int64)
+        low = tl.min(sc, axis=1)
+        sp_present = tl.load(special_ptr + offs * 0, mask=got & is_sp, other=0, volatile=True) != 0
+        present = tl.where(is_sp, sp_present, present)
+        way = tl.where(present, way_k, tl.where(has_empty, way_e, way_v))
+        slot = tl.where(is_sp, nslots, b * W + way)
+        if MODE == MODE_UPSERT:
+            if LFU:
+                act = got
+            else:
+                act = got & (present | has_empty | is_sp | (low < my_score))
+            tl.store(keys_ptr + slot, k, mask=act & ~is_sp)
+            tl.store(rows_ptr + (slot * DIM)[:, None] + cols[None, :], vec, mask=act[:, None] & cm[None, :])
+            if LFU:
+                old_sc = tl.load(scores_ptr + slot, mask=act, other=0)
+                tl.store(scores_ptr + slot, tl.where(present, old_sc + 1, 1), mask=act)
+            else:
+                tl.store(scores_ptr + slot, my_score, mask=act)
+            tl.store(special_ptr + offs * 0, tl.zeros_like(offs) + 1, mask=act & is_sp)
+        elif MODE == MODE_ASSIGN:
+            act = got & present
+            tl.store(rows_ptr + (slot * DIM)[:, None] + cols[None, :], vec, mask=act[:, None] & cm[None, :])
+        else:
+            act = got & present
+            tl.store(keys_ptr + slot, tl.zeros_like(k) + EMPTY, mask=act & ~is_sp)
+            tl.store(scores_ptr + slot, tl.zeros_like(offs), mask=act)
+            tl.store(special_ptr + offs * 0, tl.zeros_like(offs), mask=act & is_sp)
+        if ASM:
+            got = _fence_pass(got.to(tl.int64), act.to(tl.int32)) != 0
+        tl.debug_barrier()
+        tl.atomic_xchg(ver_ptr + b, v + 2, mask=got, sem="release")
+        pending = pending & ~got
+
+
+@triton.jit
+def static_find_kernel(q_ptr, n, skeys_ptr, sidx_ptr, num_slots, special_idx_ptr,
+                       dev_rows_ptr, host_rows_ptr, hot_rows, default_value, out_ptr, found_ptr,
+                       DIM: tl.constexpr, DIM_P2: tl.constexpr, BK: tl.constexpr, TWO_TIERS: tl.constexpr):
+    """Static / uvm lookup: linear probing over `skeys: (num_slots,) int64` (EMPTY = free), row index
+    `sidx: (num_slots,) int32`; row r < hot_rows is `dev_rows[r]`, else `host_rows[r - hot_rows]`
+    (pinned host memory, read over the bus). Misses get `default_value`."""
+    offs = tl.program_id(0).to(tl.int64) * BK + tl.arange(0, BK)
+    inb = offs < n
+    k = tl.load(q_ptr + offs, mask=inb, other=0)
+    is_sp = k == EMPTY
+    pos = _bucket_of(k, num_slots)
+    idx = tl.full([BK], -1, tl.int64)
+    active = inb & ~is_sp
+    while tl.max(active.to(tl.int32), axis=0) > 0:
+        sk = tl.load(skeys_ptr + pos, mask=active, other=EMPTY)
+        m = active & (sk == k)
+        idx = tl.where(m, tl.load(sidx_ptr + pos, mask=m, other=-1).to(tl.int64), idx)
+        active = active & (sk != k) & (sk != EMPTY)
+        pos = tl.where(pos + 1 == num_slots, 0, pos + 1)
+    spi = tl.load(special_idx_ptr)
+    idx = tl.where(is_sp & inb, spi, idx)
+    hit = idx >= 0
+    cols = tl.arange(0, DIM_P2)
+    cm = cols < DIM
+    if TWO_TIERS:
+        hot = hit & (idx < hot_rows)
+        cold = hit & (idx >= hot_rows)
+        r1 = tl.load(dev_rows_ptr + (idx * DIM)[:, None] + cols[None, :], mask=hot[:, None] & cm[None, :], other=0.0)
+        r2 = tl.load(host_rows_ptr + ((idx - hot_rows) * DIM)[:, None] + cols[None, :],
+                     mask=cold[:, None] & cm[None, :], other=0.0)
+        row = tl.where(hot[:, None], r1.to(tl.float32), r2.to(tl.float32))
+    else:
+        row = tl.load(dev_rows_ptr + (idx * DIM)[:, None] + cols[None, :], mask=hit[:, None] & cm[None, :],
+                      other=0.0).to(tl.float32)
+    row = tl.where(hit[:, None], row, default_value)
+    tl.store(out_ptr + (offs * DIM)[:, None] + cols[None, :], row, mask=inb[:, None] & cm[None, :])
+    tl.store(found_ptr + offs, hit.to(tl.int8), mask=inb)
