@@ -40,7 +40,7 @@ from hps.errors import ConfigError, HpsError, KeyInputError, require
 
 tf = require("tensorflow", "tf")
 
-__all__ = ["Init", "LookupLayer", "SparseLookupLayer"]
+__all__ = ["Init", "LookupLayer", "Shutdown", "SparseLookupLayer"]
 
 _COMBINERS = ("mean", "sum", "sqrtn")
 
@@ -118,12 +118,18 @@ def Init(global_batch_size: int, ps_config_file: str) -> str:  # noqa: N802 - Hu
 
 
 @atexit.register
-def _close_all() -> None:
-    """Close every process-wide HPS at interpreter exit (flushes and unlocks persistent tiers)."""
+def Shutdown() -> None:  # noqa: N802 - named like Init
+    """Close every process-wide HPS (an hps extension; also run at interpreter exit).
+
+    Frees the caches and closes the tiers, releasing e.g. the RocksDB lock so that another process
+    (a Triton server) can open the same database. A later `Init`, or a layer's first call with its
+    own `ps_config_file`, loads the tables again."""
     with _lock:
-        for server in _servers.values():
-            server.close()
+        servers = list(_servers.values())
         _servers.clear()
+        _default_path.clear()
+    for server in servers:
+        server.close()
 
 
 def _server(ps_config_file: str, global_batch_size: int) -> Any:
@@ -135,10 +141,11 @@ def _server(ps_config_file: str, global_batch_size: int) -> Any:
             Init(global_batch_size, path)
             server = _servers[path]
         return server
-    if not _default_path:
+    try:
+        return _servers[_default_path[0]]
+    except (IndexError, KeyError):
         raise HpsError("hps.tensorflow: no HPS yet; call hps.tensorflow.Init(global_batch_size, ps_config_file) "
-                       "first or give the layer ps_config_file")
-    return _servers[_default_path[0]]
+                       "first or give the layer ps_config_file") from None
 
 
 def _known_config(ps_config_file: str) -> PsConfig | None:

@@ -1,0 +1,340 @@
+"""The persistent tier: `persistent_db.type` rocks_db, through rocksdict in raw mode.
+
+HugeCTR's layout, so a RocksDB written by HugeCTR opens as is: one column family per tag
+`hps_et.<model>.<table>`, record key = the raw 8-byte little-endian int64 key, value = the raw
+float32 vector bytes. The dim of a table is given by `create_table(tag, dim)`; hps also records it
+in the default column family (`hps_dim:<tag>` → ASCII dim) and checks it, and every value read is
+checked against `4 · dim` bytes (a mismatch is a `BackendError` naming the tag).
+
+Batches go through multi-get and `WriteBatch` in `max_batch_size` chunks. Where rocksdict takes a
+Python list of bytes, the list is built by numpy (`view('V8').tolist()`; 'S8' would strip trailing
+zero bytes) and consumed by C-level `map`, never by a Python loop body.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import os
+import threading
+import uuid
+from typing import Any, Iterator
+
+import numpy as np
+
+from hps.config.schema import RocksDBConfig
+from hps.errors import BackendError, ClosedError, require
+from hps.storage.hash_map import check_keys, check_vectors
+
+_DIM_PREFIX = b"hps_dim:"
+_DEFAULT_CF = "default"
+
+
+def _key_list(keys: np.ndarray) -> list[bytes]:
+    """`keys: (n,) int64` → n raw 8-byte little-endian keys (built by numpy, no Python loop)."""
+    return np.ascontiguousarray(keys, dtype="<i8").view("V8").tolist()
+
+
+def _row_list(vectors: np.ndarray) -> list[bytes]:
+    """`vectors: (n, dim) float32` → n raw `4·dim`-byte rows."""
+    vectors = np.ascontiguousarray(vectors, dtype="<f4")
+    return vectors.view(f"V{vectors.shape[1] * 4}").reshape(-1).tolist()
+
+
+def _consume(iterable: Any) -> None:
+    collections.deque(iterable, maxlen=0)
+
+
+class _Table:
+    """An open column family: its dim and the rocksdict CF object and handle (released on close)."""
+
+    __slots__ = ("tag", "dim", "cf", "handle")
+
+    def __init__(self, tag: str, dim: int, cf: Any, handle: Any) -> None:
+        self.tag, self.dim, self.cf, self.handle = tag, dim, cf, handle
+
+
+class RocksDBBackend:
+    """RocksDB tier (HugeCTR `rocks_db`): one column family per table, raw little-endian bytes."""
+
+    name = "rocks_db"
+    is_shared = False
+
+    def __init__(self, config: RocksDBConfig) -> None:
+        rd = require("rocksdict", "rocksdb")
+        self._rd = rd
+        self.config = config
+        self.path = os.fspath(config.path)
+        self.read_only = bool(config.read_only)
+        self._batch_rows = int(config.max_batch_size)
+        self._lock = threading.Lock()
+        self._tables: dict[str, _Table] = {}
+        self._closed = False
+        exists = os.path.exists(os.path.join(self.path, "CURRENT"))
+        if self.read_only and not exists:
+            raise BackendError(f"RocksDB at {self.path}: read_only is set but no database exists there")
+        if not self.read_only:
+            os.makedirs(self.path, exist_ok=True)
+        try:
+            families = rd.Rdict.list_cf(self.path) if exists else [_DEFAULT_CF]
+            access = rd.AccessType.read_only() if self.read_only else rd.AccessType.read_write()
+            self._db = rd.Rdict(self.path, self._options(),
+                                column_families={cf: self._options() for cf in families if cf != _DEFAULT_CF},
+                                access_type=access)
+        except Exception as exc:  # rocksdict raises plain Exception
+            raise BackendError(f"RocksDB at {self.path}: cannot open ({exc})") from exc
+        self._families = {cf for cf in families if cf != _DEFAULT_CF}
+
+    def _options(self) -> Any:
+        opts = self._rd.Options(raw_mode=True)
+        opts.create_if_missing(True)
+        opts.increase_parallelism(int(self.config.num_threads))
+        opts.optimize_for_point_lookup(8)
+        return opts
+
+    # -- tables -------------------------------------------------------------------------------
+
+    def _check_open(self, tag: str) -> None:
+        if self._closed:
+            raise ClosedError(f"RocksDB backend at {self.path} is closed (table {tag})")
+
+    def _check_writable(self, tag: str, what: str) -> None:
+        if self.read_only:
+            raise BackendError(f"RocksDB at {self.path} is read_only: cannot {what} table {tag}")
+
+    def _table(self, tag: str) -> _Table:
+        self._check_open(tag)
+        table = self._tables.get(tag)
+        if table is not None:
+            return table
+        if tag in self._families:
+            stored = self._stored_dim(tag)
+            if stored is not None:
+                self.create_table(tag, stored)
+                return self._tables[tag]
+            raise BackendError(f"RocksDB at {self.path}: table {tag} exists but its dim is unknown; "
+                               f"call create_table({tag!r}, dim) first")
+        raise BackendError(f"RocksDB at {self.path}: unknown table {tag}; tables: {sorted(self._families)}")
+
+    def _stored_dim(self, tag: str) -> int | None:
+        raw = self._db.get(_DIM_PREFIX + tag.encode())
+        return int(raw) if raw is not None else None
+
+    def create_table(self, tag: str, dim: int) -> None:
+        """Open (or create) the column family `tag` of `dim`-float rows; idempotent for the same dim.
+
+        An existing family is checked against the recorded dim, or, for a database written by
+        HugeCTR, against the size of its first value. Read-only databases cannot create tables."""
+        self._check_open(tag)
+        if not isinstance(dim, (int, np.integer)) or int(dim) < 1:
+            raise BackendError(f"RocksDB: table {tag}: dim must be a positive integer, got {dim!r}")
+        dim = int(dim)
+        with self._lock:
+            table = self._tables.get(tag)
+            if table is not None:
+                if table.dim != dim:
+                    raise BackendError(f"RocksDB at {self.path}: table {tag} has dim {table.dim}, not {dim}")
+                return
+            if tag in self._families:
+                self._check_existing_dim(tag, dim)
+            else:
+                self._check_writable(tag, "create")
+                try:
+                    self._db.create_column_family(tag, self._options())
+                except Exception as exc:
+                    raise BackendError(f"RocksDB at {self.path}: cannot create table {tag} ({exc})") from exc
+                self._families.add(tag)
+            if not self.read_only and self._stored_dim(tag) is None:
+                self._db[_DIM_PREFIX + tag.encode()] = str(dim).encode()
+            self._tables[tag] = _Table(tag, dim, self._db.get_column_family(tag),
+                                       self._db.get_column_family_handle(tag))
+
+    def _check_existing_dim(self, tag: str, dim: int) -> None:
+        stored = self._stored_dim(tag)
+        if stored is not None and stored != dim:
+            raise BackendError(f"RocksDB at {self.path}: table {tag} was written with dim {stored}, not {dim}")
+        if stored is None:
+            cf = self._db.get_column_family(tag)
+            try:
+                it = cf.items()
+                first = next(it, None)
+                del it
+            finally:
+                del cf
+            if first is not None and len(first[1]) != 4 * dim:
+                raise BackendError(f"RocksDB at {self.path}: table {tag} holds {len(first[1])}-byte values, "
+                                   f"expected {4 * dim} (dim {dim} float32)")
+
+    def tables(self) -> list[str]:
+        """Tags (column families, except 'default') held in the database."""
+        self._check_open("*")
+        return sorted(self._families)
+
+    def drop_table(self, tag: str) -> None:
+        """Drop the column family `tag` (not allowed when read_only)."""
+        self._check_open(tag)
+        self._check_writable(tag, "drop")
+        if tag not in self._families:
+            raise BackendError(f"RocksDB at {self.path}: unknown table {tag}")
+        with self._lock:
+            table = self._tables.pop(tag, None)
+            if table is not None:
+                table.cf = table.handle = None
+            del table
+            self._db.drop_column_family(tag)
+            self._db.delete(_DIM_PREFIX + tag.encode())
+            self._families.discard(tag)
+
+    def close(self) -> None:
+        """Release every column family handle, then the database (its LOCK file is freed)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            for table in self._tables.values():
+                table.cf = table.handle = None
+            self._tables.clear()
+            self._db.close()
+            self._db = None
+
+    # -- reads --------------------------------------------------------------------------------
+
+    def find(self, tag: str, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Multi-get `keys: (n,) int64` in `max_batch_size` chunks.
+
+        Returns `(vectors: (n, dim) float32, found: (n,) bool)`; rows of missing keys are zeros.
+        A stored value whose size is not `4 · dim` raises `BackendError` naming the tag."""
+        table = self._table(tag)
+        keys = check_keys(tag, keys)
+        n = keys.shape[0]
+        out = np.zeros((n, table.dim), dtype=np.float32)
+        found = np.zeros(n, dtype=np.bool_)
+        key_bytes = _key_list(keys)
+        for start in range(0, n, self._batch_rows):
+            stop = min(n, start + self._batch_rows)
+            values = table.cf.get(key_bytes[start:stop], default=b"")
+            found[start:stop] = self._decode_into(table, values, out[start:stop])
+        return out, found
+
+    def _decode_into(self, table: _Table, values: list[bytes], out: np.ndarray) -> np.ndarray:
+        """Copy present `values` (b"" = missing) into the matching rows of `out`; returns the found mask."""
+        row_bytes = 4 * table.dim
+        lengths = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
+        hit = lengths == row_bytes
+        if not hit.all():
+            bad = (lengths != 0) & ~hit
+            if bad.any():
+                raise BackendError(
+                    f"RocksDB at {self.path}: table {table.tag}: {int(bad.sum())} of {len(values)} values have "
+                    f"{int(lengths[bad][0])} bytes, expected {row_bytes} (dim {table.dim} float32)")
+        joined = b"".join(values)
+        rows = np.frombuffer(joined, dtype="<f4").reshape(-1, table.dim)
+        if rows.shape[0] == out.shape[0]:
+            out[:] = rows
+        else:
+            out[hit] = rows
+        return hit
+
+    def size(self, tag: str) -> int:
+        """Exact number of rows in table `tag` (iterates the keys: O(rows))."""
+        table = self._table(tag)
+        counter = itertools.count()
+        _consume(zip(table.cf.keys(), counter))
+        return next(counter)
+
+    def items(self, tag: str, batch_rows: int = 65536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Iterate table `tag` in key byte order as `(keys: (m,) int64, vectors: (m, dim) float32)` batches."""
+        table = self._table(tag)
+        if batch_rows < 1:
+            raise BackendError(f"RocksDB: table {tag}: batch_rows must be ≥ 1, got {batch_rows}")
+        it = table.cf.items()
+        try:
+            while True:
+                chunk = list(itertools.islice(it, batch_rows))
+                if not chunk:
+                    return
+                raw_keys, raw_values = zip(*chunk)
+                key_lengths = np.fromiter(map(len, raw_keys), dtype=np.int64, count=len(raw_keys))
+                if (key_lengths != 8).any():
+                    raise BackendError(f"RocksDB at {self.path}: table {tag} holds keys that are not 8 bytes")
+                out = np.empty((len(chunk), table.dim), dtype=np.float32)
+                self._decode_into(table, list(raw_values), out)
+                yield np.frombuffer(b"".join(raw_keys), dtype="<i8").astype(np.int64), out
+        finally:
+            del it
+
+    # -- writes -------------------------------------------------------------------------------
+
+    def insert_or_assign(self, tag: str, keys: np.ndarray, vectors: np.ndarray) -> None:
+        """Upsert `keys: (n,) int64` → `vectors: (n, dim) float32` through `WriteBatch`es of
+        `max_batch_size` records (later duplicates win). Nothing is written if validation fails."""
+        table = self._table(tag)
+        keys = check_keys(tag, keys)
+        vectors = check_vectors(tag, vectors, keys.shape[0], table.dim)
+        self._check_writable(tag, "write to")
+        key_bytes, row_bytes = _key_list(keys), _row_list(vectors)
+        for start in range(0, keys.shape[0], self._batch_rows):
+            batch = self._rd.WriteBatch(raw_mode=True)
+            batch.set_default_column_family(table.handle)
+            stop = start + self._batch_rows
+            _consume(map(batch.put, key_bytes[start:stop], row_bytes[start:stop]))
+            self._write(table, batch)
+
+    def erase(self, tag: str, keys: np.ndarray) -> int:
+        """Delete `keys: (n,) int64`; returns how many distinct keys were present."""
+        table = self._table(tag)
+        keys = check_keys(tag, keys)
+        self._check_writable(tag, "erase from")
+        unique = np.unique(keys)
+        key_bytes = _key_list(unique)
+        present = 0
+        for start in range(0, unique.shape[0], self._batch_rows):
+            chunk = key_bytes[start:start + self._batch_rows]
+            present += sum(map(bool, table.cf.get(chunk, default=b"")))
+            batch = self._rd.WriteBatch(raw_mode=True)
+            batch.set_default_column_family(table.handle)
+            _consume(map(batch.delete, chunk))
+            self._write(table, batch)
+        return present
+
+    def _write(self, table: _Table, batch: Any) -> None:
+        try:
+            self._db.write(batch)
+        except Exception as exc:
+            raise BackendError(f"RocksDB at {self.path}: table {table.tag}: write of {batch.len()} "
+                               f"records failed ({exc})") from exc
+
+    def bulk_load(self, tag: str, keys: np.ndarray, vectors: np.ndarray) -> None:
+        """Load `keys: (n,) int64` → `vectors: (n, dim) float32` through one SST file ingest.
+
+        Rows are sorted by the byte order of their little-endian key bytes (RocksDB's comparator),
+        later duplicates win, and the file is moved into the column family. Chunks may be loaded by
+        several calls; a key loaded again overrides the earlier value."""
+        table = self._table(tag)
+        keys = check_keys(tag, keys)
+        vectors = check_vectors(tag, vectors, keys.shape[0], table.dim)
+        self._check_writable(tag, "bulk load into")
+        if keys.shape[0] == 0:
+            return
+        # lexicographic order of little-endian bytes == numeric order of the byte-swapped uint64
+        byte_order = np.ascontiguousarray(keys, dtype="<i8").view("<u8").byteswap()
+        order = np.argsort(byte_order, kind="stable")
+        sorted_order = byte_order[order]
+        last = np.ones(order.shape[0], dtype=np.bool_)
+        last[:-1] = sorted_order[1:] != sorted_order[:-1]
+        order = order[last]
+        sst = os.path.join(self.path, f"hps_bulk_{uuid.uuid4().hex}.sst")
+        try:
+            writer = self._rd.SstFileWriter(options=self._options())
+            writer.open(sst)
+            _consume(map(writer.__setitem__, _key_list(keys[order]), _row_list(vectors[order])))
+            writer.finish()
+            ingest = self._rd.IngestExternalFileOptions()
+            ingest.set_move_files(True)
+            table.cf.ingest_external_file([sst], ingest)
+        except Exception as exc:
+            raise BackendError(f"RocksDB at {self.path}: table {tag}: bulk load of {order.shape[0]} rows "
+                               f"failed ({exc})") from exc
+        finally:
+            if os.path.exists(sst):
+                os.remove(sst)
