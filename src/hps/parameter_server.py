@@ -94,8 +94,11 @@ class HPS:
         the keys' device for torch keys. Keys missing from every tier get the table's
         `default_value_for_each_table` in every element."""
         runtime = self._runtime(model_name)
-        table = runtime.config.table(table_id)
-        replica = runtime.replica(table_id, device_id)
+        replica = runtime.replicas.get((table_id, device_id))
+        if replica is None:
+            runtime.config.table(table_id)  # raises for a table_id out of range
+            replica = runtime.replica(table_id, device_id)  # raises for a device not deployed
+        table = replica.table
         flat, shape, is_torch, keys_device = self._validate_keys(keys, runtime.config, table)
         cache_device = replica.cache.device if replica.cache is not None else "cpu"
         if is_torch:

@@ -223,3 +223,47 @@ def test_last_update_of_a_key_wins_within_a_batch(kafka_brokers: str) -> None:
     tier = Tier()
     with _source(kafka_brokers, tier, group="dup"):
         assert _wait(lambda: tier.matches(np.array([5, 6]), vectors[[3, 4]]))
+
+
+def _replay(path, tier: Tier) -> int:
+    """Apply the complete records of a consumer_proc log file to `tier`; returns pairs replayed."""
+    data = path.read_bytes() if path.exists() else b""
+    pos = total = 0
+    while pos + 16 <= len(data):
+        n, dim = np.frombuffer(data, np.int64, 2, pos)
+        end = pos + 16 + 8 * n + 4 * n * dim
+        if end > len(data):
+            break  # torn last record: it was never committed, the next consumer re-applies it
+        keys = np.frombuffer(data, np.int64, n, pos + 16)
+        vectors = np.frombuffer(data, np.float32, n * dim, pos + 16 + 8 * n).reshape(n, dim)
+        tier.apply(TAG, keys.copy(), vectors.copy())
+        pos, total = end, total + int(n)
+    return total
+
+
+def test_at_least_once_after_consumer_process_is_killed(kafka_brokers: str, tmp_path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    keys, v1, v2 = _versions(3000, seed=4)
+    with KafkaPublisher(kafka_brokers, send_buffer_bytes=1024) as pub:
+        pub.publish(MODEL, TABLE, keys, v1)
+        pub.publish(MODEL, TABLE, keys, v2)
+    log_file = tmp_path / "applied.bin"
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen([sys.executable, "-m", "tests.update.consumer_proc", "log", kafka_brokers, "kill",
+                             TAG, str(log_file)], cwd=root, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        assert _wait(lambda: log_file.exists() and log_file.stat().st_size > 5 * (8 + 4 * DIM) * 100)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    tier = Tier()
+    replayed = _replay(log_file, tier)
+    assert 0 < replayed < 6000
+    with _source(kafka_brokers, tier, group="kill") as second:
+        assert _wait(lambda: tier.matches(keys, v2)), second.stats

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import tempfile
 from dataclasses import dataclass, field, fields
+from functools import cached_property
 from typing import Any
 
 from hps.errors import UnknownModelError
@@ -190,7 +191,7 @@ class ModelConfig:
     def num_tables(self) -> int:
         return len(self.sparse_files)
 
-    @property
+    @cached_property
     def tables(self) -> tuple[TableConfig, ...]:
         """Per-table view of the parallel per-model lists."""
         return tuple(

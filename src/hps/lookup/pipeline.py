@@ -53,11 +53,12 @@ class TableLookup:
             self.stats.record(np.bincount(source, minlength=len(LEVELS)), time.perf_counter() - start)
             return _like(vectors, keys)
         vectors, found = self.cache.find(keys)
-        miss_positions = _nonzero(~found)
-        num_misses = len(miss_positions)
         level_hits = np.zeros(len(LEVELS), dtype=np.int64)
-        level_hits[CACHE] = len(keys) - num_misses
-        if num_misses:
+        num_hits = int(found.sum())
+        level_hits[CACHE] = num_hits
+        if num_hits < len(keys):
+            miss_positions = _nonzero(~found)
+            num_misses = len(keys) - num_hits
             if self._complete_table or level_hits[CACHE] >= self.model.hit_rate_threshold * len(keys):
                 vectors[miss_positions] = self.table.default_value
                 level_hits[DEFAULT] = num_misses

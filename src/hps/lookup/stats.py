@@ -18,8 +18,8 @@ class TableStats:
     """Counters of one (model, table); updated by the pipeline under a lock, read by `snapshot`."""
 
     lookups: int = 0
-    keys: int = 0
-    hits: dict[str, int] = field(default_factory=lambda: dict.fromkeys(LEVELS, 0))
+    #: Keys answered per level, indexed by the level codes above.
+    level_hits: np.ndarray = field(default_factory=lambda: np.zeros(len(LEVELS), dtype=np.int64))
     volatile_errors: int = 0
     async_inserts: int = 0
     _latencies_s: np.ndarray = field(default_factory=lambda: np.zeros(LATENCY_WINDOW))
@@ -30,9 +30,7 @@ class TableStats:
         """Count one lookup whose keys were answered `level_hits[i]` times by level `LEVELS[i]`."""
         with self._lock:
             self.lookups += 1
-            self.keys += int(level_hits.sum())
-            for level, n in zip(LEVELS, level_hits.tolist()):
-                self.hits[level] += n
+            self.level_hits += level_hits
             self._latencies_s[self._latency_count % LATENCY_WINDOW] = seconds
             self._latency_count += 1
 
@@ -48,8 +46,8 @@ class TableStats:
         """A plain dict: lookups, keys, hits and hit_rate per level, errors, latency p50/p99 in µs."""
         with self._lock:
             window = self._latencies_s[: min(self._latency_count, LATENCY_WINDOW)].copy()
-            hits = dict(self.hits)
-            out = {"lookups": self.lookups, "keys": self.keys, "hits": hits,
+            hits = dict(zip(LEVELS, self.level_hits.tolist()))
+            out = {"lookups": self.lookups, "keys": sum(hits.values()), "hits": hits,
                    "volatile_errors": self.volatile_errors, "async_inserts": self.async_inserts}
         out["hit_rate"] = {level: (n / out["keys"] if out["keys"] else 0.0) for level, n in hits.items()}
         if len(window):

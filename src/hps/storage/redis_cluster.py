@@ -518,6 +518,7 @@ class RedisClusterBackend:
         failed: dict[str, str] = {}
         errors: list[str] = []
         redirect = None
+        cluster_down = False
         out: list[tuple[Any, Any]] = []
         conns: dict[str, Any] = {}
         with self._gate:
@@ -545,7 +546,8 @@ class RedisClusterBackend:
                                     msg.startswith(("MOVED", "ASK", "TRYAGAIN")):
                                 redirect = f"node {name}: {msg}"
                             else:
-                                errors.append(f"node {name}: {msg}")
+                                errors.append(f"node {name} answered: {msg}")
+                                cluster_down = cluster_down or isinstance(exc, exc_mod.ClusterDownError)
                             continue
                         except io_errors as exc:
                             failed[name] = str(exc)
@@ -567,9 +569,8 @@ class RedisClusterBackend:
             raise BackendError(f"redis_cluster: table {tag}: {len(failed)} of {len(batches)} node(s) "
                                f"failed ({nkeys} keys): {detail}")
         if errors:
-            if any("CLUSTERDOWN" in e for e in errors):
-                self._stale = True
-            raise BackendError(f"redis_cluster: table {tag}: ({nkeys} keys): " + "; ".join(errors[:3]))
+            self._stale = self._stale or cluster_down
+            raise BackendError(f"redis_cluster: table {tag} ({nkeys} keys): " + "; ".join(errors[:3]))
         if redirect is not None:
             raise _Redirect(redirect)
         return out

@@ -258,7 +258,8 @@ class RocksDBBackend:
                 if (key_lengths != 8).any():
                     raise BackendError(f"RocksDB at {self.path}: table {tag} holds keys that are not 8 bytes")
                 out = np.empty((len(chunk), table.dim), dtype=np.float32)
-                self._decode_into(table, list(raw_values), out)
+                if not self._decode_into(table, list(raw_values), out).all():
+                    raise BackendError(f"RocksDB at {self.path}: table {tag} holds empty values")
                 yield np.frombuffer(b"".join(raw_keys), dtype="<i8").astype(np.int64), out
         finally:
             del it

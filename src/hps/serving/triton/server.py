@@ -207,8 +207,7 @@ class TritonServer:
             if code is not None:
                 self._close_log()
                 self.cleanup_shm()
-                raise ServerError(f"tritonserver exited with code {code} before it was ready "
-                                  f"(log {self.log_path}):\n{self.log_tail()}")
+                raise ServerError(self._failure(f"tritonserver exited with code {code} before it was ready"))
             try:
                 with urllib.request.urlopen(url, timeout=1.0) as response:
                     if response.status == 200:
@@ -217,8 +216,7 @@ class TritonServer:
                 pass
             if time.monotonic() > deadline:
                 self.stop()
-                raise ServerError(f"tritonserver not ready at {url} after {timeout_s:g} s "
-                                  f"(log {self.log_path}):\n{self.log_tail()}")
+                raise ServerError(self._failure(f"tritonserver not ready at {url} after {timeout_s:g} s"))
             time.sleep(0.1)
 
     def is_alive(self) -> bool:
@@ -258,6 +256,20 @@ class TritonServer:
     def shm_regions(self) -> list[str]:
         """/dev/shm regions currently under this server's prefix."""
         return glob.glob(str(SHM_DIR / f"{self.shm_prefix}*"))
+
+    def log_errors(self) -> list[str]:
+        """Error lines of the server log (model load failures first), without CPU-only noise."""
+        noise = ("CudaDriverHelper", "pinned", "NVML", "DCGM", "CUDA driver")
+        out = []
+        for line in self.log_tail(1 << 20).splitlines():
+            if ((line.startswith("E") and line[1:5].isdigit()) or line.startswith("error:")
+                    or "UNAVAILABLE" in line) and not any(n in line for n in noise):
+                out.append(" ".join(line.replace("\\n", " ").split())[:600])
+        return out
+
+    def _failure(self, what: str) -> str:
+        errors = "\n".join(self.log_errors()) or self.log_tail(2000)
+        return f"{what} (log {self.log_path}):\n{errors}"
 
     def log_tail(self, chars: int = 4000) -> str:
         """The last `chars` characters of the server log."""

@@ -1,0 +1,244 @@
+"""`GpuEmbeddingCache`: the set-associative embedding cache in device memory, on Triton kernels.
+
+Geometry: `capacity_rows` rounded up to whole buckets of `ways` slots (8 by default: one 64 B probe
+of int64 keys per lookup); bucket = mix(key) (splitmix64-style) mapped to [0, buckets) by
+multiply-shift. Rows are row-major, `storage_dtype` float32 or float16 (lookups return float32).
+The key equal to the empty marker (INT64_MIN) is cacheable: it has a slot of its own.
+
+Eviction: "lru" (default) keeps a 64-bit clock per slot; a find stamps the slots it hits, an insert
+batch stamps key i with clock + i and evicts the lowest stamp of a full bucket only when that stamp
+is older, so one batch behaves as if inserted in order (the latest rows win). "lfu" counts hits.
+`touch_every_calls` trades recency precision for bandwidth: 1 (exact LRU, one 8-byte store per hit),
+N (only every N-th find stamps its hits: sampled LRU), 0 (never; recency = insertion order).
+
+Consistency: per-bucket seqlocks (see `gpu_kernels`): a find racing insert/assign/erase on another
+stream returns the whole old row, the whole new row, or reports a miss (misses are data: the
+lookup pipeline then refetches the row from the tiers). Writers lock buckets, so concurrent writers
+on several streams are safe too. Kernels run on the caller's current stream.
+
+Static and uvm tables (whole tables on the GPU or in pinned host memory) are in `gpu_static`;
+`make_gpu_cache` builds the right one from a model's config.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable
+
+from hps.cache.gpu_static import GpuStaticTable, GpuUvmTable, interpreting, load_whole_table, normalize_device
+from hps.config.schema import ModelConfig, TableConfig
+from hps.errors import ClosedError, ConfigError, KeyInputError, require
+
+torch = require("torch", "gpu")
+K = require("hps.cache.gpu_kernels", "gpu")
+
+MIN_CAPACITY_ROWS = 64
+DEFAULT_WAYS = 8
+#: Serializes interpreter launches (the Triton interpreter patches module state while it runs).
+_INTERPRET_LOCK = threading.Lock()
+
+
+def _pow2(x: int) -> int:
+    return 1 << max(0, (x - 1).bit_length())
+
+
+def _storage_dtype(dtype: Any) -> Any:
+    named = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16}
+    dtype = named.get(dtype, dtype) if isinstance(dtype, str) else dtype
+    if dtype not in (torch.float32, torch.float16):
+        raise ConfigError(f"GpuEmbeddingCache: storage_dtype must be torch.float32 or torch.float16, got {dtype!r}")
+    return dtype
+
+
+class GpuEmbeddingCache:
+    """A fixed-capacity key → vector cache in device memory (`EmbeddingCache` protocol, torch tensors).
+
+    `capacity_rows`: rows wanted (rounded up to whole buckets of `ways`); `dim`: vector width;
+    `device`: "cuda:<i>" (or "cpu" under TRITON_INTERPRET=1, for tests)."""
+
+    def __init__(self, capacity_rows: int, dim: int, device: str = "cuda:0", *, ways: int = DEFAULT_WAYS,
+                 eviction: str = "lru", storage_dtype: Any = torch.float32, touch_every_calls: int = 1,
+                 consistent_reads: bool = True) -> None:
+        if not isinstance(capacity_rows, int) or capacity_rows < 1:
+            raise ConfigError(f"GpuEmbeddingCache: capacity_rows must be a positive int, got {capacity_rows!r}")
+        if not isinstance(dim, int) or dim < 1:
+            raise ConfigError(f"GpuEmbeddingCache: dim must be a positive int, got {dim!r}")
+        if ways < 1 or ways & (ways - 1) or ways > 64:
+            raise ConfigError(f"GpuEmbeddingCache: ways must be a power of two in [1, 64], got {ways!r}")
+        if eviction not in ("lru", "lfu"):
+            raise ConfigError(f"GpuEmbeddingCache: eviction must be 'lru' or 'lfu', got {eviction!r}")
+        if touch_every_calls < 0:
+            raise ConfigError(f"GpuEmbeddingCache: touch_every_calls must be >= 0, got {touch_every_calls!r}")
+        self.device = normalize_device(device, "GpuEmbeddingCache")
+        self.dim = dim
+        self.ways = ways
+        self.eviction = eviction
+        self.storage_dtype = _storage_dtype(storage_dtype)
+        self.touch_every_calls = touch_every_calls
+        self.consistent_reads = consistent_reads
+        self.num_buckets = -(-capacity_rows // ways)
+        self.capacity_rows = self.num_buckets * ways
+        if self.num_buckets >= 2**31:
+            raise ConfigError(f"GpuEmbeddingCache: {capacity_rows} rows is more than 2^31 buckets")
+        ns = self.capacity_rows
+        dev = self.device
+        self._keys = torch.full((ns + 1,), K.EMPTY, dtype=torch.int64, device=dev)
+        self._versions = torch.zeros(self.num_buckets + 2, dtype=torch.int32, device=dev)
+        self._scores = torch.zeros(ns + 1, dtype=torch.int64, device=dev)
+        self._rows = torch.zeros((ns + 1, dim), dtype=self.storage_dtype, device=dev)
+        self._special = torch.zeros(1, dtype=torch.int64, device=dev)
+        self._lock = threading.Lock()
+        self._clock = 1
+        self._calls = 0
+        self._closed = False
+        self._interpret = interpreting()
+        self._dim_p2 = _pow2(dim)
+        # Launch geometry (benchmarks may override these attributes).
+        self.find_block = max(8, min(256, 4096 // self._dim_p2))
+        self.find_warps = 4
+        self.write_block = 128 if self._interpret else max(4, min(64, 2048 // self._dim_p2))
+        self.write_warps = 4 if self._dim_p2 >= 64 else 2
+
+    # ---- validation ----
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError(f"GpuEmbeddingCache on {self.device} is closed")
+
+    def _check_keys(self, keys: Any, op: str) -> Any:
+        self._check_open()
+        if not isinstance(keys, torch.Tensor):
+            raise KeyInputError(f"GpuEmbeddingCache.{op}: keys must be a torch tensor on {self.device}, got {type(keys).__name__}")
+        if keys.dim() != 1:
+            raise KeyInputError(f"GpuEmbeddingCache.{op}: keys must be 1-D, got shape {tuple(keys.shape)}")
+        if keys.dtype not in (torch.int64, torch.int32):
+            raise KeyInputError(f"GpuEmbeddingCache.{op}: keys must be int64 or int32, got {keys.dtype}")
+        if str(keys.device) != self.device:
+            raise KeyInputError(f"GpuEmbeddingCache.{op}: keys are on {keys.device}, the cache is on {self.device}")
+        return keys.to(torch.int64).contiguous()
+
+    def _check_vectors(self, vectors: Any, n: int, op: str) -> Any:
+        if not isinstance(vectors, torch.Tensor) or str(vectors.device) != self.device:
+            raise KeyInputError(f"GpuEmbeddingCache.{op}: vectors must be a torch tensor on {self.device}")
+        if tuple(vectors.shape) != (n, self.dim):
+            raise KeyInputError(f"GpuEmbeddingCache.{op}: vectors have shape {tuple(vectors.shape)}, expected ({n}, {self.dim})")
+        if not vectors.is_floating_point():
+            raise KeyInputError(f"GpuEmbeddingCache.{op}: vectors must be floating point, got {vectors.dtype}")
+        return vectors.to(torch.float32).contiguous()
+
+    def _launch(self, kernel: Any, grid: tuple[int], *args: Any, **kw: Any) -> None:
+        if self._interpret:
+            with _INTERPRET_LOCK:
+                kernel[grid](*args, **kw)
+        else:
+            with torch.cuda.device(self.device):
+                kernel[grid](*args, **kw)
+
+    # ---- the protocol ----
+    def find(self, keys: Any) -> tuple[Any, Any]:
+        """Probe `keys: (n,) int64` (duplicates allowed) → `(vectors: (n, dim) float32, found: (n,) bool)`,
+        both on the cache's device; rows of misses are zeros. Stamps hits per `touch_every_calls`."""
+        keys = self._check_keys(keys, "find")
+        n = keys.shape[0]
+        out = torch.empty((n, self.dim), dtype=torch.float32, device=self.device)
+        found = torch.empty(n, dtype=torch.int8, device=self.device)
+        if n == 0:
+            return out, found.view(torch.bool)
+        with self._lock:
+            self._clock += 1
+            self._calls += 1
+            clock = self._clock
+            touch = self.touch_every_calls > 0 and self._calls % self.touch_every_calls == 0
+        grid = (triton_cdiv(n, self.find_block),)
+        self._launch(K.find_kernel, grid, keys, n, self._keys, self._versions, self._scores, self._rows,
+                     self._special, out, found, self.num_buckets, clock,
+                     DIM=self.dim, DIM_P2=self._dim_p2, W=self.ways, BK=self.find_block,
+                     CHECK=self.consistent_reads, TOUCH=touch, LFU=self.eviction == "lfu",
+                     ASM=not self._interpret, num_warps=self.find_warps)
+        return out, found.view(torch.bool)
+
+    def _write(self, keys: Any, vectors: Any, mode: int, op: str) -> None:
+        keys = self._check_keys(keys, op)
+        n = keys.shape[0]
+        vectors = self._check_vectors(vectors, n, op) if mode != K.MODE_ERASE else keys
+        if n == 0:
+            return
+        with self._lock:
+            base = self._clock + 1
+            self._clock += n + 1
+        grid = (triton_cdiv(n, self.write_block),)
+        self._launch(K.write_kernel, grid, keys, vectors, n, self._keys, self._versions, self._scores, self._rows,
+                     self._special, self.num_buckets, base,
+                     DIM=self.dim, DIM_P2=self._dim_p2, W=self.ways, BK=self.write_block, MODE=mode,
+                     LFU=self.eviction == "lfu", ASM=not self._interpret, num_warps=self.write_warps)
+
+    def insert_or_assign(self, keys: Any, vectors: Any) -> None:
+        """Insert or overwrite `keys: (n,) int64` with `vectors: (n, dim)` (float32 or float16); a full
+        bucket evicts its lowest-score slot. Repeated keys keep one of their rows, whole."""
+        self._write(keys, vectors, K.MODE_UPSERT, "insert_or_assign")
+
+    def assign(self, keys: Any, vectors: Any) -> None:
+        """Overwrite `keys: (n,) int64` that are present with `vectors: (n, dim)`; absent keys are ignored."""
+        self._write(keys, vectors, K.MODE_ASSIGN, "assign")
+
+    def erase(self, keys: Any) -> None:
+        """Remove `keys: (n,) int64` if present."""
+        self._write(keys, None, K.MODE_ERASE, "erase")
+
+    def dump(self) -> Any:
+        """All cached keys, `(m,) int64` on the cache's device (host-synchronizing)."""
+        self._check_open()
+        slots = self._keys[: self.capacity_rows]
+        out = slots[slots != K.EMPTY]
+        if int(self._special[0]) != 0:
+            out = torch.cat([out, torch.full((1,), K.EMPTY, dtype=torch.int64, device=self.device)])
+        return out
+
+    def size(self) -> int:
+        """Number of cached keys (host-synchronizing)."""
+        self._check_open()
+        return int((self._keys[: self.capacity_rows] != K.EMPTY).sum()) + int(self._special[0] != 0)
+
+    def close(self) -> None:
+        """Free the device memory; later calls raise `ClosedError`. Idempotent."""
+        self._closed = True
+        self._keys = self._versions = self._scores = self._rows = self._special = None
+
+    def memory_bytes(self) -> int:
+        """Device bytes held: keys 8 + score 8 + row per slot, 4 per bucket version."""
+        per_slot = 16 + self.dim * (4 if self.storage_dtype == torch.float32 else 2)
+        return (self.capacity_rows + 1) * per_slot + (self.num_buckets + 2) * 4
+
+
+def triton_cdiv(n: int, block: int) -> int:
+    """Programs needed for `n` items at `block` per program."""
+    return -(-n // block)
+
+
+def make_gpu_cache(model: ModelConfig, table: TableConfig, rows: int, device_id: int,
+                   keys_vectors_loader: Callable[[], Any] | None = None, *, device: str | None = None) -> Any:
+    """The GPU cache of one table replica, by `model.cache_type`.
+
+    - "dynamic": `GpuEmbeddingCache(max(64, floor(gpucacheper × rows)), dim)`.
+    - "static": `GpuStaticTable` with every row (in pinned host memory when `enable_pagelock`).
+    - "uvm": `GpuUvmTable`, the first floor(gpucacheper × rows) rows (file order) on the device.
+
+    `keys_vectors_loader()` returns `(keys (m,) int64, vectors (m, dim) float32)` numpy arrays, or
+    an iterable of such chunks in file order; static and uvm need it. `device` overrides
+    "cuda:<device_id>" (tests use "cpu" under TRITON_INTERPRET=1)."""
+    dev = device or f"cuda:{device_id}"
+    kind = model.cache_type
+    if kind == "dynamic":
+        return GpuEmbeddingCache(max(MIN_CAPACITY_ROWS, int(model.gpucacheper * rows)), table.dim, dev)
+    if keys_vectors_loader is None:
+        raise ConfigError(f"model {model.name!r} table {table.name!r}: embedding_cache_type {kind!r} holds the "
+                          "whole table and needs a row loader")
+    keys, vectors = load_whole_table(keys_vectors_loader, table.dim, table.tag)
+    if kind == "static":
+        return GpuStaticTable(keys, vectors, dev, pagelock=model.enable_pagelock, default_value=table.default_value)
+    if kind == "uvm":
+        hot = int(model.gpucacheper * keys.shape[0])
+        return GpuUvmTable(keys, vectors, hot, dev, default_value=table.default_value)
+    raise ConfigError(f"model {model.name!r}: unknown embedding_cache_type {kind!r}")
+
+
+__all__ = ["GpuEmbeddingCache", "GpuStaticTable", "GpuUvmTable", "make_gpu_cache", "MIN_CAPACITY_ROWS"]

@@ -1,0 +1,267 @@
+"""Static and uvm GPU tables: a whole embedding table behind one Triton lookup kernel.
+
+- `GpuStaticTable(keys, vectors, device, pagelock=False)`: every row in device memory, or, with
+  `pagelock=True` (ps.json `enable_pagelock`), in pinned host memory read by the kernel over the
+  bus (zero-copy: a pinned tensor's address is valid on the device under unified addressing).
+- `GpuUvmTable(keys, vectors, hot_rows, device)`: rows `[0, hot_rows)` (file order) in device
+  memory, the rest pinned in host memory; one kernel serves both.
+
+The index is open addressing with linear probing over `(P,) int64` keys and `(P,) int32` row
+numbers, P = max(64, 2 × rows) (load ≤ 0.5), built on the device in vectorized rounds. Misses get
+`default_value` (HugeCTR: static tables consult no database). The key set is fixed at load:
+`assign` overwrites present rows (the device is synchronized around it, so no lookup sees a torn
+row), `insert_or_assign` accepts only present keys, `erase` raises `UpdateError`.
+
+What the lookup pipeline does with them (`read_only = True`): call `find` and return its vectors
+as they are (misses already hold the default value); never dedupe misses, query tiers or insert.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any, Callable
+
+import numpy as np
+
+from hps.errors import ConfigError, KeyInputError, ModelFormatError, UpdateError, ClosedError, require
+
+torch = require("torch", "gpu")
+K = require("hps.cache.gpu_kernels", "gpu")
+
+_INTERPRET_LOCK = threading.Lock()
+
+
+def interpreting() -> bool:
+    """True when Triton kernels run in the CPU interpreter (TRITON_INTERPRET=1)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def normalize_device(device: str, who: str) -> str:
+    """"cuda" / "cuda:1" / "cpu" → "cuda:<i>" or "cpu"; "cpu" only under TRITON_INTERPRET=1."""
+    dev = torch.device(device)
+    if dev.type == "cpu":
+        if not interpreting():
+            raise ConfigError(f"{who}: device 'cpu' needs TRITON_INTERPRET=1 (the Triton CPU interpreter)")
+        return "cpu"
+    if dev.type != "cuda":
+        raise ConfigError(f"{who}: device must be 'cuda:<i>' or 'cpu', got {device!r}")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"{who}: device {device!r} asked for, but torch sees no CUDA device")
+    return f"cuda:{dev.index if dev.index is not None else torch.cuda.current_device()}"
+
+
+def load_whole_table(loader: Callable[[], Any], dim: int, tag: str) -> tuple[np.ndarray, np.ndarray]:
+    """Call `loader()`: `(keys, vectors)` numpy arrays or an iterable of such chunks (file order) →
+    `(keys (m,) int64, vectors (m, dim) float32)`."""
+    got = loader()
+    if isinstance(got, tuple) and len(got) == 2 and isinstance(got[0], np.ndarray):
+        chunks = [got]
+    else:
+        chunks = list(got)
+    if not chunks:
+        return np.zeros(0, np.int64), np.zeros((0, dim), np.float32)
+    keys = np.concatenate([np.asarray(c[0], dtype=np.int64).reshape(-1) for c in chunks])
+    vectors = np.concatenate([np.asarray(c[1], dtype=np.float32).reshape(-1, dim) for c in chunks])
+    if keys.shape[0] != vectors.shape[0]:
+        raise ModelFormatError(f"table {tag}: {keys.shape[0]} keys but {vectors.shape[0]} vectors of dim {dim}")
+    return keys, vectors
+
+
+def _pow2(x: int) -> int:
+    return 1 << max(0, (x - 1).bit_length())
+
+
+class _WholeTable:
+    """Shared implementation: index + rows split at `hot_rows` between device and pinned host."""
+
+    read_only = True
+
+    def __init__(self, keys: np.ndarray, vectors: np.ndarray, device: str, hot_rows: int,
+                 default_value: float, storage_dtype: Any, who: str) -> None:
+        self.device = normalize_device(device, who)
+        self._who = who
+        keys = np.ascontiguousarray(np.asarray(keys, dtype=np.int64).reshape(-1))
+        vectors = np.asarray(vectors)
+        if vectors.ndim != 2 or vectors.shape[0] != keys.shape[0]:
+            raise ModelFormatError(f"{who}: {keys.shape[0]} keys but vectors of shape {vectors.shape}")
+        n, dim = vectors.shape
+        self.dim = int(dim)
+        self.capacity_rows = int(n)
+        self.hot_rows = int(min(max(hot_rows, 0), n))
+        self.default_value = float(default_value)
+        self._interpret = interpreting()
+        self._lock = threading.Lock()
+        self._closed = False
+        dev = self.device
+        on_cuda = dev.startswith("cuda")
+        self._keys = torch.from_numpy(keys).to(dev)
+        self._dev_rows = torch.from_numpy(np.ascontiguousarray(vectors[: self.hot_rows])).to(dev, storage_dtype)
+        cold = torch.from_numpy(np.ascontiguousarray(vectors[self.hot_rows:])).to(storage_dtype)
+        self._host_rows = cold.pin_memory() if on_cuda and cold.numel() else cold
+        if self._dev_rows.numel() == 0:
+            self._dev_rows = torch.zeros((1, self.dim), dtype=storage_dtype, device=dev)
+        if self._host_rows.numel() == 0:
+            self._host_rows = torch.zeros((1, self.dim), dtype=storage_dtype, pin_memory=on_cuda)
+        self._build_index()
+        self.find_block = max(8, min(256, 4096 // _pow2(self.dim)))
+
+    def _build_index(self) -> None:
+        """Linear-probing index over all keys, built in rounds: each round every unplaced key tries
+        its next position; one contender per free position wins (scatter), the rest move on."""
+        dev = self.device
+        n = self._keys.shape[0]
+        p = max(64, 2 * n)
+        self.num_slots = p
+        self._skeys = torch.full((p,), K.EMPTY, dtype=torch.int64, device=dev)
+        self._sidx = torch.full((p,), -1, dtype=torch.int32, device=dev)
+        self._special_idx = torch.full((1,), -1, dtype=torch.int64, device=dev)
+        special = (self._keys == K.EMPTY).nonzero().flatten()
+        if special.numel():
+            self._special_idx[0] = special[0]
+        pend = (self._keys != K.EMPTY).nonzero().flatten()
+        pos = self._home(self._keys[pend], p)
+        owner = torch.full((p,), -1, dtype=torch.int64, device=dev)
+        occupied = torch.zeros(p, dtype=torch.bool, device=dev)
+        while pend.numel():
+            free = ~occupied[pos]
+            cand, cpos = pend[free], pos[free]
+            owner[cpos] = cand
+            won = owner[cpos] == cand
+            wi, wp = cand[won], cpos[won]
+            occupied[wp] = True
+            self._skeys[wp] = self._keys[wi]
+            self._sidx[wp] = wi.to(torch.int32)
+            placed = torch.zeros(pend.shape[0], dtype=torch.bool, device=dev)
+            placed[free.nonzero().flatten()[won]] = True
+            pend, pos = pend[~placed], pos[~placed]
+            pos = torch.where(pos + 1 == p, torch.zeros_like(pos), pos + 1)
+
+    def _home(self, keys: Any, num_slots: int) -> Any:
+        out = torch.empty_like(keys)
+        if keys.numel():
+            self._run(K.bucket_kernel, (-(-keys.numel() // 1024),), keys, out, keys.numel(), num_slots, BLOCK=1024)
+        return out
+
+    def _run(self, kernel: Any, grid: tuple[int], *args: Any, **kw: Any) -> None:
+        if self._interpret:
+            with _INTERPRET_LOCK:
+                kernel[grid](*args, **kw)
+        else:
+            with torch.cuda.device(self.device):
+                kernel[grid](*args, **kw)
+
+    def _check_keys(self, keys: Any, op: str) -> Any:
+        if self._closed:
+            raise ClosedError(f"{self._who} on {self.device} is closed")
+        if not isinstance(keys, torch.Tensor) or keys.dim() != 1 or keys.dtype not in (torch.int64, torch.int32):
+            raise KeyInputError(f"{self._who}.{op}: keys must be a 1-D int64 torch tensor")
+        if str(keys.device) != self.device:
+            raise KeyInputError(f"{self._who}.{op}: keys are on {keys.device}, the table is on {self.device}")
+        return keys.to(torch.int64).contiguous()
+
+    def _lookup(self, keys: Any) -> tuple[Any, Any]:
+        n = keys.shape[0]
+        out = torch.empty((n, self.dim), dtype=torch.float32, device=self.device)
+        found = torch.empty(n, dtype=torch.int8, device=self.device)
+        if n:
+            two = self.hot_rows < self.capacity_rows
+            self._run(K.static_find_kernel, (-(-n // self.find_block),), keys, n, self._skeys, self._sidx,
+                      self.num_slots, self._special_idx, self._dev_rows, self._host_rows, self.hot_rows,
+                      self.default_value, out, found, DIM=self.dim, DIM_P2=_pow2(self.dim), BK=self.find_block,
+                      TWO_TIERS=two, num_warps=4)
+        return out, found.view(torch.bool)
+
+    def find(self, keys: Any) -> tuple[Any, Any]:
+        """`keys: (n,) int64` on the table's device → `(vectors (n, dim) float32, found (n,) bool)`;
+        misses hold `default_value`."""
+        keys = self._check_keys(keys, "find")
+        with self._lock:  # only excludes a running `assign`
+            return self._lookup(keys)
+
+    def _row_numbers(self, keys: Any) -> Any:
+        """Row number of each key (file order), -1 if absent (host-synchronizing)."""
+        if keys.numel() == 0:
+            return torch.zeros(0, dtype=torch.int64, device=self.device)
+        pos = self._home(keys, self.num_slots)
+        idx = torch.full_like(keys, -1)
+        active = keys != K.EMPTY
+        idx[~active] = self._special_idx[0]
+        while bool(active.any()):
+            sk = self._skeys[pos]
+            hit = active & (sk == keys)
+            idx = torch.where(hit, self._sidx[pos].to(torch.int64), idx)
+            active = active & ~hit & (sk != K.EMPTY)
+            pos = torch.where(pos + 1 == self.num_slots, torch.zeros_like(pos), pos + 1)
+        return idx
+
+    def assign(self, keys: Any, vectors: Any) -> None:
+        """Overwrite the rows of present `keys: (n,) int64` with `vectors: (n, dim)`; absent keys are
+        ignored. Synchronizes the device before and after, under the table's lock."""
+        keys = self._check_keys(keys, "assign")
+        if not isinstance(vectors, torch.Tensor) or tuple(vectors.shape) != (keys.shape[0], self.dim):
+            raise KeyInputError(f"{self._who}.assign: vectors must be a ({keys.shape[0]}, {self.dim}) tensor")
+        self._assign(keys, vectors, must_exist=False)
+
+    def _assign(self, keys: Any, vectors: Any, must_exist: bool) -> None:
+        with self._lock:
+            if self.device.startswith("cuda"):
+                torch.cuda.synchronize(self.device)
+            idx = self._row_numbers(keys)
+            present = idx >= 0
+            if must_exist and not bool(present.all()):
+                raise UpdateError(f"{self._who}: cannot insert new keys into a static table (e.g. "
+                                  f"{keys[~present][:5].tolist()}); its key set is fixed at load")
+            vec = vectors.to(self.device, torch.float32)
+            hot = present & (idx < self.hot_rows)
+            cold = present & (idx >= self.hot_rows)
+            if bool(hot.any()):
+                self._dev_rows[idx[hot]] = vec[hot].to(self._dev_rows.dtype)
+            if bool(cold.any()):
+                rows = (idx[cold] - self.hot_rows).cpu()
+                self._host_rows[rows] = vec[cold].cpu().to(self._host_rows.dtype)
+            if self.device.startswith("cuda"):
+                torch.cuda.synchronize(self.device)
+
+    def insert_or_assign(self, keys: Any, vectors: Any) -> None:
+        """Overwrite present keys; raises `UpdateError` (changing nothing) if any key is absent."""
+        keys = self._check_keys(keys, "insert_or_assign")
+        if not isinstance(vectors, torch.Tensor) or tuple(vectors.shape) != (keys.shape[0], self.dim):
+            raise KeyInputError(f"{self._who}.insert_or_assign: vectors must be a ({keys.shape[0]}, {self.dim}) tensor")
+        self._assign(keys, vectors, must_exist=True)
+
+    def erase(self, keys: Any) -> None:
+        """Static tables hold every row: raises `UpdateError`."""
+        raise UpdateError(f"{self._who}: rows cannot be erased from a static table")
+
+    def dump(self) -> Any:
+        """All keys, `(m,) int64` on the device, in file order."""
+        self._check_keys(torch.zeros(0, dtype=torch.int64, device=self.device), "dump")
+        return self._keys.clone()
+
+    def size(self) -> int:
+        return self.capacity_rows
+
+    def close(self) -> None:
+        """Free device and pinned memory. Idempotent."""
+        self._closed = True
+        self._keys = self._skeys = self._sidx = self._dev_rows = self._host_rows = None
+
+
+class GpuStaticTable(_WholeTable):
+    """The whole table on the GPU: `keys: (n,) int64`, `vectors: (n, dim) float32` numpy arrays.
+    `pagelock=True` keeps the rows in pinned host memory and reads them zero-copy from the kernel."""
+
+    def __init__(self, keys: np.ndarray, vectors: np.ndarray, device: str = "cuda:0", *, pagelock: bool = False,
+                 default_value: float = 0.0, storage_dtype: Any = torch.float32) -> None:
+        n = int(np.asarray(keys).shape[0])
+        super().__init__(keys, vectors, device, 0 if pagelock else n, default_value, storage_dtype, "GpuStaticTable")
+        self.pagelock = pagelock
+
+
+class GpuUvmTable(_WholeTable):
+    """Rows `[0, hot_rows)` of the table (file order) in device memory, the rest in pinned host memory."""
+
+    def __init__(self, keys: np.ndarray, vectors: np.ndarray, hot_rows: int, device: str = "cuda:0", *,
+                 default_value: float = 0.0, storage_dtype: Any = torch.float32) -> None:
+        super().__init__(keys, vectors, device, hot_rows, default_value, storage_dtype, "GpuUvmTable")

@@ -1,0 +1,114 @@
+"""The tritonserver launcher: backend preparation, command line, start failures, serve_forever and signals."""
+
+from __future__ import annotations
+
+import glob
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from hps.serving.triton import ServerError, TritonServer, find_tritonserver, free_port
+from hps.serving.triton.server import prepare_backends
+
+IDENTITY_MODEL = '''
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+class TritonPythonModel:
+    def initialize(self, args):
+        if "{fail}":
+            raise RuntimeError("this model refuses to load: {fail}")
+
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(
+            "Y", pb_utils.get_input_tensor_by_name(r, "X").as_numpy() * 2)]) for r in requests]
+'''
+
+IDENTITY_CONFIG = '''name: "twice"
+backend: "python"
+max_batch_size: 0
+input [ { name: "X" data_type: TYPE_FP32 dims: [ -1 ] } ]
+output [ { name: "Y" data_type: TYPE_FP32 dims: [ -1 ] } ]
+instance_group [ { count: 1 kind: KIND_CPU } ]
+'''
+
+
+def trivial_repo(root: Path, fail: str = "") -> Path:
+    (root / "twice" / "1").mkdir(parents=True)
+    (root / "twice" / "config.pbtxt").write_text(IDENTITY_CONFIG)
+    (root / "twice" / "1" / "model.py").write_text(IDENTITY_MODEL.replace("{fail}", fail))
+    return root
+
+
+def test_find_and_prepare_backends(tmp_path):
+    install = find_tritonserver()
+    assert install.binary.is_file()
+    assert install.env["PATH"].split(os.pathsep)[0] == str(Path(sys.prefix) / "bin")
+    if install.bundled:
+        stub = install.backend_dir / "python" / "triton_python_backend_stub"
+        assert stub.is_file() and "site-packages" not in str(install.backend_dir)
+        assert "nvidia_pytriton.libs" in install.env["LD_LIBRARY_PATH"]
+        root = install.binary.parent.parent
+        first = prepare_backends(root, cache_dir=tmp_path)
+        assert prepare_backends(root, cache_dir=tmp_path) == first
+        assert (first / "python" / "libtriton_python.so").is_file()
+    with pytest.raises(ServerError, match="not found"):
+        find_tritonserver(tmp_path / "nope")
+
+
+def test_command_line(tmp_path):
+    server = TritonServer(trivial_repo(tmp_path), http_port=0, grpc_port=0, metrics_port=0, load_models=["twice"])
+    cmd = server.command()
+    assert "--http-address=127.0.0.1" in cmd and "--grpc-address=127.0.0.1" in cmd
+    assert "--model-control-mode=explicit" in cmd and "--load-model=twice" in cmd
+    assert f"--backend-config=python,shm-region-prefix-name={server.shm_prefix}" in cmd
+    assert len({server.http_port, server.grpc_port, server.metrics_port}) == 3
+    with pytest.raises(ServerError, match="model_control"):
+        TritonServer(tmp_path, model_control="sometimes")
+    with pytest.raises(ServerError, match="model repository not found"):
+        TritonServer(tmp_path / "missing")
+
+
+@pytest.mark.triton
+def test_start_failure_reports_the_models_error(tmp_path):
+    server = TritonServer(trivial_repo(tmp_path, fail="broken on purpose"), http_port=0, grpc_port=0,
+                          metrics_port=0)
+    server.start()
+    with pytest.raises(ServerError, match="broken on purpose"):
+        server.wait_ready(60)
+    assert not server.is_alive() and server.shm_regions() == []
+
+
+@pytest.mark.triton
+def test_serve_forever_stops_on_sigterm(tmp_path):
+    repo = trivial_repo(tmp_path / "repo")
+    ports = [free_port() for _ in range(3)]
+    code = ("from hps.serving.triton import serve_forever; import sys; "
+            f"sys.exit(serve_forever({str(repo)!r}, http_port={ports[0]}, grpc_port={ports[1]}, "
+            f"metrics_port={ports[2]}, model_control='none', log_path={str(tmp_path / 'log')!r}))")
+    proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if urllib.request.urlopen(f"http://127.0.0.1:{ports[0]}/v2/health/ready", timeout=1).status == 200:
+                    break
+            except OSError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "log").read_text()
+            time.sleep(0.2)
+        prefixes = {Path(p).name.split("_")[1] for p in glob.glob("/dev/shm/hps_*")}
+        assert str(proc.pid) in prefixes  # the prefix names the launching process
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        assert "tritonserver ready" in proc.stderr.read()
+        assert glob.glob(f"/dev/shm/hps_{proc.pid}_*") == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()

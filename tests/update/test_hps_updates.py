@@ -1,0 +1,124 @@
+"""End to end: KafkaPublisher → tansu → the update sources of a real `hps.HPS` → HPS.lookup (cache included)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.kafka_fixture import TEST_CONSUMER_CONFIG, kafka_brokers  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.kafka
+pytest.importorskip("confluent_kafka")
+
+MODEL, TABLE, DIM, ROWS = "upd", "emb", 8, 2000
+ROOT = Path(__file__).resolve().parents[2]
+HAVE_ROCKSDB = importlib.util.find_spec("hps.storage.rocksdb") is not None
+
+
+def _write_model(tmp_path: Path) -> tuple[Path, np.ndarray, np.ndarray]:
+    from hps.model_format import write_sparse_model
+
+    keys = np.arange(ROWS, dtype=np.int64) * 7 + 1
+    vectors = np.random.default_rng(0).standard_normal((ROWS, DIM)).astype(np.float32)
+    path = tmp_path / "emb.model"
+    write_sparse_model(path, keys, vectors)
+    return path, keys, vectors
+
+
+def _ps_config(tmp_path: Path, sparse: Path, brokers: str, name: str = "a") -> dict:
+    config = {
+        "supportlonglong": True,
+        "volatile_db": {"type": "hash_map", "num_partitions": 2, "update_filters": [".+"]},
+        "update_source": {"type": "kafka_message_queue", "brokers": brokers, "poll_timeout_ms": 20,
+                          "max_batch_size": 8192, "failure_backoff_ms": 20, "max_commit_interval": 32},
+        "models": [{
+            "model": MODEL, "sparse_files": [str(sparse)], "embedding_table_names": [TABLE],
+            "embedding_vecsize_per_table": [DIM], "maxnum_catfeature_query_per_table_per_sample": [1],
+            "default_value_for_each_table": [0.0], "deployed_device_list": [0], "max_batch_size": 4096,
+            "gpucacheper": 0.5, "gpucache": True, "hit_rate_threshold": 1.0,
+        }],
+    }
+    if HAVE_ROCKSDB:
+        config["persistent_db"] = {"type": "rocks_db", "path": str(tmp_path / f"rocksdb-{name}"),
+                                   "update_filters": [".+"]}
+    return config
+
+
+@pytest.fixture
+def consumer_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HPS_KAFKA_CONSUMER_CONFIG", json.dumps(TEST_CONSUMER_CONFIG))
+
+
+def _wait_equal(ps, keys: np.ndarray, expected: np.ndarray, timeout_s: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if np.array_equal(ps.lookup(keys, MODEL, 0), expected):
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_hps_sees_published_updates_in_lookup(kafka_brokers: str, tmp_path: Path, consumer_env: None) -> None:
+    import hps
+    from hps.update.publisher import KafkaPublisher
+
+    sparse, keys, vectors = _write_model(tmp_path)
+    with hps.HPS(_ps_config(tmp_path, sparse, kafka_brokers), show_progress=False) as ps:
+        tiers = {s.name.split(":")[0]: s.group_id for s in ps._update_sources}
+        assert tiers["volatile"].startswith("hps.volatile.")
+        if HAVE_ROCKSDB:
+            assert tiers["persistent"].startswith("hps.persistent.")
+        sample = keys[::5]
+        np.testing.assert_array_equal(ps.lookup(sample, MODEL, 0), vectors[::5])  # now in the cache
+        new = vectors[::5] * -3.0 + 1.0
+        fresh_keys = np.array([10**9, 10**9 + 1], np.int64)             # keys the model never had
+        fresh = np.full((2, DIM), 0.5, np.float32)
+        with KafkaPublisher(kafka_brokers) as pub:
+            pub.publish(MODEL, TABLE, np.concatenate([sample, fresh_keys]), np.concatenate([new, fresh]))
+        assert _wait_equal(ps, sample, new), "cached rows were not updated"
+        assert _wait_equal(ps, fresh_keys, fresh)
+        assert np.array_equal(ps.volatile.find(f"hps_et.{MODEL}.{TABLE}", sample)[0], new)
+        untouched = keys[1::5]
+        np.testing.assert_array_equal(ps.lookup(untouched, MODEL, 0), vectors[1::5])
+
+
+def test_two_hps_processes_both_see_each_update(kafka_brokers: str, tmp_path: Path) -> None:
+    """Two HPS processes with their own hash maps on one host: each must consume every update, so
+    each gets its own per-host group through a distinct HPS_HOSTNAME (same host name → one shared
+    group `hps.volatile.<hostname>` → each would see only part of the partitions)."""
+    from hps.update.publisher import KafkaPublisher
+
+    sparse, keys, vectors = _write_model(tmp_path)
+    sample = keys[::3]
+    new = vectors[::3] + 42.0
+    np.save(tmp_path / "keys.npy", sample)
+    np.save(tmp_path / "new.npy", new)
+    procs = []
+    for name in ("host-a", "host-b"):
+        ps_json = tmp_path / f"{name}.json"
+        ps_json.write_text(json.dumps(_ps_config(tmp_path, sparse, kafka_brokers, name)))
+        env = dict(os.environ, HPS_HOSTNAME=name, HPS_KAFKA_CONSUMER_CONFIG=json.dumps(TEST_CONSUMER_CONFIG))
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "tests.update.consumer_proc", "hps", str(ps_json), MODEL,
+             str(tmp_path / "keys.npy"), str(tmp_path / "new.npy"), "60"],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True))
+    try:
+        for p in procs:
+            assert p.stdout.readline().strip() == "ready"
+        with KafkaPublisher(kafka_brokers) as pub:
+            pub.publish(MODEL, TABLE, sample, new)
+        for p in procs:
+            assert p.wait(90) == 0
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(10)
