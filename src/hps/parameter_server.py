@@ -159,14 +159,7 @@ class HPS:
         runtime = self._models[table.model_name]
         for (table_id, _), replica in runtime.replicas.items():
             if table_id == table.table_id and replica.cache is not None:
-                cache_keys = replica.cache_probe_kind()
-                if isinstance(cache_keys, np.ndarray):
-                    replica.cache.assign(keys, vectors)
-                else:
-                    import torch
-
-                    replica.cache.assign(torch.from_numpy(keys).to(cache_keys.device),
-                                         torch.from_numpy(vectors).to(cache_keys.device))
+                replica.cache.assign(replica.to_cache_kind(keys), replica.to_cache_kind(vectors))
 
     def add_model(self, model: ModelConfig | dict) -> None:
         """Serve a model that was not in the original ps.json (its tables share this HPS's tiers)."""
@@ -295,15 +288,8 @@ class HPS:
         if (cache is None or model.cache_type != "dynamic" or not model.init_ec
                 or model.cache_refresh_percentage_per_iteration <= 0):
             return
-        probe = replica.cache_probe_kind()
         for keys, vectors in iter_table_rows(sparse, limit_rows=cache.capacity_rows):
-            if isinstance(probe, np.ndarray):
-                cache.insert_or_assign(keys, vectors)
-            else:
-                import torch
-
-                cache.insert_or_assign(torch.from_numpy(keys).to(probe.device),
-                                       torch.from_numpy(vectors).to(probe.device))
+            cache.insert_or_assign(replica.to_cache_kind(keys), replica.to_cache_kind(vectors))
 
     def _validate_keys(self, keys: Any, model: ModelConfig, table: TableConfig) -> tuple[Any, tuple, bool, Any]:
         """Flat int64 keys, the original shape, whether they are torch, and their device."""

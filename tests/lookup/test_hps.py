@@ -140,7 +140,8 @@ def test_prefill_warms_the_cache(tables, tmp_path):
     with hps.HPS(cfg, show_progress=False) as ps:
         assert ps.stats()["models"]["m"]["t0"]["cache_rows"] > ROWS * 0.9
         ps.lookup(tables["keys0"][:500], "m", 0)
-        assert ps.stats()["models"]["m"]["t0"]["hits"]["cache"] >= 450
+        # set collisions keep a full set-associative cache below 100 % residency (HugeCTR #278)
+        assert ps.stats()["models"]["m"]["t0"]["hits"]["cache"] >= 350
 
 
 @pytest.mark.parametrize("keys,message", [

@@ -238,3 +238,55 @@ def test_node_failure_is_an_error_and_the_backend_recovers():
             assert b.find(TAG, keys)[1].all()
         finally:
             b.close()
+
+
+def test_hmget_reply_scanner_resumes_at_any_byte():
+    """RESP2 and RESP3 nils, a wrong-size value and an error reply, fed one byte at a time."""
+    stream = (b"*3\r\n$4\r\nAAAA\r\n_\r\n$-1\r\n"  # rows 0..2: hit, RESP3 nil, RESP2 nil
+              b"-MOVED 5 127.0.0.1:7000\r\n"  # command 2 (rows 3..4) answered with an error
+              b"*2\r\n$2\r\nxy\r\n$4\r\nBBBB\r\n")  # rows 5..6: wrong size, hit
+    starts = np.array([0, 3, 5], np.int64)
+    order = np.array([6, 5, 4, 3, 2, 1, 0], np.int64)
+    out = np.zeros((7, 4), np.uint8)
+    found = np.zeros(7, np.bool_)
+    buf = np.frombuffer(stream, np.uint8).copy()
+    state = np.array([0, 0, -1, 0, 0, 0], np.int64)
+    errors, length = [], 0
+    while True:
+        status = redis_cluster_mod._consume_hmget(buf, length, state, starts, order, 4, out, found)
+        if status == 1:
+            break
+        if status == 2:
+            errors.append(bytes(buf[state[0] + 1:state[5]]))
+            state[0], state[1], state[2] = state[5] + 2, state[1] + 1, -1
+            continue
+        assert status == 0 and length < len(stream)
+        length += 1
+    assert length == len(stream) and errors == [b"MOVED 5 127.0.0.1:7000"]
+    assert found.tolist() == [True, False, False, False, False, False, True]
+    assert bytes(out[6]) == b"AAAA" and bytes(out[0]) == b"BBBB" and state[4] == 1  # one wrong size
+
+
+def test_concurrent_callers_share_the_connections(make_backend):
+    import threading
+
+    b = make_backend(num_node_connections=2)
+    b.create_table(TAG, 8)
+    keys = np.arange(20_000, dtype=np.int64)
+    b.insert_or_assign(TAG, keys, _rows(keys))
+    failures = []
+
+    def worker(seed):
+        rng = np.random.default_rng(seed)
+        for _ in range(5):
+            q = rng.choice(keys, 3000)
+            vectors, found = b.find(TAG, q)
+            if not found.all() or not np.array_equal(vectors, _rows(q)):
+                failures.append(seed)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert failures == []

@@ -34,6 +34,10 @@ EMPTY = -(2**63)
 MODE_UPSERT = 0
 MODE_ASSIGN = 1
 MODE_ERASE = 2
+_EMPTY = tl.constexpr(EMPTY)
+_MODE_UPSERT = tl.constexpr(MODE_UPSERT)
+_MODE_ASSIGN = tl.constexpr(MODE_ASSIGN)
+_MODE_ERASE = tl.constexpr(MODE_ERASE)
 
 
 @triton.jit
@@ -82,11 +86,11 @@ def find_kernel(q_ptr, n, keys_ptr, ver_ptr, scores_ptr, rows_ptr, special_ptr, 
     offs = tl.program_id(0).to(tl.int64) * BK + tl.arange(0, BK)
     inb = offs < n
     k = tl.load(q_ptr + offs, mask=inb, other=0)
-    is_sp = k == EMPTY
+    is_sp = k == _EMPTY
     nslots = num_buckets * W
     b = tl.where(is_sp, num_buckets, _bucket_of(k, num_buckets))
     ways = tl.arange(0, W)
-    bk = tl.load(keys_ptr + (b * W)[:, None] + ways[None, :], mask=(inb & ~is_sp)[:, None], other=EMPTY)
+    bk = tl.load(keys_ptr + (b * W)[:, None] + ways[None, :], mask=(inb & ~is_sp)[:, None], other=_EMPTY)
     if CHECK:
         if ASM:
             v1 = _load_acquire_i32(ver_ptr + b)
@@ -102,8 +106,13 @@ def find_kernel(q_ptr, n, keys_ptr, ver_ptr, scores_ptr, rows_ptr, special_ptr, 
     if CHECK:
         ok = ok & ((v1 & 1) == 0)
     cols = tl.arange(0, DIM_P2)
-    cm = cols < DIM
-    row = tl.load(rows_ptr + (slot * DIM)[:, None] + cols[None, :], mask=ok[:, None] & cm[None, :], other=0.0)
+    if DIM == DIM_P2:  # no column mask: lets the row load and the output store use 16-byte vectors
+        row_mask = ok[:, None]
+        out_mask = inb[:, None]
+    else:
+        row_mask = ok[:, None] & (cols < DIM)[None, :]
+        out_mask = inb[:, None] & (cols < DIM)[None, :]
+    row = tl.load(rows_ptr + (slot * DIM)[:, None] + cols[None, :], mask=row_mask, other=0.0)
     row = row.to(tl.float32)
     if CHECK:
         if ASM:
@@ -115,7 +124,7 @@ def find_kernel(q_ptr, n, keys_ptr, ver_ptr, scores_ptr, rows_ptr, special_ptr, 
         k2 = tl.load(keys_ptr + slot2, mask=ok, other=0, volatile=True)
         sp2 = tl.load(special_ptr + slot2 * 0, mask=ok & is_sp, other=1, volatile=True)
         ok = ok & (v2 == v1) & (k2 == k) & (sp2 != 0)
-    tl.store(out_ptr + (offs * DIM)[:, None] + cols[None, :], row, mask=inb[:, None] & cm[None, :])
+    tl.store(out_ptr + (offs * DIM)[:, None] + cols[None, :], row, mask=out_mask)
     tl.store(found_ptr + offs, ok.to(tl.int8), mask=inb)
     if TOUCH:
         if LFU:
@@ -139,14 +148,14 @@ def write_kernel(k_ptr, v_ptr, n, keys_ptr, ver_ptr, scores_ptr, rows_ptr, speci
     offs = tl.program_id(0).to(tl.int64) * BK + tl.arange(0, BK)
     inb = offs < n
     k = tl.load(k_ptr + offs, mask=inb, other=0)
-    is_sp = k == EMPTY
+    is_sp = k == _EMPTY
     nslots = num_buckets * W
     b = tl.where(is_sp, num_buckets, _bucket_of(k, num_buckets))
     dummy = num_buckets + 1
     ways = tl.arange(0, W)
     cols = tl.arange(0, DIM_P2)
     cm = cols < DIM
-    if MODE != MODE_ERASE:
+    if MODE != _MODE_ERASE:
         vec = tl.load(v_ptr + (offs * DIM)[:, None] + cols[None, :], mask=inb[:, None] & cm[None, :], other=0.0)
         vec = vec.to(rows_ptr.dtype.element_ty)
     my_score = base_clock + offs
@@ -164,7 +173,7 @@ def write_kernel(k_ptr, v_ptr, n, keys_ptr, ver_ptr, scores_ptr, rows_ptr, speci
         eq = bk == k[:, None]
         present = tl.max(eq.to(tl.int32), axis=1) > 0
         way_k = tl.argmax(eq.to(tl.int32), axis=1).to(tl.int64)
-        empty = bk == EMPTY
+        empty = bk == _EMPTY
         has_empty = tl.max(empty.to(tl.int32), axis=1) > 0
         way_e = tl.argmax(empty.to(tl.int32), axis=1).to(tl.int64)
         way_v = tl.argmin(sc, axis=1).to(tl.int64)
@@ -173,7 +182,7 @@ def write_kernel(k_ptr, v_ptr, n, keys_ptr, ver_ptr, scores_ptr, rows_ptr, speci
         present = tl.where(is_sp, sp_present, present)
         way = tl.where(present, way_k, tl.where(has_empty, way_e, way_v))
         slot = tl.where(is_sp, nslots, b * W + way)
-        if MODE == MODE_UPSERT:
+        if MODE == _MODE_UPSERT:
             if LFU:
                 act = got
             else:
@@ -186,12 +195,12 @@ def write_kernel(k_ptr, v_ptr, n, keys_ptr, ver_ptr, scores_ptr, rows_ptr, speci
             else:
                 tl.store(scores_ptr + slot, my_score, mask=act)
             tl.store(special_ptr + offs * 0, tl.zeros_like(offs) + 1, mask=act & is_sp)
-        elif MODE == MODE_ASSIGN:
+        elif MODE == _MODE_ASSIGN:
             act = got & present
             tl.store(rows_ptr + (slot * DIM)[:, None] + cols[None, :], vec, mask=act[:, None] & cm[None, :])
         else:
             act = got & present
-            tl.store(keys_ptr + slot, tl.zeros_like(k) + EMPTY, mask=act & ~is_sp)
+            tl.store(keys_ptr + slot, tl.zeros_like(k) + _EMPTY, mask=act & ~is_sp)
             tl.store(scores_ptr + slot, tl.zeros_like(offs), mask=act)
             tl.store(special_ptr + offs * 0, tl.zeros_like(offs), mask=act & is_sp)
         if ASM:
@@ -205,21 +214,21 @@ def write_kernel(k_ptr, v_ptr, n, keys_ptr, ver_ptr, scores_ptr, rows_ptr, speci
 def static_find_kernel(q_ptr, n, skeys_ptr, sidx_ptr, num_slots, special_idx_ptr,
                        dev_rows_ptr, host_rows_ptr, hot_rows, default_value, out_ptr, found_ptr,
                        DIM: tl.constexpr, DIM_P2: tl.constexpr, BK: tl.constexpr, TWO_TIERS: tl.constexpr):
-    """Static / uvm lookup: linear probing over `skeys: (num_slots,) int64` (EMPTY = free), row index
+    """Static / uvm lookup: linear probing over `skeys: (num_slots,) int64` (_EMPTY = free), row index
     `sidx: (num_slots,) int32`; row r < hot_rows is `dev_rows[r]`, else `host_rows[r - hot_rows]`
     (pinned host memory, read over the bus). Misses get `default_value`."""
     offs = tl.program_id(0).to(tl.int64) * BK + tl.arange(0, BK)
     inb = offs < n
     k = tl.load(q_ptr + offs, mask=inb, other=0)
-    is_sp = k == EMPTY
+    is_sp = k == _EMPTY
     pos = _bucket_of(k, num_slots)
     idx = tl.full([BK], -1, tl.int64)
     active = inb & ~is_sp
     while tl.max(active.to(tl.int32), axis=0) > 0:
-        sk = tl.load(skeys_ptr + pos, mask=active, other=EMPTY)
+        sk = tl.load(skeys_ptr + pos, mask=active, other=_EMPTY)
         m = active & (sk == k)
         idx = tl.where(m, tl.load(sidx_ptr + pos, mask=m, other=-1).to(tl.int64), idx)
-        active = active & (sk != k) & (sk != EMPTY)
+        active = active & (sk != k) & (sk != _EMPTY)
         pos = tl.where(pos + 1 == num_slots, 0, pos + 1)
     spi = tl.load(special_idx_ptr)
     idx = tl.where(is_sp & inb, spi, idx)

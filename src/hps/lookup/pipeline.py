@@ -95,6 +95,14 @@ class TableLookup:
 
         self._background.submit(insert)
 
+    def to_cache_kind(self, host: np.ndarray) -> Any:
+        """`host` (numpy) as an array the cache takes: numpy, or a torch tensor on its device."""
+        if self.cache is None or self.cache.device == "cpu":
+            return host
+        import torch
+
+        return torch.from_numpy(np.ascontiguousarray(host)).to(self.cache.device)
+
     def refresh(self, chunk_rows: int = 65536) -> int:
         """Re-read every cached key from the tiers and assign it in the cache; returns rows refreshed."""
         if self.cache is None or self._complete_table:

@@ -11,15 +11,16 @@ Layout (reference §2.3, §2.10 and HugeCTR's `redis_backend.cpp`), readable as 
   nothing (HugeCTR 24.x writes no metadata for it either).
   The `{…}` hash tag puts both hashes of a partition in one slot, hence on one node.
 
-Speed: every key batch is grouped by partition with numpy (stable argsort), partitions are
-grouped by node, and each node gets one pipelined write holding all its HMGET / HSET / HDEL
-commands (chunked by `max_batch_size`). The requests are RESP-encoded by numpy (every field is
-a fixed 14-byte record `$8\\r\\n<key>\\r\\n`, every HSET pair a fixed-width record), so no
-Python object is made per key on the way out; replies are parsed by redis-py's hiredis parser.
+Speed: every key batch is grouped by partition (a numba counting sort), partitions by node,
+and each node gets one pipelined write holding all its HMGET / HSET / HDEL commands (chunked by
+`max_batch_size`). Requests are RESP-encoded by numpy (a field is a fixed 14-byte record
+`$8\r\n<key>\r\n`, an HSET pair a fixed-width record), so no Python object is made per key on
+the way out. HMGET replies are parsed by a numba scanner straight from the socket bytes into the
+output rows (no bytes object per value either); other replies go through redis-py's parser.
 All nodes' pipelines are written before any reply is read, so the nodes work in parallel
-without client threads (on a small client machine threads only fight for the GIL).
+without client threads: the sockets do the waiting, and parsing holds the GIL anyway.
 `num_node_connections` bounds the connections per node, i.e. how many calls (from several
-threads) may run at once.
+threads) run at once.
 
 Failures: a node that refuses, times out (`timeout_ms`, default 1 s, per socket operation) or
 answers an error makes the call raise `BackendError` naming the node(s), the table tag and the
@@ -29,13 +30,13 @@ the node is back. A MOVED/ASK reply (resharding) refreshes the slot map and retr
 
 from __future__ import annotations
 
-import itertools
 import os
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterator
 
+import numba
 import numpy as np
 
 from hps.errors import BackendError, ClosedError, KeyInputError, require
@@ -153,6 +154,121 @@ def _flat(rec: np.ndarray, a: int, b: int) -> memoryview:
     return memoryview(rec[a:b].reshape(-1))
 
 
+# -- HMGET replies parsed straight from the socket bytes into the output rows --------------------
+
+@numba.njit(cache=True, inline="always")
+def _line_end(buf, pos, length):
+    """Index of the CR of the first CRLF at or after `pos`, or -1 when not all there yet."""
+    for i in range(pos, length - 1):
+        if buf[i] == 13 and buf[i + 1] == 10:
+            return i
+    return -1
+
+
+@numba.njit(cache=True, inline="always")
+def _int_at(buf, a, b):
+    neg = buf[a] == 45
+    v = 0
+    for i in range(a + 1 if neg else a, b):
+        v = v * 10 + (buf[i] - 48)
+    return -v if neg else v
+
+
+@numba.njit(cache=True)
+def _consume_hmget(buf, length, state, starts, order, row_bytes, out, found):
+    """Parse RESP2/RESP3 HMGET replies in `buf[state[0]:length]`, resumable.
+
+    `state` = [pos, command, elements left (-1: header next), sorted row, wrong-size count, eol];
+    command i's elements are sorted rows starts[i], starts[i]+1, ...; a value of `row_bytes` bytes
+    is copied into `out[order[row]]` and marks `found[order[row]]`. Returns 1 when every reply is
+    consumed, 0 when more bytes are needed, 2 at an error reply (line state[0]..state[5]; the
+    caller skips it), 3 on bytes that are not RESP."""
+    pos, cmd, left, row, bad = state[0], state[1], state[2], state[3], state[4]
+    status = 1
+    while cmd < starts.shape[0]:
+        if left < 0:
+            eol = _line_end(buf, pos, length)
+            if eol < 0:
+                status = 0
+                break
+            c = buf[pos]
+            if c == 42:  # '*' array header
+                left = _int_at(buf, pos + 1, eol)
+                pos = eol + 2
+                row = starts[cmd]
+                if left <= 0:
+                    cmd += 1
+                    left = -1
+                continue
+            state[5] = eol
+            status = 2 if c == 45 else 3  # '-' error reply
+            break
+        eol = _line_end(buf, pos, length)
+        if eol < 0:
+            status = 0
+            break
+        c = buf[pos]
+        if c == 36:  # '$' bulk string (or $-1 nil)
+            n = _int_at(buf, pos + 1, eol)
+            if n >= 0:
+                end = eol + 2 + n
+                if end + 2 > length:
+                    status = 0
+                    break
+                if n == row_bytes:
+                    dst = order[row]
+                    out[dst, :] = buf[eol + 2:end]
+                    found[dst] = True
+                else:
+                    bad += 1
+                pos = end + 2
+            else:
+                pos = eol + 2
+        elif c == 95:  # '_' RESP3 null
+            pos = eol + 2
+        else:
+            state[5] = eol
+            status = 3
+            break
+        row += 1
+        left -= 1
+        if left == 0:
+            cmd += 1
+            left = -1
+    state[0], state[1], state[2], state[3], state[4] = pos, cmd, left, row, bad
+    return status
+
+
+@numba.njit(cache=True)
+def _partition_order(parts, num_partitions):
+    """Stable counting sort: `order` such that `parts[order]` is ascending, and each partition's end."""
+    ends = np.zeros(num_partitions, np.int64)
+    for p in parts:
+        ends[p] += 1
+    ends = np.cumsum(ends)
+    nxt = ends.copy()
+    nxt[1:] = ends[:-1]
+    nxt[0] = 0
+    order = np.empty(parts.shape[0], np.int64)
+    for i in range(parts.shape[0]):
+        order[nxt[parts[i]]] = i
+        nxt[parts[i]] += 1
+    return order, ends
+
+
+@dataclass
+class _HmgetSink:
+    """Output of one node's HMGET replies: command i fills sorted rows from starts[i]."""
+
+    order: np.ndarray  # (n,) original position of each sorted row
+    out: np.ndarray  # (n, row_bytes) uint8 view of the float32 result
+    found: np.ndarray  # (n,) bool
+    row_bytes: int
+    starts: list = field(default_factory=list)
+    capacity: int = 64
+    bad: int = 0
+
+
 # -- plan of one pipelined round trip ---------------------------------------------------------
 
 @dataclass
@@ -162,6 +278,7 @@ class _NodeBatch:
     node: Any
     pieces: list = field(default_factory=list)
     tickets: list = field(default_factory=list)  # one entry per command, in send order
+    sink: _HmgetSink | None = None  # HMGET-only batch whose replies are parsed by numba
 
     def add(self, ticket: Any, *pieces: bytes | memoryview) -> None:
         self.pieces.extend(pieces)
@@ -276,32 +393,32 @@ class RedisClusterBackend:
             return out, found
         g = self._group(keys)
         rec = _field_records(g.keys)
+        row_bytes = 4 * t.dim
+        out_u8 = out.view(np.uint8)
+        per_value = 1 + len(str(row_bytes)) + 2 + row_bytes + 2  # "$64\r\n" + row + "\r\n"
+        sinks: list[_HmgetSink] = []
 
         def plan(batches):
+            sinks.clear()
+            found[:] = False
             for p, a, b in g.chunks(self._batch):
                 batch = self._batch_for(batches, t, p)
+                if batch.sink is None:
+                    batch.sink = _HmgetSink(g.order, out_u8, found, row_bytes)
+                    sinks.append(batch.sink)
                 batch.add(a, _resp_head([b"HMGET", t.hv[p]], b - a), _flat(rec, a, b))
+                batch.sink.starts.append(a)
+                batch.sink.capacity += 24 + (b - a) * per_value
 
-        replies = self._round_trip(tag, n, plan)
-        vals = list(itertools.chain.from_iterable(r for _, r in sorted(replies, key=lambda x: x[0])))
-        hit_sorted = np.fromiter(map(bool, vals), dtype=np.bool_, count=n)
-        hits = list(filter(None, vals))
-        row_bytes = 4 * t.dim
-        if hits:
-            sizes = np.fromiter(map(len, hits), dtype=np.int64, count=len(hits))
-            bad = np.count_nonzero(sizes != row_bytes)
-        else:
-            bad = 0
-        bad += n - len(hits) - vals.count(None)  # empty strings
+        self._round_trip(tag, n, plan)
+        bad = sum(s.bad for s in sinks)
         if bad:
             raise BackendError(f"redis_cluster: table {tag}: {bad} of {n} values read back do not hold "
                                f"{t.dim} float32 ({row_bytes} bytes); is the table's dim right?")
-        rows = g.order[hit_sorted]
-        if hits:
-            out[rows] = np.frombuffer(b"".join(hits), np.float32).reshape(len(hits), t.dim)
-        found[rows] = True
-        if self._policy != "evict_random" and hits:
-            self._touch(t, g.keys[hit_sorted], g.parts_sorted[hit_sorted])
+        if self._policy != "evict_random":
+            hit_sorted = found[g.order]
+            if hit_sorted.any():
+                self._touch(t, g.keys[hit_sorted], g.parts_sorted[hit_sorted])
         return out, found
 
     def insert_or_assign(self, tag: str, keys: np.ndarray, vectors: np.ndarray) -> None:
@@ -426,8 +543,7 @@ class RedisClusterBackend:
 
     def _group(self, keys: np.ndarray) -> "_Grouping":
         parts = partition_of(keys, self._num_partitions)
-        order = np.argsort(parts, kind="stable")
-        ends = np.cumsum(np.bincount(parts, minlength=self._num_partitions))
+        order, ends = _partition_order(parts, self._num_partitions)
         return _Grouping(keys[order], order, parts[order], ends)
 
     def _meta_records(self, keys: np.ndarray) -> np.ndarray:
@@ -537,6 +653,18 @@ class RedisClusterBackend:
                 for name, conn in conns.items():  # then read them all
                     if name in failed:
                         continue
+                    if batches[name].sink is not None:
+                        try:
+                            for msg in self._read_hmget(conn, batches[name]):
+                                if msg.startswith(("MOVED", "ASK", "TRYAGAIN")):
+                                    redirect = f"node {name}: {msg}"
+                                else:
+                                    errors.append(f"node {name} answered: {msg}")
+                                    cluster_down = cluster_down or msg.startswith("CLUSTERDOWN")
+                        except io_errors as exc:
+                            failed[name] = str(exc) or type(exc).__name__
+                            conn.disconnect()
+                        continue
                     for ticket in batches[name].tickets:
                         try:
                             reply = conn.read_response()
@@ -574,6 +702,43 @@ class RedisClusterBackend:
         if redirect is not None:
             raise _Redirect(redirect)
         return out
+
+    def _read_hmget(self, conn: Any, batch: _NodeBatch) -> list[str]:
+        """Read `batch`'s HMGET replies from the connection's socket with `_consume_hmget`.
+
+        The pool hands out connections with nothing pending (redis-py checks), and exactly
+        these replies are read, so the connection stays in step for redis-py's own parser.
+        Returns the error replies' messages (each skipped)."""
+        sock = getattr(conn, "_sock", None)
+        if sock is None:
+            raise self._exc.ConnectionError("connection lost before reading replies")
+        sink = batch.sink
+        starts = np.asarray(sink.starts, dtype=np.int64)
+        buf = np.empty(sink.capacity, np.uint8)
+        view = memoryview(buf)
+        length = 0
+        state = np.array([0, 0, -1, 0, 0, 0], np.int64)
+        messages: list[str] = []
+        while True:
+            status = _consume_hmget(buf, length, state, starts, sink.order, sink.row_bytes, sink.out, sink.found)
+            if status == 1:
+                break
+            if status == 2:
+                messages.append(bytes(buf[state[0] + 1:state[5]]).decode(errors="replace"))
+                state[0], state[1], state[2] = state[5] + 2, state[1] + 1, -1
+                continue
+            if status == 3:
+                raise self._exc.ConnectionError(f"reply is not RESP at byte {int(state[0])}")
+            if length == buf.shape[0]:
+                bigger = np.empty(2 * buf.shape[0], np.uint8)
+                bigger[:length] = buf[:length]
+                buf, view = bigger, memoryview(bigger)
+            got = sock.recv_into(view[length:])
+            if got == 0:
+                raise self._exc.ConnectionError("connection closed by the server")
+            length += got
+        sink.bad += int(state[4])
+        return messages
 
     def _hscan(self, t: _Table, p: int, cursor: bytes, count: int) -> tuple[bytes, list[bytes]]:
         def plan(batches):
