@@ -50,14 +50,22 @@ def _queries(rng: np.random.Generator, keys: np.ndarray, n: int, count: int, hit
     return out
 
 
-def _rate(fn, queries: list[np.ndarray], warmup: int = 1) -> tuple[float, float]:
-    """Median keys/s and p50 µs per call of `fn(q)` over `queries` (each used once after warm-up)."""
-    it = iter(queries[warmup:])
-    for q in queries[:warmup]:
-        fn(q)
-    n = queries[0].shape[0]
-    times = time_calls(lambda: fn(next(it)), repeat=len(queries) - warmup, warmup=0)
-    return n / median(times), percentile(times, 50) * 1e6
+def _compare(cases: dict[str, tuple], warmup: int = 1) -> dict[str, tuple[float, float]]:
+    """Time `fn(q)` for each case `name: (fn, queries)` round-robin (one call of each in turn, so
+    load drifts hit every method alike), each query array used once after `warmup` calls.
+
+    Returns `name: (median keys/s, p50 µs per call)`."""
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for name, (fn, queries) in cases.items():
+        for q in queries[:warmup]:
+            fn(q)
+    rounds = max(len(queries) for _, queries in cases.values())
+    for i in range(warmup, rounds):
+        for name, (fn, queries) in cases.items():
+            if i < len(queries):
+                q = queries[i]
+                times[name] += time_calls(lambda: fn(q), repeat=1, warmup=0)
+    return {name: (len(cases[name][1][0]) / median(t), percentile(t, 50) * 1e6) for name, t in times.items()}
 
 
 def bench_hash_map(rows: int, quick: bool) -> None:
@@ -105,9 +113,9 @@ def bench_hash_map(rows: int, quick: bool) -> None:
     for batch, calls in ((1_000_000, 4 if quick else 6), (2_000, 200 if quick else 1000)):
         queries = _queries(rng, keys, batch, calls)
         dict_queries = _queries(rng, keys[:dict_rows], batch, min(calls, 3 if batch > 10_000 else calls))
-        ours_rate, ours_us = _rate(ours, queries)
-        pd_rate, pd_us = _rate(with_pandas, queries)
-        dict_rate, dict_us = _rate(with_dict, dict_queries)
+        measured = _compare({"ours": (ours, queries), "pandas": (with_pandas, queries),
+                             "dict": (with_dict, dict_queries)})
+        (ours_rate, ours_us), (pd_rate, pd_us), (dict_rate, dict_us) = measured.values()
         base = {"keys per call": batch, "table rows": rows, "dim": dim}
         result_rows += [
             {**base, "method": "HashMapBackend.find", "M keys/s": ours_rate / 1e6, "p50 µs/call": ours_us,
@@ -147,7 +155,7 @@ def bench_rocksdb(rows: int, lookups: int) -> None:
         insert_s = time.perf_counter() - t0
         backend.erase(TAG, extra)
         cf = backend._table(TAG).cf  # the same column family, read raw
-        queries = _queries(rng, keys, lookups, 7, hit_rate=1.0)
+        queries = _queries(rng, keys, lookups, 9, hit_rate=1.0)
         byte_queries = [q.astype("<i8").view("V8").tolist() for q in queries]
         v, f = backend.find(TAG, queries[0])
         order = np.argsort(keys)
@@ -155,8 +163,9 @@ def bench_rocksdb(rows: int, lookups: int) -> None:
         raw = cf.get(byte_queries[0])
         assert np.array_equal(np.frombuffer(b"".join(raw), "<f4").reshape(-1, dim), v)
 
-        ours_rate, ours_us = _rate(lambda q: backend.find(TAG, q), queries)
-        raw_rate, raw_us = _rate(lambda b: cf.get(b), byte_queries)
+        measured = _compare({"ours": (lambda q: backend.find(TAG, q), queries),
+                             "raw": (lambda b: cf.get(b), byte_queries)})
+        (ours_rate, ours_us), (raw_rate, raw_us) = measured.values()
         t0 = time.perf_counter()
         [q.astype("<i8").view("V8").tolist() for q in queries]
         to_bytes_us = (time.perf_counter() - t0) / len(queries) * 1e6

@@ -9,7 +9,7 @@ import pytest
 
 import hps.storage  # noqa: F401  (import order: hps.config alone hits a circular import today)
 from hps.config.schema import RedisClusterConfig
-from hps.errors import BackendError
+from hps.errors import BackendError, HpsError
 from hps.storage.partition import partition_of
 from tests.redis_cluster_fixture import redis_cluster, redis_server_available
 from tests.storage.backend_contract import BackendContract, _rows
@@ -290,3 +290,41 @@ def test_concurrent_callers_share_the_connections(make_backend):
     for th in threads:
         th.join()
     assert failures == []
+
+
+def test_32_bit_key_mode_uses_4_byte_fields(cluster, make_backend):
+    b = RedisClusterBackend(_config(cluster, num_partitions=3), key_bytes=4)
+    try:
+        b.create_table(TAG, 4)
+        keys = np.array([0, 7, 2**32 - 1], dtype=np.int64)
+        b.insert_or_assign(TAG, keys, _rows(keys, dim=4))
+        raw = _raw(cluster)
+        try:
+            for k, p in zip(keys, partition_of(keys, 3)):
+                assert raw.hexists(f"hps_et{{{TAG}/p{p}}}v", k.astype("<u4").tobytes())
+        finally:
+            raw.close()
+        vectors, found = b.find(TAG, keys)
+        assert found.all()
+        np.testing.assert_array_equal(vectors, _rows(keys, dim=4))
+        assert sorted(np.concatenate([k for k, _ in b.items(TAG)]).tolist()) == keys.tolist()
+        with pytest.raises(HpsError, match="uint32"):
+            b.find(TAG, np.array([-1], dtype=np.int64))
+    finally:
+        b.close()
+
+
+def test_unreachable_cluster_and_closed_backend(make_backend):
+    from tests.redis_cluster_fixture import _fresh_ports
+
+    t0 = time.monotonic()
+    with pytest.raises(BackendError, match="127.0.0.1"):
+        RedisClusterBackend(RedisClusterConfig(address=f"127.0.0.1:{_fresh_ports(1)[0]}"), timeout_ms=300)
+    assert time.monotonic() - t0 < 3.0
+    b = make_backend()
+    b.create_table(TAG, 8)
+    b.close()
+    from hps.errors import ClosedError
+
+    with pytest.raises(ClosedError):
+        b.find(TAG, np.array([1], dtype=np.int64))

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from hps.config.schema import RedisClusterConfig
 
 _CRLF = np.frombuffer(b"\r\n", np.uint8)
-_FIELD_HEAD = np.frombuffer(b"$8\r\n", np.uint8)
+_KEY_DTYPES = {8: "<i8", 4: "<u4"}  # HugeCTR's `long long` keys, or `unsigned int` (i64_input_key false)
 _NO_LIMIT = 2**63  # overflow_margin at or above this never triggers (HugeCTR's default is 2^64-1)
 # Server-side loop: one command per partition chunk instead of one HINCRBY per key.
 _LFU_INCREMENT = b"for i = 1, #ARGV do redis.call('HINCRBY', KEYS[1], ARGV[i], 1) end return #ARGV"
@@ -127,25 +127,28 @@ def _resp_head(args: list[bytes], more: int) -> bytes:
     return b"".join(out)
 
 
-def _field_records(keys: np.ndarray) -> np.ndarray:
-    """`keys: (n,) int64` → `(n, 14) uint8` RESP bulk strings `$8\\r\\n<8 LE key bytes>\\r\\n`."""
+def _field_records(keys: np.ndarray, key_bytes: int = 8) -> np.ndarray:
+    """`keys: (n,) int64` → `(n, key_bytes + 6) uint8` RESP bulk strings `$8\\r\\n<LE key>\\r\\n`
+    (`key_bytes` 8: int64 keys; 4: uint32 keys, HugeCTR's 32-bit key mode)."""
     n = keys.shape[0]
-    rec = np.empty((n, 14), np.uint8)
-    rec[:, :4] = _FIELD_HEAD
-    rec[:, 4:12] = np.ascontiguousarray(keys, dtype="<i8").view(np.uint8).reshape(n, 8)
-    rec[:, 12:] = _CRLF
+    rec = np.empty((n, key_bytes + 6), np.uint8)
+    rec[:, :4] = np.frombuffer(b"$%d\r\n" % key_bytes, np.uint8)
+    raw = np.ascontiguousarray(keys).astype(_KEY_DTYPES[key_bytes], copy=False)
+    rec[:, 4:4 + key_bytes] = raw.view(np.uint8).reshape(n, key_bytes)
+    rec[:, 4 + key_bytes:] = _CRLF
     return rec
 
 
-def _pair_records(keys: np.ndarray, values: np.ndarray) -> np.ndarray:
+def _pair_records(keys: np.ndarray, values: np.ndarray, key_bytes: int = 8) -> np.ndarray:
     """`keys: (n,) int64`, `values: (n, b) uint8` → `(n, w) uint8` RESP field/value pairs."""
     n, b = values.shape
     head = np.frombuffer(b"$%d\r\n" % b, np.uint8)
-    w = 14 + head.size + b + 2
+    f = key_bytes + 6
+    w = f + head.size + b + 2
     rec = np.empty((n, w), np.uint8)
-    rec[:, :14] = _field_records(keys)
-    rec[:, 14:14 + head.size] = head
-    rec[:, 14 + head.size:w - 2] = values
+    rec[:, :f] = _field_records(keys, key_bytes)
+    rec[:, f:f + head.size] = head
+    rec[:, f + head.size:w - 2] = values
     rec[:, w - 2:] = _CRLF
     return rec
 
@@ -301,12 +304,16 @@ class _Table:
 class RedisClusterBackend:
     """Volatile tier `redis_cluster`: HugeCTR's Redis Cluster layout, batch-first (see module doc).
 
-    `RedisClusterBackend(config, timeout_ms=1000)`; `config.address` lists seed nodes."""
+    `RedisClusterBackend(config, timeout_ms=1000, key_bytes=8)`: `config.address` lists seed nodes;
+    `timeout_ms` bounds every connect / socket read; `key_bytes` is the hash-field width, 8 for
+    int64 keys or 4 for a cluster HugeCTR filled with 32-bit keys (`supportlonglong` false)."""
 
     name = "redis_cluster"
     is_shared = True
 
-    def __init__(self, config: RedisClusterConfig, timeout_ms: int = 1000) -> None:
+    def __init__(self, config: RedisClusterConfig, timeout_ms: int = 1000, key_bytes: int = 8) -> None:
+        if key_bytes not in _KEY_DTYPES:
+            raise BackendError(f"redis_cluster: key_bytes must be 8 or 4, got {key_bytes!r}")
         cluster = require("redis.cluster", "redis")
         self._crc = require("redis.crc", "redis")
         self._exc = require("redis.exceptions", "redis")
@@ -314,6 +321,7 @@ class RedisClusterBackend:
         backoff = require("redis.backoff", "redis")
         self.config = config
         self.timeout_ms = int(timeout_ms)
+        self.key_bytes = int(key_bytes)
         self._num_partitions = int(config.num_partitions)
         self._batch = int(config.max_batch_size)
         self._margin = int(config.overflow_margin)
@@ -359,13 +367,12 @@ class RedisClusterBackend:
         found = set(self._tables)
         for node in self._primaries("(tables)"):
             try:
-                for name in node.redis_connection.scan_iter(match=b"hps_et{*}v", count=1000):
-                    tag = tag_of_hash_key(name)
-                    if tag is not None:
-                        found.add(tag)
+                with self._gate:
+                    names = list(node.redis_connection.scan_iter(match=b"hps_et{*}v", count=1000))
             except self._exc.RedisError as exc:
                 self._stale = True
                 raise BackendError(f"redis_cluster: listing tables: node {node.name} failed: {exc}") from exc
+            found.update(tag for tag in map(tag_of_hash_key, names) if tag is not None)
         return sorted(found)
 
     def drop_table(self, tag: str) -> None:
@@ -392,7 +399,7 @@ class RedisClusterBackend:
         if n == 0:
             return out, found
         g = self._group(keys)
-        rec = _field_records(g.keys)
+        rec = _field_records(g.keys, self.key_bytes)
         row_bytes = 4 * t.dim
         out_u8 = out.view(np.uint8)
         per_value = 1 + len(str(row_bytes)) + 2 + row_bytes + 2  # "$64\r\n" + row + "\r\n"
@@ -426,15 +433,17 @@ class RedisClusterBackend:
         t = self._table(tag)
         keys = self._keys(tag, keys)
         vectors = np.asarray(vectors)
-        if vectors.ndim != 2 or vectors.shape != (keys.shape[0], t.dim):
-            raise BackendError(f"redis_cluster: table {tag}: vectors of shape {vectors.shape} do not match "
-                               f"{keys.shape[0]} keys × dim {t.dim}; nothing written")
+        if vectors.ndim != 2 or vectors.shape != (keys.shape[0], t.dim) or \
+                not (np.issubdtype(vectors.dtype, np.floating) or np.issubdtype(vectors.dtype, np.integer)):
+            raise BackendError(f"redis_cluster: table {tag}: vectors of shape {vectors.shape} dtype "
+                               f"{vectors.dtype} do not match {keys.shape[0]} keys × dim {t.dim} float32; "
+                               f"nothing written")
         n = keys.shape[0]
         if n == 0:
             return
         g = self._group(keys)
         values = np.ascontiguousarray(vectors[g.order], dtype="<f4").view(np.uint8).reshape(n, 4 * t.dim)
-        rec = _pair_records(g.keys, values)
+        rec = _pair_records(g.keys, values, self.key_bytes)
         meta = self._meta_records(g.keys) if self._policy != "evict_random" else None
         check_size = self._margin < _NO_LIMIT
 
@@ -460,7 +469,7 @@ class RedisClusterBackend:
         if n == 0:
             return 0
         g = self._group(keys)
-        rec = _field_records(g.keys)
+        rec = _field_records(g.keys, self.key_bytes)
 
         def plan(batches):
             for p, a, b in g.chunks(self._batch):
@@ -531,15 +540,17 @@ class RedisClusterBackend:
             raise BackendError(f"redis_cluster: unknown table {tag}; call create_table({tag!r}, dim) first")
         return t
 
-    @staticmethod
-    def _keys(tag: str, keys: np.ndarray) -> np.ndarray:
+    def _keys(self, tag: str, keys: np.ndarray) -> np.ndarray:
         k = np.asarray(keys)
         if k.ndim != 1 or not (np.issubdtype(k.dtype, np.integer) or k.size == 0):
             raise KeyInputError(f"redis_cluster: table {tag}: keys must be a 1-d integer array, "
                                 f"got shape {k.shape} dtype {k.dtype}")
-        if k.dtype == np.uint64:
-            return np.ascontiguousarray(k).view(np.int64)
-        return np.ascontiguousarray(k, dtype=np.int64)
+        k = np.ascontiguousarray(k).view(np.int64) if k.dtype == np.uint64 else \
+            np.ascontiguousarray(k, dtype=np.int64)
+        if self.key_bytes == 4 and k.size and (k.min() < 0 or k.max() > 0xFFFFFFFF):
+            raise KeyInputError(f"redis_cluster: table {tag}: {k.size} keys include values outside "
+                                f"uint32, but the cluster holds 32-bit keys")
+        return k
 
     def _group(self, keys: np.ndarray) -> "_Grouping":
         parts = partition_of(keys, self._num_partitions)
@@ -549,8 +560,8 @@ class RedisClusterBackend:
     def _meta_records(self, keys: np.ndarray) -> np.ndarray:
         if self._policy == "evict_oldest":
             now = np.full((keys.shape[0], 1), int(time.time()), dtype="<i8").view(np.uint8)
-            return _pair_records(keys, now)
-        return _field_records(keys)
+            return _pair_records(keys, now, self.key_bytes)
+        return _field_records(keys, self.key_bytes)
 
     def _add_meta(self, batch: _NodeBatch, t: _Table, p: int, meta: np.ndarray | None, a: int, b: int) -> None:
         if meta is None:
@@ -574,11 +585,12 @@ class RedisClusterBackend:
 
     def _decode_rows(self, t: _Table, ks: list[bytes], vs: list[bytes], row_bytes: int):
         kb, vb = b"".join(ks), b"".join(vs)
-        if len(kb) != 8 * len(ks) or len(vb) != row_bytes * len(vs) or \
-                any(len(v) != row_bytes for v in vs) or any(len(k) != 8 for k in ks):
+        kw = self.key_bytes
+        if len(kb) != kw * len(ks) or len(vb) != row_bytes * len(vs) or \
+                any(len(v) != row_bytes for v in vs) or any(len(k) != kw for k in ks):
             raise BackendError(f"redis_cluster: table {t.tag}: a hash holds fields that are not 8-byte keys "
                                f"or values that are not {t.dim} float32")
-        return (np.frombuffer(kb, "<i8").astype(np.int64),
+        return (self._decode_keys(kb),
                 np.frombuffer(vb, "<f4").astype(np.float32).reshape(len(vs), t.dim))
 
     # -- helpers: routing and I/O ---------------------------------------------------------------
@@ -765,8 +777,9 @@ class RedisClusterBackend:
         excess = len(fields) - self._target
         if excess <= 0:
             return  # another process resolved it
-        fields = [f for f in fields if len(f) == 8] if any(len(f) != 8 for f in fields) else fields
-        keys = np.frombuffer(b"".join(fields), "<i8")
+        kw = self.key_bytes
+        fields = [f for f in fields if len(f) == kw] if any(len(f) != kw for f in fields) else fields
+        keys = self._decode_keys(b"".join(fields))
         if self._policy == "evict_random":
             victims = keys[self._rng.permutation(keys.shape[0])[:excess]]
         else:
@@ -775,16 +788,16 @@ class RedisClusterBackend:
                 mk, mv = list(meta_flat.keys()), list(meta_flat.values())
             else:  # RESP2 flat array
                 mk, mv = meta_flat[0::2], meta_flat[1::2]
-            ok = [i for i, k in enumerate(mk) if len(k) == 8]
+            ok = [i for i, k in enumerate(mk) if len(k) == kw]
             if ok:
-                mkeys = np.frombuffer(b"".join(mk[i] for i in ok), "<i8")
+                mkeys = self._decode_keys(b"".join(mk[i] for i in ok))
                 mval = self._parse_meta([mv[i] for i in ok])
                 srt = np.argsort(mkeys)
                 pos = np.clip(np.searchsorted(mkeys[srt], keys), 0, len(ok) - 1)
                 hit = mkeys[srt][pos] == keys
                 score[hit] = mval[srt][pos][hit]
             victims = keys[np.argsort(score, kind="stable")[:excess]]
-        rec = _field_records(victims)
+        rec = _field_records(victims, self.key_bytes)
         for a in range(0, victims.shape[0], self._batch):
             b = min(a + self._batch, victims.shape[0])
 
@@ -797,6 +810,10 @@ class RedisClusterBackend:
             (_, left), = self._round_trip(t.tag, b - a, plan)
             if int(left) <= self._target:
                 break
+
+    def _decode_keys(self, raw: bytes) -> np.ndarray:
+        """Concatenated hash fields → `(m,) int64` keys."""
+        return np.frombuffer(raw, _KEY_DTYPES[self.key_bytes]).astype(np.int64)
 
     def _parse_meta(self, values: list[bytes]) -> np.ndarray:
         """Metadata values → int64 scores: 8-byte LE time_t (oldest) or decimal counts (least used)."""

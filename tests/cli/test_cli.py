@@ -1,0 +1,50 @@
+"""The `hps` command: inspect, lookup, convert, and clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from hps.cli.main import main
+from hps.model_format import SparseModel, write_sparse_model
+
+
+@pytest.fixture()
+def ps_json(tmp_path):
+    write_sparse_model(tmp_path / "t0", np.arange(100, dtype=np.int64), np.ones((100, 4), np.float32) * 0.5)
+    cfg = {"supportlonglong": True, "volatile_db": {"type": "hash_map"},
+           "models": [{"model": "m", "sparse_files": ["t0"], "embedding_vecsize_per_table": [4],
+                       "maxnum_catfeature_query_per_table_per_sample": [2], "default_value_for_each_table": [7.0],
+                       "deployed_device_list": [0]}]}
+    path = tmp_path / "ps.json"
+    path.write_text(json.dumps(cfg))
+    return path
+
+
+def test_inspect_prints_rows_dims_and_memory(ps_json, capsys):
+    assert main(["inspect", str(ps_json)]) == 0
+    out = capsys.readouterr().out
+    assert "100" in out and "KiB" in out and "hash_map" in out
+
+
+def test_lookup_prints_vectors_and_defaults(ps_json, capsys):
+    assert main(["lookup", str(ps_json), "--model", "m", "3", "1000"]) == 0
+    out = capsys.readouterr().out
+    assert "0.5" in out and "7." in out
+
+
+def test_errors_exit_2_with_a_message(ps_json, capsys):
+    assert main(["lookup", str(ps_json), "--model", "nope", "3"]) == 2
+    assert "unknown model 'nope'" in capsys.readouterr().err
+    assert main(["inspect", str(ps_json.parent / "missing.json")]) == 2
+
+
+def test_convert_npy(tmp_path, capsys):
+    table = np.random.default_rng(0).standard_normal((50, 8)).astype(np.float32)
+    np.save(tmp_path / "table.npy", table)
+    assert main(["convert", str(tmp_path / "table.npy"), str(tmp_path / "out.model")]) == 0
+    model = SparseModel(tmp_path / "out.model", 8)
+    np.testing.assert_array_equal(np.asarray(model.vectors), table)
+    assert "50 rows of dim 8" in capsys.readouterr().out
