@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import RESULTS, machine, percentile, write_results  # noqa: E402
 
 from hps.cache.gpu import GpuEmbeddingCache  # noqa: E402
-from hps.cache.gpu_kernels import EMPTY, _bucket_of  # noqa: E402
+from hps.cache.gpu_kernels import _EMPTY, _bucket_of  # noqa: E402
 from hps.cache.gpu_static import GpuStaticTable, GpuUvmTable  # noqa: E402
 
 DEV = "cuda:0"
@@ -62,7 +62,7 @@ def unique_keys(n: int, gen: torch.Generator) -> torch.Tensor:
 
 
 # ---- baseline: a plain open-addressing hashed lookup (rows stored in slot order) ----
-@triton.jit
+@triton.jit(do_not_specialize=["n", "num_slots"])
 def plain_hash_find(q_ptr, n, skeys_ptr, rows_ptr, num_slots, out_ptr, found_ptr,
                     DIM: tl.constexpr, BK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BK + tl.arange(0, BK)
@@ -72,10 +72,10 @@ def plain_hash_find(q_ptr, n, skeys_ptr, rows_ptr, num_slots, out_ptr, found_ptr
     slot = tl.full([BK], -1, tl.int64)
     active = inb
     while tl.max(active.to(tl.int32), axis=0) > 0:
-        sk = tl.load(skeys_ptr + pos, mask=active, other=EMPTY)
+        sk = tl.load(skeys_ptr + pos, mask=active, other=_EMPTY)
         m = active & (sk == k)
         slot = tl.where(m, pos, slot)
-        active = active & (sk != k) & (sk != EMPTY)
+        active = active & (sk != k) & (sk != _EMPTY)
         pos = tl.where(pos + 1 == num_slots, 0, pos + 1)
     hit = slot >= 0
     cols = tl.arange(0, DIM)
@@ -458,38 +458,51 @@ def section_static(rows):
                   "linear probing at load 0.5 plus an int32 row number; pagelock rows are read over PCIe.")
 
 
+def race(cache, keys, dim, rounds=6, repeats=16, finds_per_round=40):
+    """A long assign kernel (each key `repeats` times, alternating two full versions, so rows flip while
+    it runs) on one stream, `finds_per_round` finds on another launched right behind it.
+    Returns (finds, hits, torn): torn = found rows that are not one whole version."""
+    n = keys.numel()
+    versions = [(keys * 2 + p).to(torch.float32)[:, None].expand(n, dim) for p in (0, 1)]
+    rep_keys = keys.repeat(repeats)
+    rep_vecs = torch.cat([versions[r % 2] for r in range(repeats)]).contiguous()
+    cache.insert_or_assign(keys, versions[0].contiguous())
+    torch.cuda.synchronize()
+    rs, ws = torch.cuda.Stream(), torch.cuda.Stream()
+    results = []
+    for _ in range(rounds):
+        with torch.cuda.stream(ws):
+            cache.assign(rep_keys, rep_vecs)
+        with torch.cuda.stream(rs):
+            for _ in range(finds_per_round):
+                results.append(cache.find(keys))
+    torch.cuda.synchronize()
+    torn = hits = 0
+    for out, found in results:
+        first = out[:, :1]
+        good = (out == first).all(dim=1)
+        v = first[:, 0] - (keys * 2).to(torch.float32)
+        good &= (v == 0) | (v == 1)
+        torn += int((found & ~good).sum())
+        hits += int(found.sum())
+    return len(results) * n, hits, torn
+
+
 def section_consistency(rows):
     dim, n = 128, 1 << 15
     for check in (False, True):
-        cache = GpuEmbeddingCache(2 * n, dim, DEV, consistent_reads=check)
+        cache = GpuEmbeddingCache(4 * n, dim, DEV, consistent_reads=check)
         keys = torch.arange(n, device=DEV, dtype=torch.int64) * 3
-        versions = [(keys * 2 + p).to(torch.float32)[:, None].expand(n, dim).contiguous() for p in (0, 1)]
-        cache.insert_or_assign(keys, versions[0])
-        torch.cuda.synchronize()
-        rs, ws = torch.cuda.Stream(), torch.cuda.Stream()
-        results = []
-        with torch.cuda.stream(ws):
-            for i in range(300):
-                (cache.assign if i % 2 else cache.insert_or_assign)(keys, versions[(i + 1) % 2])
-        with torch.cuda.stream(rs):
-            for _ in range(300):
-                results.append(cache.find(keys))
-        torch.cuda.synchronize()
-        torn = hits = 0
-        for out, found in results:
-            first = out[:, :1]
-            good = (out == first).all(dim=1)
-            v = first[:, 0] - (keys * 2).to(torch.float32)
-            good &= (v == 0) | (v == 1)
-            torn += int((found & ~good).sum())
-            hits += int(found.sum())
-        rows.append({"seqlock check": check, "finds": 300 * n, "hits": hits, "torn rows returned": torn})
+        finds, hits, torn = race(cache, keys, dim)
+        rows.append({"seqlock check": check, "rows probed": finds, "hits": hits,
+                     "misses (writer held the bucket)": finds - hits, "torn rows returned": torn})
         print(rows[-1], flush=True)
         cache.close()
     write_results("h200", "gpu_consistency", rows,
-                  "H200, dim 128 fp32, 32,768 keys; 300 finds on one stream race 300 insert_or_assign/assign calls "
-                  "writing two full versions of every row on another stream (row = 2*key + version in every column). "
-                  "Without the check the same race must show torn rows for the test to mean anything.")
+                  "H200, dim 128 fp32, 32,768 keys; per round one assign kernel writes every row 16 times, "
+                  "alternating two full versions (row = 2*key + version in every column), on one stream while 40 "
+                  "finds of all keys run on another; 6 rounds. Without the check the same race must show torn rows "
+                  "for the test to mean anything; with it, rows under a writer come back as misses.")
 
 
 def main() -> None:
@@ -501,12 +514,12 @@ def main() -> None:
     print(machine(), flush=True)
     sections = {
         "ceilings": lambda: section_ceilings([]),
-        "consistency": lambda: section_consistency([]),
         "find": lambda: section_find([], (16, 32, 128), args.quick),
         "latency": lambda: section_latency([]),
         "insert": lambda: section_insert([]),
         "zipf": lambda: section_zipf([], args.quick),
         "static": lambda: section_static([]),
+        "consistency": lambda: section_consistency([]),
     }
     for name, fn in sections.items():
         if args.only and name not in args.only.split(","):

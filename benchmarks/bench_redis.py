@@ -84,6 +84,26 @@ class RawRedisPy:
         found[rows] = True
         return out, found
 
+    def insert(self, keys: np.ndarray, vectors: np.ndarray) -> None:
+        """HSET field/value pairs per partition, one pipeline per node (values as row bytes)."""
+        parts = partition_of(keys, self.p)
+        order = np.argsort(parts, kind="stable")
+        ends = np.cumsum(np.bincount(parts, minlength=self.p)).tolist()
+        fields = keys[order].view("V8").tolist()
+        values = np.ascontiguousarray(vectors[order]).view(f"V{4 * self.dim}").ravel().tolist()
+        pipes: dict[str, object] = {}
+        start = 0
+        for p, end in enumerate(ends):
+            node = self.node_of[p]
+            pipe = pipes.setdefault(node.name, node.redis_connection.pipeline(transaction=False))
+            for a in range(start, end, self.batch):
+                b = min(a + self.batch, end)
+                args = [x for pair in zip(fields[a:b], values[a:b]) for x in pair]
+                pipe.execute_command("HSET", self.hv[p], *args)
+            start = end
+        for pipe in pipes.values():
+            pipe.execute()
+
     def close(self) -> None:
         if self.pool is not None:
             self.pool.shutdown()
@@ -112,6 +132,7 @@ def main() -> None:
     vectors = rng.random((args.rows, args.dim), dtype=np.float32)
     absent = -rng.choice(2**62, size=args.queries, replace=False).astype(np.int64) - 1
     rows = []
+    insert_rows = []
     with redis_cluster(3) as cluster:
         pinning = _pin(cluster)
         for num_partitions in args.partitions:
@@ -126,6 +147,14 @@ def main() -> None:
                     "redis-py per-node pipelines, 3 threads": RawRedisPy(cluster.address, num_partitions,
                                                                          args.dim, cfg.max_batch_size,
                                                                          threads=True)}
+            # Same rows read by backends whose overflow policy refreshes access metadata on hits.
+            by_policy = {}
+            if num_partitions == args.partitions[0]:
+                for policy in ("evict_least_used", "evict_oldest"):
+                    b = RedisClusterBackend(RedisClusterConfig(address=cluster.address, num_partitions=num_partitions,
+                                                               overflow_policy=policy))
+                    b.create_table(TAG, args.dim)
+                    by_policy[policy] = b
             for hit_rate in (1.0, 0.9):
                 nh = int(args.queries * hit_rate)
                 query = np.concatenate([rng.choice(stored, size=nh), absent[:args.queries - nh]])
@@ -133,6 +162,8 @@ def main() -> None:
                 want_v, want_f = ours.find(TAG, query)
                 assert want_f.sum() == nh
                 measured = {"hps RedisClusterBackend.find": lambda: ours.find(TAG, query)}
+                for policy, b in by_policy.items():
+                    measured[f"hps find, {policy} (+ metadata refresh)"] = lambda b=b: b.find(TAG, query)
                 for name, raw in raws.items():
                     got_v, got_f = raw.find(query)
                     assert np.array_equal(got_f, want_f) and np.array_equal(got_v[got_f], want_v[want_f])
@@ -148,7 +179,8 @@ def main() -> None:
                         times[name] += time_calls(fn, repeat=1, warmup=0)
                         cpu[name] += (time.process_time() - cpu0) / args.repeat
                 stats = {name: (times[name], cpu[name]) for name in measured}
-                best_raw = max(args.queries / percentile(t, 50) for n, (t, _) in stats.items() if n.startswith("redis-py"))
+                best_raw = max(args.queries / percentile(t, 50) for n, (t, _) in stats.items()
+                               if n.startswith("redis-py"))
                 for name, (times, cpu) in stats.items():
                     rate = args.queries / percentile(times, 50)
                     rows.append({"method": name, "partitions": num_partitions, "hit rate": hit_rate,
@@ -156,8 +188,26 @@ def main() -> None:
                                  "best ms": 1e3 * min(times), "p90 ms": 1e3 * percentile(times, 90),
                                  "client CPU ms/call": 1e3 * cpu,
                                  "keys per client CPU s": args.queries / cpu, "vs best raw": rate / best_raw})
+            batch = stored[:args.queries]
+            fresh = rng.random((batch.shape[0], args.dim), dtype=np.float32)
+            raw = raws["redis-py per-node pipelines"]
+            ins = {"hps RedisClusterBackend.insert_or_assign": lambda: ours.insert_or_assign(TAG, batch, fresh),
+                   "redis-py HSET per partition, per-node pipelines": lambda: raw.insert(batch, fresh)}
+            raw.insert(batch, fresh)
+            assert np.array_equal(ours.find(TAG, batch)[0], fresh)
+            itimes: dict[str, list[float]] = {name: [] for name in ins}
+            for _ in range(max(3, args.repeat // 3)):
+                for name, fn in ins.items():
+                    itimes[name] += time_calls(fn, repeat=1, warmup=0)
+            best_raw_ins = args.queries / percentile(itimes["redis-py HSET per partition, per-node pipelines"], 50)
+            for name, ts in itimes.items():
+                rate = args.queries / percentile(ts, 50)
+                insert_rows.append({"method": name, "partitions": num_partitions, "rows/s (p50)": rate,
+                                    "p50 ms": 1e3 * percentile(ts, 50), "vs raw": rate / best_raw_ins})
             for raw in raws.values():
                 raw.close()
+            for b in by_policy.values():
+                b.close()
             ours.close()
     notes = (f"RedisClusterBackend.find of {args.queries:,} random int64 keys, dim {args.dim} float32 "
              f"({args.rows:,} rows stored, max_batch_size 65536), local 3-master Redis Cluster "
@@ -166,6 +216,10 @@ def main() -> None:
              f"interleaved rounds, {args.repeat} calls each. Taken on a shared 2-core machine "
              f"under load from other jobs: absolute figures are noisy, ratios from the same run are the point.")
     write_results("distributed-cpu", "redis_find", rows, notes)
+    write_results("distributed-cpu", "redis_insert", insert_rows,
+                  f"insert_or_assign of {args.queries:,} existing keys with new dim-{args.dim} float32 rows "
+                  f"(overflow_policy evict_random, no eviction), same cluster and run as redis_find, {pinning}; "
+                  f"shared 2-core machine under load.")
 
 
 if __name__ == "__main__":

@@ -50,22 +50,41 @@ def _queries(rng: np.random.Generator, keys: np.ndarray, n: int, count: int, hit
     return out
 
 
-def _compare(cases: dict[str, tuple], warmup: int = 1) -> dict[str, tuple[float, float]]:
+def _compare(cases: dict[str, tuple], warmup: int = 1) -> dict[str, dict[str, float]]:
     """Time `fn(q)` for each case `name: (fn, queries)` round-robin (one call of each in turn, so
     load drifts hit every method alike), each query array used once after `warmup` calls.
 
-    Returns `name: (median keys/s, p50 µs per call)`."""
-    times: dict[str, list[float]] = {name: [] for name in cases}
+    Returns `name: {"rate": median keys per wall second, "cpu_rate": median keys per CPU second of
+    the calling thread (robust to time-slicing on a loaded machine), "p50_us": wall µs per call}`."""
+    wall: dict[str, list[float]] = {name: [] for name in cases}
+    cpu: dict[str, list[float]] = {name: [] for name in cases}
     for name, (fn, queries) in cases.items():
         for q in queries[:warmup]:
             fn(q)
     rounds = max(len(queries) for _, queries in cases.values())
     for i in range(warmup, rounds):
         for name, (fn, queries) in cases.items():
-            if i < len(queries):
-                q = queries[i]
-                times[name] += time_calls(lambda: fn(q), repeat=1, warmup=0)
-    return {name: (len(cases[name][1][0]) / median(t), percentile(t, 50) * 1e6) for name, t in times.items()}
+            if i >= len(queries):
+                continue
+
+            def call(fn=fn, q=queries[i], acc=cpu[name]):
+                c0 = time.thread_time()
+                fn(q)
+                acc.append(time.thread_time() - c0)
+
+            wall[name] += time_calls(call, repeat=1, warmup=0)
+    out = {}
+    for name, (_, queries) in cases.items():
+        n = len(queries[0])
+        out[name] = {"rate": n / median(wall[name]), "cpu_rate": n / median(cpu[name]),
+                     "p50_us": percentile(wall[name], 50) * 1e6}
+    return out
+
+
+def _row(base: dict, method: str, m: dict[str, float], ours: dict[str, float]) -> dict:
+    return {**base, "method": method, "M keys/s": m["rate"] / 1e6, "M keys/CPU-s": m["cpu_rate"] / 1e6,
+            "p50 µs/call": m["p50_us"], "ours / this (wall)": ours["rate"] / m["rate"],
+            "ours / this (CPU)": ours["cpu_rate"] / m["cpu_rate"]}
 
 
 def bench_hash_map(rows: int, quick: bool) -> None:
@@ -115,21 +134,20 @@ def bench_hash_map(rows: int, quick: bool) -> None:
         dict_queries = _queries(rng, keys[:dict_rows], batch, min(calls, 3 if batch > 10_000 else calls))
         measured = _compare({"ours": (ours, queries), "pandas": (with_pandas, queries),
                              "dict": (with_dict, dict_queries)})
-        (ours_rate, ours_us), (pd_rate, pd_us), (dict_rate, dict_us) = measured.values()
+        mine = measured["ours"]
         base = {"keys per call": batch, "table rows": rows, "dim": dim}
         result_rows += [
-            {**base, "method": "HashMapBackend.find", "M keys/s": ours_rate / 1e6, "p50 µs/call": ours_us,
-             "ours / baseline": 1.0},
-            {**base, "method": "pandas get_indexer + gather", "M keys/s": pd_rate / 1e6, "p50 µs/call": pd_us,
-             "ours / baseline": ours_rate / pd_rate},
-            {**base, "table rows": dict_rows, "method": "dict + gather", "M keys/s": dict_rate / 1e6,
-             "p50 µs/call": dict_us, "ours / baseline": ours_rate / dict_rate},
+            _row(base, "HashMapBackend.find", mine, mine),
+            _row(base, "pandas get_indexer + gather", measured["pandas"], mine),
+            _row({**base, "table rows": dict_rows}, "dict + gather", measured["dict"], mine),
         ]
     notes = (f"int64 keys (random 62-bit), float32 vectors dim {dim}; {rows:,} rows; 90 % hits / 10 % misses, "
              f"fresh random keys every call; one core (sched_setaffinity, NUMBA_NUM_THREADS=1); "
              f"policy evict_random (find writes no metadata). Fill: one insert_or_assign of {rows:,} rows "
              f"in {fill_s:.2f} s ({rows / fill_s / 1e6:.2f} M rows/s); pandas Index build {pd_build_s:.2f} s; "
              f"dict build on {dict_rows:,} rows {dict_build_s:.2f} s. Target ≥ 15 M keys/s at 1M keys per call. "
+             "M keys/CPU-s divides by the CPU time of the calling thread (robust to time-slicing, not to "
+             "memory contention). "
              + LOAD_NOTE)
     write_results("cpu", "hash_map", result_rows, notes)
     del index, pd_index
@@ -165,17 +183,13 @@ def bench_rocksdb(rows: int, lookups: int) -> None:
 
         measured = _compare({"ours": (lambda q: backend.find(TAG, q), queries),
                              "raw": (lambda b: cf.get(b), byte_queries)})
-        (ours_rate, ours_us), (raw_rate, raw_us) = measured.values()
         t0 = time.perf_counter()
         [q.astype("<i8").view("V8").tolist() for q in queries]
         to_bytes_us = (time.perf_counter() - t0) / len(queries) * 1e6
         base = {"keys per call": lookups, "table rows": rows, "dim": dim}
-        result_rows = [
-            {**base, "method": "RocksDBBackend.find", "M keys/s": ours_rate / 1e6, "p50 µs/call": ours_us,
-             "ours / raw": 1.0},
-            {**base, "method": "raw rocksdict cf.get(list of bytes)", "M keys/s": raw_rate / 1e6,
-             "p50 µs/call": raw_us, "ours / raw": ours_rate / raw_rate},
-        ]
+        ours = measured["ours"]
+        result_rows = [_row(base, "RocksDBBackend.find", ours, ours),
+                       _row(base, "raw rocksdict cf.get(list of bytes)", measured["raw"], ours)]
         notes = (f"int64 keys, float32 dim {dim}; {rows:,} rows loaded by bulk_load (SST ingest, 4 chunks) in "
                  f"{bulk_s:.2f} s ({rows / bulk_s / 1e6:.2f} M rows/s); insert_or_assign (WriteBatch) of 100k new "
                  f"rows {100_000 / insert_s / 1e6:.2f} M rows/s; all-hit random lookups, page cache warm; "

@@ -22,18 +22,19 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import percentile, time_calls, write_results  # noqa: E402
+from harness import percentile, write_results  # noqa: E402
 
 import hps  # noqa: E402
 from hps.model_format.writer import write_sparse_model  # noqa: E402
 from hps.serving.triton import build_repository, serve  # noqa: E402
 from hps.serving.triton.dense_runner import DenseRunner  # noqa: E402
-from hps.serving.triton.server import CACHE_DIR  # noqa: E402
+from hps.serving.triton.install import CACHE_DIR  # noqa: E402
 
 VOCAB, DIM, KEYS_PER_SAMPLE = 30_000, 16, 3
 PA_VERSION = "2.51.0"
@@ -106,14 +107,14 @@ def key_batches(samples: int, count: int = 16) -> list[np.ndarray]:
     return [rng.integers(0, VOCAB, (samples, KEYS_PER_SAMPLE)).astype(np.int64) for _ in range(count)]
 
 
-def run_perf_analyzer(binary: Path, env: dict[str, str], url: str, protocol: str, samples: int, concurrency: int,
-                      work: Path, interval_ms: int, pin: list[str]) -> dict[str, float]:
+def run_perf_analyzer(binary: Path, env: dict[str, str], url: str, protocol: str, model: str, samples: int,
+                      concurrency: int, work: Path, interval_ms: int, pin: list[str]) -> dict[str, float]:
     data = {"data": [{"EMB_KEY": {"content": k.ravel().tolist(), "shape": list(k.shape)},
                       "EMB_N_KEY": {"content": [k.size], "shape": [1, 1]}} for k in key_batches(samples)]}
     data_path = work / f"input_{samples}.json"
     data_path.write_text(json.dumps(data))
-    report = work / f"pa_{protocol}_{samples}_{concurrency}.csv"
-    cmd = pin + [str(binary), "-m", "ensemble_model", "-u", url, "-i", protocol, "--input-data", str(data_path),
+    report = work / f"pa_{model}_{protocol}_{samples}_{concurrency}.csv"
+    cmd = pin + [str(binary), "-m", model, "-u", url, "-i", protocol, "--input-data", str(data_path),
                  "--concurrency-range", f"{concurrency}:{concurrency}", "--measurement-interval", str(interval_ms),
                  "--max-trials", "10", "-f", str(report), "--verbose-csv"]
     for stability in (20, 50, 100):  # a shared 2-core VM is noisy: widen the stability band if needed
@@ -131,74 +132,94 @@ def run_perf_analyzer(binary: Path, env: dict[str, str], url: str, protocol: str
                                   + float(row.get("Server Compute Output", 0) or 0)) / 1e3}
 
 
-def in_process(ps_json: Path, dense: Path, samples: int, repeat: int) -> dict[str, float]:
-    """HPS.lookup + onnxruntime (1 thread) on the same keys, in this process."""
+def in_process(ps: "hps.HPS", runner: DenseRunner, samples: int, concurrency: int, seconds: float) -> dict[str, float]:
+    """HPS.lookup + onnxruntime (1 thread) on the same keys, in this process, from `concurrency` threads."""
     batches = key_batches(samples)
-    with hps.HPS(ps_json, show_progress=False) as ps:
-        runner = DenseRunner(dense, threads=1)
-        i = iter(range(1 << 30))
 
-        def step():
-            keys = batches[next(i) % len(batches)]
-            return runner(ps.lookup(keys.reshape(-1), "hps_embedding", 0).reshape(-1))
+    def step(keys: np.ndarray) -> np.ndarray:
+        return runner(ps.lookup(keys.reshape(-1), "hps_embedding", 0).reshape(-1))
 
-        times = time_calls(step, repeat=repeat, warmup=20)
-    p50 = percentile(times, 50)
-    return {"throughput_infer_s": 1.0 / (sum(times) / len(times)), "p50_ms": p50 * 1e3,
+    for keys in batches:
+        step(keys)
+
+    def worker(w: int) -> list[float]:
+        times, i = [], w
+        t_end = time.perf_counter() + seconds
+        while time.perf_counter() < t_end:
+            t0 = time.perf_counter()
+            step(batches[i % len(batches)])
+            times.append(time.perf_counter() - t0)
+            i += 1
+        return times
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        times = [t for ts in pool.map(worker, range(concurrency)) for t in ts]
+    elapsed = time.perf_counter() - start
+    return {"throughput_infer_s": len(times) / elapsed, "p50_ms": percentile(times, 50) * 1e3,
             "p99_ms": percentile(times, 99) * 1e3}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="shorter measurement windows")
-    parser.add_argument("--no-pin", action="store_true", help="do not pin server and client to separate cores")
+    parser.add_argument("--pin", action="store_true",
+                        help="pin the server to core 1 and perf_analyzer to core 0 (only on an otherwise idle machine)")
     args = parser.parse_args()
     interval_ms = 1000 if args.quick else 3000
     binary, pa_env = perf_analyzer_binary()
-    cores = os.cpu_count() or 1
-    pin_client = ["taskset", "-c", "0"] if cores >= 2 and not args.no_pin and shutil.which("taskset") else []
+    pin_client = ["taskset", "-c", "0"] if args.pin and (os.cpu_count() or 1) >= 2 else []
     work = Path(tempfile.mkdtemp(prefix="hps-bench-triton-"))
     rows = []
     try:
         ps_json, dense = make_setup(work)
         repo = build_repository(ps_json, dense, work / "repo", dense_threads=1)
+        build_repository(ps_json, dense, repo, layout="fused", ensemble_name="fused_model", dense_threads=1)
         server = serve(repo, http_port=0, grpc_port=0, metrics_port=0, ready_timeout_s=300)
+        ps = hps.HPS(ps_json, show_progress=False)
+        runner = DenseRunner(dense, threads=1)
         try:
-            if pin_client:  # the server (and its python stubs) on core 1, perf_analyzer on core 0
-                subprocess.run(["taskset", "-a", "-p", "-c", "1", str(server.process.pid)], capture_output=True)
-                for child in _descendants(server.process.pid):
-                    subprocess.run(["taskset", "-a", "-p", "-c", "1", str(child)], capture_output=True)
+            if pin_client:
+                for pid in [server.process.pid] + _descendants(server.process.pid):
+                    subprocess.run(["taskset", "-a", "-p", "-c", "1", str(pid)], capture_output=True)
             for samples in (1, 1024):
-                if pin_client:
-                    os.sched_setaffinity(0, {1})
-                local = in_process(ps_json, dense, samples, repeat=200 if args.quick else 1000)
-                os.sched_setaffinity(0, set(range(cores)))
-                rows.append({"path": "in-process HPS.lookup + onnxruntime", "protocol": "-", "samples": samples,
-                             "concurrency": 1, **local, "overhead_p50_ms": 0.0})
-                for protocol, url in (("grpc", server.url_grpc), ("http", server.url_http)):
-                    for concurrency in (1, 4):
-                        measured = run_perf_analyzer(binary, pa_env, url, protocol, samples, concurrency, work,
-                                                     interval_ms, pin_client)
-                        rows.append({"path": "Triton ensemble_model (perf_analyzer)", "protocol": protocol,
-                                     "samples": samples, "concurrency": concurrency,
-                                     "throughput_infer_s": measured["throughput_infer_s"],
-                                     "p50_ms": measured["p50_ms"], "p99_ms": measured["p99_ms"],
+                for concurrency in (1, 4):
+                    local = in_process(ps, runner, samples, concurrency, seconds=1.0 if args.quick else 3.0)
+                    rows.append({"path": "in-process HPS.lookup + onnxruntime", "protocol": "-", "samples": samples,
+                                 "concurrency": concurrency, **local, "overhead_p50_ms": 0.0})
+                    print(rows[-1], flush=True)
+                    runs = [(m, "grpc") for m in ("ensemble_model", "fused_model")]
+                    if concurrency == 1:
+                        runs += [(m, "http") for m in ("ensemble_model", "fused_model")]
+                    for model, protocol in runs:
+                        url = server.url_grpc if protocol == "grpc" else server.url_http
+                        measured = run_perf_analyzer(binary, pa_env, url, protocol, model, samples, concurrency,
+                                                     work, interval_ms, pin_client)
+                        label = ("Triton ensemble_model (seed layout: 2 python models)" if model == "ensemble_model"
+                                 else "Triton fused_model (layout='fused': 1 python model)")
+                        rows.append({"path": label, "protocol": protocol, "samples": samples,
+                                     "concurrency": concurrency, **measured,
                                      "overhead_p50_ms": measured["p50_ms"] - local["p50_ms"]})
                         print(rows[-1], flush=True)
         finally:
+            ps.close()
             server.stop()
     finally:
         shutil.rmtree(work, ignore_errors=True)
     for row in rows:
+        row.pop("server_queue_ms", None)
+        row.pop("server_compute_ms", None)
         row["keys_per_s"] = row["throughput_infer_s"] * row["samples"] * KEYS_PER_SAMPLE
+    load = os.getloadavg()
     notes = (f"Seed setup: 1 table {VOCAB:,} × {DIM} float32 (hash_map volatile tier, CPU only), {KEYS_PER_SAMPLE} keys "
              "per sample, dense MLP 48→256→128→1 in ONNX (onnxruntime, 1 thread). Triton 2.51 (nvidia-pytriton "
-             "0.7.0 binary, python backend) serving hps_embedding → dense_model as ensemble_model; perf_analyzer "
-             f"{PA_VERSION}, {interval_ms} ms windows, random keys from 16 prepared requests. "
-             + ("Server and its python stubs pinned to core 1 (the in-process run too), perf_analyzer to core 0 "
-                "(2-core VM shared with other work: expect ±15 % noise). " if pin_client else "")
-             + "overhead_p50_ms = Triton p50 − in-process p50 at the same batch (concurrency 1 rows are the fair "
-             "comparison; concurrency 4 rows queue behind one model instance each).")
+             "0.7.0 binary, python backend) serving the seed's ensemble_model (hps_embedding → dense_model) and "
+             "the same pipeline as one python model (fused_model, `build_repository(..., layout='fused')`); "
+             f"perf_analyzer {PA_VERSION}, {interval_ms} ms windows, random keys from 16 prepared requests. "
+             "In-process rows: the same HPS.lookup + DenseRunner from 1 or 4 Python threads. "
+             "overhead_p50_ms = Triton p50 − in-process p50 at the same batch and concurrency. "
+             + ("Server pinned to core 1, perf_analyzer to core 0. " if pin_client else "Nothing pinned. ")
+             + f"2-core VM shared with other work (load average {load[0]:.1f} at the end): expect large noise.")
     write_results("triton-cpu", "ensemble", rows, notes)
 
 

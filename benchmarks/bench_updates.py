@@ -160,22 +160,19 @@ def freshness(target: Target, brokers: str, updates: int, batch: int, dim: int) 
 
 
 def raw_decode_rate(brokers: str, total_pairs: int) -> tuple[float, float]:
-    """Baseline: consume the backlog and decode every message (nothing applied). Returns (s, pairs)."""
+    """Baseline: consume the backlog from the beginning of all 8 partitions (assigned: no group join)
+    and decode every message; nothing is applied. Returns (seconds, pairs)."""
     import confluent_kafka as ck
 
-    consumer = ck.Consumer({"bootstrap.servers": brokers, "group.id": "raw-decode", "enable.auto.commit": False,
-                            "auto.offset.reset": "earliest", **TEST_CONSUMER_CONFIG})
-    consumer.subscribe([TAG])
+    consumer = ck.Consumer({"bootstrap.servers": brokers, "group.id": "raw-decode", "enable.auto.commit": False})
     pairs = 0
-    t0 = None
+    t0 = time.perf_counter()
+    consumer.assign([ck.TopicPartition(TAG, p, ck.OFFSET_BEGINNING) for p in range(8)])
     while pairs < total_pairs:
-        for msg in consumer.consume(num_messages=256, timeout=1.0):
-            if msg.error():
-                continue
-            if t0 is None:
-                t0 = time.perf_counter()
-            keys, _ = decode_message(msg.value())
-            pairs += len(keys)
+        for msg in consumer.consume(num_messages=256, timeout=0.05):
+            if not msg.error():
+                keys, _ = decode_message(msg.value())
+                pairs += len(keys)
     elapsed = time.perf_counter() - t0
     consumer.close()
     return elapsed, pairs

@@ -8,14 +8,17 @@
         cluster.wait_ok()         # every running master reports cluster_state:ok
         cluster.flushall()
 
+    with redis_cluster(masters=1, tls=True) as cluster:   # TLS-only ports, TLS cluster bus
+        cluster.tls_files         # {"ca": ca.crt, "cert": redis.crt, "key": redis.key}, CN redis.localhost
+
 Needs Debian's `redis-server` on PATH (package redis-server); `redis_server_available()` says
 whether it is there, so tests can skip with a clear reason. Masters are started as child
 processes (no --daemonize) on fresh random ports whose cluster-bus port (+10000) is free too,
 with persistence off; slots are split evenly with CLUSTER ADDSLOTSRANGE and the nodes are
 joined with CLUSTER MEET. Startup takes about 2 s (Redis delays a new master's `ok` state).
 
-pytest: `from tests.redis_cluster_fixture import redis_cluster` (tests/ is a package under the
-rootdir); a module-scoped fixture is simply
+pytest: `from tests.redis_cluster_fixture import redis_cluster_module` gives a ready
+module-scoped fixture (3 masters; skips when redis-server is missing); or write your own:
 
     @pytest.fixture(scope="module")
     def cluster():
@@ -37,12 +40,31 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+import pytest
+
 NUM_SLOTS = 16384
 
 
 def redis_server_available() -> bool:
     """True when a `redis-server` binary is on PATH."""
     return shutil.which("redis-server") is not None
+
+
+def make_test_certificates(directory: str | Path) -> dict[str, str]:
+    """A throw-away CA and a certificate it signed for CN redis.localhost (EC P-256, 2 days), made
+    with the openssl CLI; returns the paths {"ca", "cert", "key"} (cert/key serve as client too)."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=d)
+
+    run("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=hps-test-ca")
+    run("req", *ec, "-keyout", "redis.key", "-out", "redis.csr", "-subj", "/CN=redis.localhost")
+    run("x509", "-req", "-in", "redis.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+        "-out", "redis.crt", "-days", "2")
+    return {"ca": str(d / "ca.crt"), "cert": str(d / "redis.crt"), "key": str(d / "redis.key")}
 
 
 def _port_free(port: int) -> bool:
@@ -70,7 +92,8 @@ def _fresh_ports(count: int) -> list[int]:
 class RedisClusterProcesses:
     """A running local cluster of `masters` redis-server processes (no replicas)."""
 
-    def __init__(self, masters: int = 3, node_timeout_ms: int = 2000, directory: str | None = None) -> None:
+    def __init__(self, masters: int = 3, node_timeout_ms: int = 2000, directory: str | None = None,
+                 tls: bool = False) -> None:
         if masters < 1:
             raise ValueError(f"a cluster needs at least one master, got {masters}")
         exe = shutil.which("redis-server")
@@ -82,7 +105,10 @@ class RedisClusterProcesses:
         self.node_timeout_ms = node_timeout_ms
         self.ports = _fresh_ports(masters)
         self._procs: list[subprocess.Popen | None] = [None] * masters
+        self.tls_files: dict[str, str] | None = None
         try:
+            if tls:
+                self.tls_files = make_test_certificates(self.dir / "tls")
             for i in range(masters):
                 self._spawn(i)
             self._wait_ping(range(masters))
@@ -106,6 +132,8 @@ class RedisClusterProcesses:
         """A plain redis-py client of master `i` (no cluster routing)."""
         import redis
 
+        if self.tls_files is not None:
+            kwargs = {"ssl": True, "ssl_ca_certs": self.tls_files["ca"], "ssl_check_hostname": False, **kwargs}
         return redis.Redis(host="127.0.0.1", port=self.ports[i], **kwargs)
 
     # -- process control ---------------------------------------------------------------------
@@ -113,7 +141,13 @@ class RedisClusterProcesses:
         port = self.ports[i]
         node_dir = self.dir / str(port)
         node_dir.mkdir(parents=True, exist_ok=True)
-        args = [self._exe, "--port", str(port), "--bind", "127.0.0.1", "--protected-mode", "yes",
+        if self.tls_files is None:
+            listen = ["--port", str(port)]
+        else:
+            t = self.tls_files
+            listen = ["--port", "0", "--tls-port", str(port), "--tls-cert-file", t["cert"], "--tls-key-file", t["key"],
+                      "--tls-ca-cert-file", t["ca"], "--tls-cluster", "yes", "--tls-auth-clients", "optional"]
+        args = [self._exe, *listen, "--bind", "127.0.0.1", "--protected-mode", "yes",
                 "--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf",
                 "--cluster-node-timeout", str(self.node_timeout_ms), "--dir", str(node_dir),
                 "--save", "", "--appendonly", "no", "--daemonize", "no",
@@ -247,10 +281,19 @@ class RedisClusterProcesses:
 
 
 @contextlib.contextmanager
-def redis_cluster(masters: int = 3, node_timeout_ms: int = 2000) -> Iterator[RedisClusterProcesses]:
-    """Start a local `masters`-node Redis Cluster, yield it, stop it (and remove its files)."""
-    cluster = RedisClusterProcesses(masters, node_timeout_ms=node_timeout_ms)
+def redis_cluster(masters: int = 3, node_timeout_ms: int = 2000, tls: bool = False) -> Iterator[RedisClusterProcesses]:
+    """Start a local `masters`-node Redis Cluster (TLS-only with `tls`), yield it, stop it and remove its files."""
+    cluster = RedisClusterProcesses(masters, node_timeout_ms=node_timeout_ms, tls=tls)
     try:
         yield cluster
     finally:
         cluster.close()
+
+
+@pytest.fixture(scope="module")
+def redis_cluster_module() -> Iterator[RedisClusterProcesses]:
+    """Module-scoped 3-master cluster; skips the module's tests when redis-server is missing."""
+    if not redis_server_available():
+        pytest.skip("redis-server is not on PATH (apt-get install redis-server redis-tools)")
+    with redis_cluster(3) as cluster:
+        yield cluster

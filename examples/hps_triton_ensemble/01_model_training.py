@@ -167,7 +167,7 @@ def write_ps_json(out: str, sparse_path: str, max_batch_size: int) -> str:
             "cache_refresh_percentage_per_iteration": 0.2,
             "hit_rate_threshold": 1.0,
             "gpucacheper": 1.0,
-            "gpucache": False,
+            "gpucache": True,
         }],
     }
     path = os.path.join(out, "ps.json")

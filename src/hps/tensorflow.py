@@ -48,13 +48,19 @@ _lock = threading.Lock()
 _servers: dict[str, Any] = {}          # realpath of a ps.json -> its process-wide hps.HPS
 _configs: dict[str, PsConfig] = {}     # realpath of a ps.json -> its parsed config
 _default_path: list[str] = []          # the first file given to Init: used by layers without a file
+_realpaths: dict[str, str] = {}        # a ps.json path as given -> its realpath
 
 
 def _real(ps_config_file: str | os.PathLike[str]) -> str:
-    """The canonical key of a ps.json in the registries."""
-    if not isinstance(ps_config_file, (str, os.PathLike)) or not str(ps_config_file):
-        raise ConfigError(f"ps_config_file must be a path to a ps.json, got {ps_config_file!r}")
-    return os.path.realpath(os.fspath(ps_config_file))
+    """The canonical key of a ps.json in the registries (resolved once per spelling: lookups call this)."""
+    real = _realpaths.get(ps_config_file) if isinstance(ps_config_file, str) else None
+    if real is None:
+        if not isinstance(ps_config_file, (str, os.PathLike)) or not str(ps_config_file):
+            raise ConfigError(f"ps_config_file must be a path to a ps.json, got {ps_config_file!r}")
+        real = os.path.realpath(os.fspath(ps_config_file))
+        if isinstance(ps_config_file, str):
+            _realpaths[ps_config_file] = real
+    return real
 
 
 def _config(path: str) -> PsConfig:

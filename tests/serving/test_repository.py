@@ -111,3 +111,29 @@ def test_add_model_to_repository(seed_model, tmp_path):
     assert 'name: "new_model"' in (model_dir / "config.pbtxt").read_text()
     with pytest.raises(RepositoryError, match="already exists"):
         add_model_to_repository(repo, ps)
+
+
+def test_fused_layout(seed_model, tmp_path):
+    repo = build_repository(seed_model["ps_json"], seed_model["dense"], tmp_path / "repo", layout="fused")
+    assert sorted(p.name for p in repo.iterdir()) == ["ensemble_model"]
+    model = repo / "ensemble_model"
+    cfg = (model / "config.pbtxt").read_text()
+    assert config_text.top_level_field(cfg, "backend") == "python" and 'name: "EMB_N_KEY"' in cfg
+    assert '"dense_file" value: { string_value: "naive_dnn_dense.onnx" }' in cfg
+    assert (model / "1" / "naive_dnn_dense.onnx").is_file() and (model / "1" / "naive_dnn_sparse.model").is_dir()
+    assert json.loads((model / "hps_embedding.json").read_text())["models"][0]["model"] == "hps_embedding"
+    with pytest.raises(RepositoryError, match="layout must be"):
+        build_repository(seed_model["ps_json"], seed_model["dense"], tmp_path / "r2", layout="flat")
+
+
+def test_several_instances_need_a_read_only_rocksdb(seed_model, tmp_path):
+    raw = json.loads(seed_model["ps_json"].read_text())
+    raw["persistent_db"] = {"type": "rocks_db", "path": str(tmp_path / "rocks")}
+    ps = tmp_path / "rocks.json"
+    ps.write_text(json.dumps({**raw, "models": [{**raw["models"][0],
+                                                 "sparse_files": [str(seed_model["root"] / "naive_dnn_sparse.model")]}]}))
+    with pytest.raises(RepositoryError, match="RocksDB allows one writer"):
+        build_repository(ps, seed_model["dense"], tmp_path / "repo", instance_count=2)
+    repo = build_repository(ps, seed_model["dense"], tmp_path / "repo", instance_count=1)
+    assert json.loads((repo / "hps_embedding" / "hps_embedding.json").read_text())["persistent_db"]["path"] == str(
+        tmp_path / "rocks")

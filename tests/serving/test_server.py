@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from hps.serving.triton import ServerError, TritonServer, find_tritonserver, free_port
-from hps.serving.triton.server import prepare_backends
+from hps.serving.triton.install import prepare_backends
 
 IDENTITY_MODEL = '''
 import numpy as np

@@ -21,7 +21,19 @@ from hps.serving.triton import ServerError, add_model_to_repository, build_repos
 from hps.serving.triton.dense_runner import DenseRunner
 from hps.serving.triton.embedding_io import make_request
 from tests.serving.conftest import write_ps_json, write_table
-from tests.serving.test_config_text import HUGECTR_CONFIG
+
+# HugeCTR's plain HPS-backend sample (reference §4): max_batch_size 1024, dims [-1], GPU instance
+WDL_HUGECTR_CONFIG = """name: "wdl"
+backend: "hps"
+max_batch_size: 1024
+input [ { name: "KEYS" data_type: TYPE_INT64 dims: [ -1 ] },
+        { name: "NUMKEYS" data_type: TYPE_INT32 dims: [ -1 ] } ]
+output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ -1 ] } ]
+version_policy: { specific: { versions: 1 } }
+instance_group [ { count: 1 kind: KIND_GPU gpus: [ 0 ] } ]
+parameters [ { key: "refresh_interval" value: { string_value: "0" } },
+             { key: "freeze_sparse" value: { string_value: "false" } } ]
+"""
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
 http = pytest.importorskip("tritonclient.http")
@@ -33,12 +45,13 @@ from tritonclient.utils import InferenceServerException  # noqa: E402
 def deployment(seed_model, tmp_path_factory):
     root = tmp_path_factory.mktemp("deploy")
     repo = build_repository(seed_model["ps_json"], seed_model["dense"], root / "repo", metrics_interval_s=0)
+    build_repository(seed_model["ps_json"], seed_model["dense"], repo, layout="fused", ensemble_name="fused_model")
     # a HugeCTR repository model: backend "hps", sparse files copied into 1/, ps.json elsewhere
     wdl_dir = repo / "wdl" / "1"
     wdl_dir.mkdir(parents=True)
     wide = write_table(wdl_dir / "wdl_wide.model", np.arange(0, 1000, 2), 4, seed=5)
     deep = write_table(wdl_dir / "wdl_deep.model", np.arange(10_000, 12_000), 8, seed=6)
-    (repo / "wdl" / "config.pbtxt").write_text(HUGECTR_CONFIG.replace('"hps_embedding"', '"wdl"'))
+    (repo / "wdl" / "config.pbtxt").write_text(WDL_HUGECTR_CONFIG)
     legacy_ps = write_ps_json(root / "hugectr_ps.json", "wdl", ["/models/wdl/1/wdl_wide.model",
                               "/models/wdl/1/wdl_deep.model"], [4, 8], [2, 26], max_batch_size=10,
                               defaults=[0.25, -1.0])
@@ -82,12 +95,26 @@ def test_ensemble_equals_in_process(deployment, protocol, samples):
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_fused_layout_answers_like_the_ensemble(deployment, protocol):
+    keys = np.random.default_rng(7).integers(0, 30000, (64, 3)).astype(np.int64)
+    inputs = {"EMB_KEY": keys, "EMB_N_KEY": np.array([[keys.size]], np.int32)}
+    fused = infer(deployment["clients"], protocol, "fused_model", inputs, "DENSE_OUTPUT")
+    np.testing.assert_array_equal(fused, infer(deployment["clients"], protocol, "ensemble_model", inputs,
+                                               "DENSE_OUTPUT"))
+    with pytest.raises(InferenceServerException, match="adds up to 3 keys but KEYS holds 192"):
+        infer(deployment["clients"], protocol, "fused_model", {**inputs, "EMB_N_KEY": np.array([[3]], np.int32)},
+              "DENSE_OUTPUT")
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_converted_hugectr_model_two_tables(deployment, protocol):
     wide_keys = np.array([0, 2, 998, 3, 40, 40], np.int64)   # 3 is a miss
     deep_keys = np.arange(10_000, 10_052, dtype=np.int64)
     deep_keys[5] = 5                                          # a miss
     keys, numkeys = make_request([wide_keys, deep_keys])
     out = infer(deployment["clients"], protocol, "wdl", {"KEYS": keys, "NUMKEYS": numkeys}, "OUTPUT0")
+    assert out.shape == (1, 6 * 4 + 52 * 8)  # batch dimension first, as Triton expects with max_batch_size > 0
+    out = out.ravel()
     ps = deployment["wdl_ps"]
     expected = np.concatenate([ps.lookup(wide_keys, "wdl", 0).ravel(), ps.lookup(deep_keys, "wdl", 1).ravel()])
     np.testing.assert_array_equal(out, expected)
@@ -114,7 +141,7 @@ def test_bad_requests_get_error_responses(deployment, protocol, inputs, message)
     with pytest.raises(InferenceServerException, match=re.escape(message)):
         infer(deployment["clients"], protocol, "wdl", inputs, "OUTPUT0")
     keys, numkeys = make_request([[0, 2], [10_000]])
-    assert infer(deployment["clients"], protocol, "wdl", {"KEYS": keys, "NUMKEYS": numkeys}, "OUTPUT0").shape == (16,)
+    assert infer(deployment["clients"], protocol, "wdl", {"KEYS": keys, "NUMKEYS": numkeys}, "OUTPUT0").shape == (1, 16)
 
 
 def scrape(server) -> dict[str, float]:
@@ -146,7 +173,7 @@ def test_unload_and_load(deployment):
     server.load_model("wdl")
     assert server.is_model_ready("wdl")
     out = infer(clients, "grpc", "wdl", {"KEYS": keys, "NUMKEYS": numkeys}, "OUTPUT0")
-    np.testing.assert_array_equal(out[:4], deployment["wide"][0])
+    np.testing.assert_array_equal(out.ravel()[:4], deployment["wide"][0])
     with pytest.raises(ServerError, match="no_such_model"):
         server.load_model("no_such_model")
 

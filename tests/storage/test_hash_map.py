@@ -104,6 +104,23 @@ def test_least_used_keeps_frequently_found_keys():
     assert found_first.sum() < first.shape[0]
 
 
+def test_least_used_insert_resets_the_access_count():
+    b = _overflow_backend("evict_least_used")
+    first = np.arange(600, dtype=np.int64)
+    b.insert_or_assign(TAG, first, _rows(first, dim=4))
+    for _ in range(2):
+        b.find(TAG, first)  # every first key: count 2
+    reset = first[::5]
+    b.insert_or_assign(TAG, reset, _rows(reset, dim=4, salt=1.0))  # back to count 0
+    more = np.arange(10_000, 10_500, dtype=np.int64)  # count 0; both partitions pass the margin
+    b.insert_or_assign(TAG, more, _rows(more, dim=4))
+    assert (b.partition_sizes(TAG) < 500).all()
+    _, found = b.find(TAG, np.setdiff1d(first, reset))
+    assert found.all()  # the victims all had count 0: reset or new keys
+    _, found_reset = b.find(TAG, reset)
+    assert found_reset.sum() < reset.shape[0]
+
+
 def test_oldest_keeps_recently_found_keys():
     b = _overflow_backend("evict_oldest")
 
@@ -173,10 +190,12 @@ def test_concurrent_find_and_insert_never_tear_rows():
     b.insert_or_assign(TAG, keys, np.zeros((keys.shape[0], dim), np.float32))
     stop = threading.Event()
     errors: list[str] = []
+    reads: list[int] = []
 
     def reader(seed: int) -> None:
         rng = np.random.default_rng(seed)
         while not stop.is_set():
+            reads.append(1)
             q = rng.integers(0, 40_000, size=2_000)
             v, f = b.find(TAG, q)
             # every row is constant (one writer generation) → a torn row has two values
@@ -197,7 +216,7 @@ def test_concurrent_find_and_insert_never_tear_rows():
         t.start()
     for t in threads:
         t.join(timeout=60)
-    assert not errors
+    assert not errors and len(reads) > 3
     assert b.size(TAG) == b.partition_sizes(TAG).sum()
 
 

@@ -11,7 +11,7 @@ import hps.storage  # noqa: F401  (import order: hps.config alone hits a circula
 from hps.config.schema import RedisClusterConfig
 from hps.errors import BackendError, HpsError
 from hps.storage.partition import partition_of
-from tests.redis_cluster_fixture import redis_cluster, redis_server_available
+from tests.redis_cluster_fixture import redis_cluster, redis_cluster_module, redis_server_available  # noqa: F401
 from tests.storage.backend_contract import BackendContract, _rows
 
 pytestmark = [
@@ -20,15 +20,16 @@ pytestmark = [
                        reason="redis-server is not on PATH (apt-get install redis-server redis-tools)"),
 ]
 
-redis_cluster_mod = pytest.importorskip("hps.storage.redis_cluster")
+pytest.importorskip("redis", reason="redis-py is not installed (pip install 'hps[redis]')")
+import hps.storage.redis_cluster as redis_cluster_mod  # noqa: E402
+
 RedisClusterBackend = redis_cluster_mod.RedisClusterBackend
 TAG = "hps_et.rtest.table0"
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    with redis_cluster(3) as c:
-        yield c
+def cluster(redis_cluster_module):
+    return redis_cluster_module
 
 
 def _config(cluster, **kw) -> RedisClusterConfig:
@@ -143,6 +144,14 @@ def test_overflow_least_used_keeps_hot_rows(cluster, make_backend):
     b.insert_or_assign(TAG, np.array([200], dtype=np.int64), _rows(np.array([200])))
     assert b.size(TAG) == 5
     assert b.find(TAG, keys[:4])[1].all()
+    raw = _raw(cluster)
+    try:  # metadata that is not a count (older HugeCTR wrote raw time_t) restarts at 1
+        field = keys[0].astype("<i8").tobytes()
+        raw.hset(f"hps_et{{{TAG}/p0}}t", field, np.int64(1700000000).astype("<i8").tobytes())
+        b.insert_or_assign(TAG, keys[:1], _rows(keys[:1]))
+        assert raw.hget(f"hps_et{{{TAG}/p0}}t", field) == b"1"
+    finally:
+        raw.close()
 
 
 def test_overflow_oldest_evicts_by_hugectr_timestamps(cluster, make_backend):
@@ -183,12 +192,10 @@ def test_connection_options_reach_redis_py(cluster, make_backend, tmp_path):
                              tls_ca_certificate=str(ca_dir), tls_client_certificate=str(cert),
                              tls_client_key=str(key), tls_server_name_identification="redis.example")
     kw = redis_cluster_mod.connection_kwargs(cfg, timeout_ms=500)
-    from redis.connection import SSLConnection
-
     assert kw["ssl"] is True and kw["ssl_ca_path"] == str(ca_dir) and "ssl_ca_certs" not in kw
     assert kw["ssl_certfile"] == str(cert) and kw["ssl_keyfile"] == str(key)
+    assert kw["ssl_check_hostname"] is False and kw["ssl_cert_reqs"] == "required"
     assert kw["username"] == "svc" and kw["password"] == "pw" and kw["socket_timeout"] == 0.5
-    assert issubclass(kw["connection_class"], SSLConnection) and kw["connection_class"].server_name == "redis.example"
     kw = redis_cluster_mod.connection_kwargs(RedisClusterConfig(enable_tls=True, tls_ca_certificate="ca.crt"))
     assert kw["ssl_ca_certs"] == "ca.crt" and "ssl_certfile" not in kw and "password" not in kw
     assert "ssl" not in redis_cluster_mod.connection_kwargs(RedisClusterConfig())
@@ -328,3 +335,57 @@ def test_unreachable_cluster_and_closed_backend(make_backend):
 
     with pytest.raises(ClosedError):
         b.find(TAG, np.array([1], dtype=np.int64))
+
+
+def test_tls_cluster_with_ca_client_certificate_and_sni():
+    with redis_cluster(1, tls=True) as c:
+        files = c.tls_files
+        cfg = RedisClusterConfig(address=c.address, num_partitions=3, enable_tls=True,
+                                 tls_ca_certificate=files["ca"], tls_client_certificate=files["cert"],
+                                 tls_client_key=files["key"], tls_server_name_identification="redis.localhost")
+        with RedisClusterBackend(cfg) as b:
+            b.create_table(TAG, 8)
+            keys = np.arange(500, dtype=np.int64)
+            b.insert_or_assign(TAG, keys, _rows(keys))
+            vectors, found = b.find(TAG, keys)
+            assert found.all() and b.size(TAG) == 500
+            np.testing.assert_array_equal(vectors, _rows(keys))
+            for node in b._rc.get_primaries():
+                assert node.redis_connection.connection_pool.connection_class.server_name == "redis.localhost"
+        wrong_ca = RedisClusterConfig(address=c.address, enable_tls=True, tls_ca_certificate=files["cert"])
+        with pytest.raises(BackendError):  # the server certificate does not verify against this "CA"
+            RedisClusterBackend(wrong_ca, timeout_ms=500)
+
+
+def test_sni_connection_sends_the_configured_server_name(tmp_path):
+    import socket
+    import ssl
+    import threading
+
+    from tests.redis_cluster_fixture import make_test_certificates
+
+    files = make_test_certificates(tmp_path)
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(files["cert"], files["key"])
+    seen = []
+    server_ctx.sni_callback = lambda sock, name, ctx: seen.append(name)
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve():
+        conn, _ = listener.accept()
+        with server_ctx.wrap_socket(conn, server_side=True):
+            pass
+
+    th = threading.Thread(target=serve)
+    th.start()
+    cls = redis_cluster_mod.sni_connection_class("redis.example")
+    conn = cls(host="127.0.0.1", port=port, ssl_ca_certs=files["ca"], ssl_check_hostname=False,
+               ssl_cert_reqs="none", socket_timeout=2)
+    try:
+        sock = conn._connect()
+        sock.close()
+    finally:
+        th.join(5)
+        listener.close()
+    assert seen == ["redis.example"]

@@ -73,8 +73,10 @@ def test_bulk_load_in_several_chunks(tmp_path):
     b.create_table(TAG, 3)
     rng = np.random.default_rng(5)
     keys = rng.choice(2**63 - 1, size=20_000, replace=False).astype(np.int64) - 2**62
+    assert b.is_empty(TAG)
     for chunk in np.array_split(keys, 4):  # disjoint chunks, overlapping byte ranges
         b.bulk_load(TAG, chunk, _rows(chunk, dim=3))
+    assert not b.is_empty(TAG) and b.estimated_size(TAG) > 0
     dup = np.array([keys[0], keys[0]], dtype=np.int64)  # reloading a key overrides it; last wins
     b.bulk_load(TAG, dup, np.stack([_rows(dup[:1], dim=3, salt=1)[0], _rows(dup[:1], dim=3, salt=2)[0]]))
     assert b.size(TAG) == keys.shape[0]

@@ -148,9 +148,10 @@ class GpuEmbeddingCache:
             self._calls += 1
             clock = self._clock
             touch = self.touch_every_calls > 0 and self._calls % self.touch_every_calls == 0
+        scratch = torch.empty(n, dtype=torch.int64, device=self.device) if self.consistent_reads else keys
         grid = (triton_cdiv(n, self.find_block),)
         self._launch(K.find_kernel, grid, keys, n, self._keys, self._versions, self._scores, self._rows,
-                     self._special, out, found, self.num_buckets, clock,
+                     self._special, out, found, scratch, self.num_buckets, clock,
                      DIM=self.dim, DIM_P2=self._dim_p2, W=self.ways, BK=self.find_block,
                      CHECK=self.consistent_reads, TOUCH=touch, LFU=self.eviction == "lfu",
                      ASM=not self._interpret, num_warps=self.find_warps)
@@ -165,9 +166,10 @@ class GpuEmbeddingCache:
         with self._lock:
             base = self._clock + 1
             self._clock += n + 1
+        scratch = torch.empty(n, dtype=torch.int64, device=self.device)
         grid = (triton_cdiv(n, self.write_block),)
         self._launch(K.write_kernel, grid, keys, vectors, n, self._keys, self._versions, self._scores, self._rows,
-                     self._special, self.num_buckets, base,
+                     self._special, scratch, self.num_buckets, base,
                      DIM=self.dim, DIM_P2=self._dim_p2, W=self.ways, BK=self.write_block, MODE=mode,
                      LFU=self.eviction == "lfu", ASM=not self._interpret, num_warps=self.write_warps)
 

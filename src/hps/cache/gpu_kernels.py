@@ -13,8 +13,14 @@ Dynamic cache layout (all device tensors, `NB` buckets of `W` ways, `NS = NB * W
 A find reads the key, the bucket's `W` keys (one 64 B probe for W = 8), the bucket version (acquire),
 the row, then after a fence the version and the slot key again: a row is reported found only if the
 version was even and unchanged and the slot still holds the key, so a lookup racing a writer sees the
-whole old row, the whole new row, or a miss. Writers take the bucket version from even to odd with a
-CAS (this is also the writers' lock), write, fence, and release it at even + 2.
+whole old row, the whole new row, or a miss. Writers set the version's odd bit with an atomic OR (this
+is also the writers' lock: the lane whose OR found the bit clear owns the bucket), write, fence, and
+release with an atomic add (odd -> even = old + 2).
+
+Triton gives every thread that holds some columns of a row its own copy of the key's per-key values;
+copies loaded at different moments can differ while a writer runs. So per-key decisions that the
+column threads must share (the slot and version a find reads; the slot a writer writes) go through a
+`scratch` record: written once, read back by all after a barrier.
 
 On the CPU (`TRITON_INTERPRET=1`) the memory-ordering instructions are inline PTX, which the
 interpreter cannot run: `ASM=False` replaces them with plain loads (the interpreter runs one
@@ -65,7 +71,7 @@ def _fence_pass(x, dep):
                                      dtype=tl.int64, is_pure=False, pack=1)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n", "num_buckets"])
 def bucket_kernel(k_ptr, out_ptr, n, num_buckets, BLOCK: tl.constexpr):
     """out[i] = bucket of k[i] (int64), the same function the cache and static kernels use."""
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -74,8 +80,8 @@ def bucket_kernel(k_ptr, out_ptr, n, num_buckets, BLOCK: tl.constexpr):
     tl.store(out_ptr + offs, _bucket_of(k, num_buckets), mask=m)
 
 
-@triton.jit
-def find_kernel(q_ptr, n, keys_ptr, ver_ptr, scores_ptr, rows_ptr, special_ptr, out_ptr, found_ptr,
+@triton.jit(do_not_specialize=["n", "num_buckets", "clock"])
+def find_kernel(q_ptr, n, keys_ptr, ver_ptr, scores_ptr, rows_ptr, special_ptr, out_ptr, found_ptr, scratch_ptr,
                 num_buckets, clock,
                 DIM: tl.constexpr, DIM_P2: tl.constexpr, W: tl.constexpr, BK: tl.constexpr,
                 CHECK: tl.constexpr, TOUCH: tl.constexpr, LFU: tl.constexpr, ASM: tl.constexpr):
@@ -104,7 +110,17 @@ def find_kernel(q_ptr, n, keys_ptr, ver_ptr, scores_ptr, rows_ptr, special_ptr, 
     hit = tl.where(is_sp, sp != 0, hit) & inb
     ok = hit
     if CHECK:
-        ok = ok & ((v1 & 1) == 0)
+        # Triton spreads a row's columns over several threads, each holding its own copy of the key's
+        # slot and version. One thread writes the key's (slot, version) record, all read it back, so
+        # every thread loads columns of the same slot under the same version.
+        rec = tl.where(hit, slot * 4294967296 + (v1.to(tl.int64) & 0xFFFFFFFF), -1)
+        tl.store(scratch_ptr + offs, rec, mask=inb)
+        tl.debug_barrier()
+        rec = tl.load(scratch_ptr + offs, mask=inb, other=-1, volatile=True)
+        hit = rec >= 0
+        slot = tl.where(hit, rec >> 32, 0)
+        v1 = rec & 0xFFFFFFFF
+        ok = hit & ((v1 & 1) == 0)
     cols = tl.arange(0, DIM_P2)
     if DIM == DIM_P2:  # no column mask: lets the row load and the output store use 16-byte vectors
         row_mask = ok[:, None]
@@ -120,7 +136,7 @@ def find_kernel(q_ptr, n, keys_ptr, ver_ptr, scores_ptr, rows_ptr, special_ptr, 
             slot2 = _fence_pass(slot, dep)
         else:
             slot2 = slot
-        v2 = tl.load(ver_ptr + slot2 // W, mask=ok, other=1, volatile=True)
+        v2 = tl.load(ver_ptr + slot2 // W, mask=ok, other=1, volatile=True).to(tl.int64) & 0xFFFFFFFF
         k2 = tl.load(keys_ptr + slot2, mask=ok, other=0, volatile=True)
         sp2 = tl.load(special_ptr + slot2 * 0, mask=ok & is_sp, other=1, volatile=True)
         ok = ok & (v2 == v1) & (k2 == k) & (sp2 != 0)
@@ -133,8 +149,8 @@ def find_kernel(q_ptr, n, keys_ptr, ver_ptr, scores_ptr, rows_ptr, special_ptr, 
             tl.store(scores_ptr + slot, tl.zeros_like(slot) + clock, mask=ok)
 
 
-@triton.jit
-def write_kernel(k_ptr, v_ptr, n, keys_ptr, ver_ptr, scores_ptr, rows_ptr, special_ptr,
+@triton.jit(do_not_specialize=["n", "num_buckets", "base_clock"])
+def write_kernel(k_ptr, v_ptr, n, keys_ptr, ver_ptr, scores_ptr, rows_ptr, special_ptr, scratch_ptr,
                  num_buckets, base_clock,
                  DIM: tl.constexpr, DIM_P2: tl.constexpr, W: tl.constexpr, BK: tl.constexpr,
                  MODE: tl.constexpr, LFU: tl.constexpr, ASM: tl.constexpr):
@@ -161,10 +177,9 @@ def write_kernel(k_ptr, v_ptr, n, keys_ptr, ver_ptr, scores_ptr, rows_ptr, speci
     my_score = base_clock + offs
     pending = inb
     while tl.max(pending.to(tl.int32), axis=0) > 0:
-        v = tl.load(ver_ptr + b, mask=pending, other=1, volatile=True)
-        can = pending & ((v & 1) == 0)
-        old = tl.atomic_cas(ver_ptr + tl.where(can, b, dummy), tl.where(can, v, 1), v + 1, sem="acquire")
-        got = can & (old == v)
+        # lock: set the odd bit; the lane owns the bucket if the bit was clear
+        old = tl.atomic_or(ver_ptr + b, 1, mask=pending, sem="acquire")
+        got = pending & ((old & 1) == 0)
         if ASM:
             got = _fence_pass(got.to(tl.int64), got.to(tl.int32)) != 0
         normal = got & ~is_sp
@@ -187,6 +202,18 @@ def write_kernel(k_ptr, v_ptr, n, keys_ptr, ver_ptr, scores_ptr, rows_ptr, speci
                 act = got
             else:
                 act = got & (present | has_empty | is_sp | (low < my_score))
+        else:
+            act = got & present
+        # One decision per key, broadcast through memory: scores change under concurrent finds, so
+        # the threads sharing a key could otherwise pick different victims.
+        rec = tl.where(act, slot * 2 + present.to(tl.int64), -1)
+        tl.store(scratch_ptr + offs, rec, mask=got)
+        tl.debug_barrier()
+        rec = tl.load(scratch_ptr + offs, mask=got, other=-1, volatile=True)
+        act = rec >= 0
+        present = (rec & 1) == 1
+        slot = tl.where(act, rec >> 1, 0)
+        if MODE == _MODE_UPSERT:
             tl.store(keys_ptr + slot, k, mask=act & ~is_sp)
             tl.store(rows_ptr + (slot * DIM)[:, None] + cols[None, :], vec, mask=act[:, None] & cm[None, :])
             if LFU:
@@ -196,21 +223,19 @@ def write_kernel(k_ptr, v_ptr, n, keys_ptr, ver_ptr, scores_ptr, rows_ptr, speci
                 tl.store(scores_ptr + slot, my_score, mask=act)
             tl.store(special_ptr + offs * 0, tl.zeros_like(offs) + 1, mask=act & is_sp)
         elif MODE == _MODE_ASSIGN:
-            act = got & present
             tl.store(rows_ptr + (slot * DIM)[:, None] + cols[None, :], vec, mask=act[:, None] & cm[None, :])
         else:
-            act = got & present
             tl.store(keys_ptr + slot, tl.zeros_like(k) + _EMPTY, mask=act & ~is_sp)
             tl.store(scores_ptr + slot, tl.zeros_like(offs), mask=act)
             tl.store(special_ptr + offs * 0, tl.zeros_like(offs), mask=act & is_sp)
         if ASM:
             got = _fence_pass(got.to(tl.int64), act.to(tl.int32)) != 0
         tl.debug_barrier()
-        tl.atomic_xchg(ver_ptr + b, v + 2, mask=got, sem="release")
+        tl.atomic_add(ver_ptr + b, 1, mask=got, sem="release")  # odd -> even: unlock, new version
         pending = pending & ~got
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n", "num_slots", "hot_rows"])
 def static_find_kernel(q_ptr, n, skeys_ptr, sidx_ptr, num_slots, special_idx_ptr,
                        dev_rows_ptr, host_rows_ptr, hot_rows, default_value, out_ptr, found_ptr,
                        DIM: tl.constexpr, DIM_P2: tl.constexpr, BK: tl.constexpr, TWO_TIERS: tl.constexpr):

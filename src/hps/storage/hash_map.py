@@ -7,9 +7,11 @@ overflow accounting: `overflow_margin` rows per partition, so `overflow_margin �
 per table, evicted per partition down to `round(overflow_margin × overflow_resolution_target)`
 by the configured policy (random, least used, oldest).
 
-Memory: slots at load 0.5–0.75 (16–32 B per row) plus the slab (4·dim B per row, grown by
+Memory: slots at load 0.5–0.75 (21–32 B per row) plus the slab (4·dim B per row, grown by
 1/8 at a time or to the exact batch size), so at most ~1.45× the raw 8 + 4·dim bytes at dim 16
-and ~1.2× at dim 128, where HugeCTR's per-entry overhead reached 10× (issue #412).
+and ~1.2× at dim 128 (HugeCTR's per-entry overhead reached 10×, issue #412). That is per row of
+capacity: rows freed by erase or eviction stay allocated for reuse (the table never shrinks).
+Below dim ~8 the 16-byte slot alone passes 1.5× the raw size.
 
 Thread safety: one readers–writer lock per table; finds share it (the kernels release the GIL
 and run in parallel), inserts / erases / evictions take it exclusively, so no reader ever sees a
@@ -155,7 +157,16 @@ class _Table:
         return self.clock
 
     def reserve(self, new_rows: int) -> None:
-        """Make room for `new_rows` more live rows: slab rows and slots (load ≤ MAX_LOAD)."""
+        """Make room for `new_rows` more live rows: slab rows and slots (load ≤ MAX_LOAD).
+
+        Raises `BackendError` naming the table when the memory cannot be allocated (nothing changed)."""
+        try:
+            self._grow(new_rows)
+        except MemoryError as exc:
+            raise BackendError(f"table {self.tag}: out of memory growing to {self.size + new_rows} rows of "
+                               f"dim {self.dim} (now {self.memory_bytes()} bytes)") from exc
+
+    def _grow(self, new_rows: int) -> None:
         live = self.size + new_rows
         if live > MAX_ROWS:
             raise BackendError(f"table {self.tag}: {live} rows exceed the hash map limit of {MAX_ROWS}")

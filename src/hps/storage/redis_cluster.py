@@ -26,6 +26,8 @@ Failures: a node that refuses, times out (`timeout_ms`, default 1 s, per socket 
 answers an error makes the call raise `BackendError` naming the node(s), the table tag and the
 key count; the slot map is refreshed on the next call, so the backend recovers by itself once
 the node is back. A MOVED/ASK reply (resharding) refreshes the slot map and retries once.
+Shapes and dtypes are checked before anything is sent; a node failing in the middle of an
+insert can leave the other nodes' rows written (an upsert, so retrying is safe).
 """
 
 from __future__ import annotations
@@ -48,8 +50,12 @@ if TYPE_CHECKING:
 _CRLF = np.frombuffer(b"\r\n", np.uint8)
 _KEY_DTYPES = {8: "<i8", 4: "<u4"}  # HugeCTR's `long long` keys, or `unsigned int` (i64_input_key false)
 _NO_LIMIT = 2**63  # overflow_margin at or above this never triggers (HugeCTR's default is 2^64-1)
-# Server-side loop: one command per partition chunk instead of one HINCRBY per key.
-_LFU_INCREMENT = b"for i = 1, #ARGV do redis.call('HINCRBY', KEYS[1], ARGV[i], 1) end return #ARGV"
+# Server-side loop: one command per partition chunk instead of one HINCRBY per key. A field
+# that holds no count (older HugeCTR wrote a raw time_t for every policy) restarts at 1.
+_LFU_INCREMENT = (b"for i = 1, #ARGV do "
+                  b"local r = redis.pcall('HINCRBY', KEYS[1], ARGV[i], 1) "
+                  b"if type(r) == 'table' and r.err then redis.call('HSET', KEYS[1], ARGV[i], '1') end "
+                  b"end return #ARGV")
 
 
 def hash_key(tag: str, partition: int, suffix: str) -> bytes:
@@ -72,9 +78,9 @@ def connection_kwargs(config: RedisClusterConfig, timeout_ms: int = 1000) -> dic
 
     Credentials are sent only when `password` is set (as HugeCTR's redis++ does); with
     `enable_tls`, `tls_ca_certificate` is a CA file or directory (`ssl_ca_certs` / `ssl_ca_path`),
-    client certificate and key are used when both files exist, and the connection presents
-    `tls_server_name_identification` as SNI; like hiredis, the peer certificate is verified
-    against the CA but the host name is not matched."""
+    client certificate and key are used when both files exist, and connections present
+    `tls_server_name_identification` as SNI (`sni_connection_class`, installed by the backend);
+    like hiredis, the peer certificate is verified against the CA but the host name is not."""
     timeout_s = timeout_ms / 1000.0
     kw: dict[str, Any] = {
         "max_connections": int(config.num_node_connections),
@@ -97,12 +103,14 @@ def connection_kwargs(config: RedisClusterConfig, timeout_ms: int = 1000) -> dic
         if os.path.isfile(config.tls_client_certificate) and os.path.isfile(config.tls_client_key):
             kw["ssl_certfile"] = config.tls_client_certificate
             kw["ssl_keyfile"] = config.tls_client_key
-        kw["connection_class"] = _sni_connection_class(config.tls_server_name_identification)
     return kw
 
 
-def _sni_connection_class(server_name: str) -> type:
-    """An `SSLConnection` that sends `server_name` as SNI instead of the host it dials."""
+def sni_connection_class(server_name: str) -> type:
+    """An `SSLConnection` subclass that sends `server_name` as SNI instead of the host it dials.
+
+    redis-py offers no SNI option and its `Redis` client forces `SSLConnection` when `ssl` is
+    set, so the backend installs this class on every node's connection pool."""
     connection = require("redis.connection", "redis")
 
     def _wrap_socket_with_ssl(self, sock):
@@ -333,6 +341,7 @@ class RedisClusterBackend:
         self._stale = False
         self._closed = False
         self._rng = np.random.default_rng()
+        self._sni = sni_connection_class(config.tls_server_name_identification) if config.enable_tls else None
         seeds = [cluster.ClusterNode(h, p) for h, p in config.nodes]
         if not seeds:
             raise BackendError(f"redis_cluster: volatile_db.address {config.address!r} names no node")
@@ -342,6 +351,7 @@ class RedisClusterBackend:
                 retry=retry.Retry(backoff.NoBackoff(), 0), **connection_kwargs(config, self.timeout_ms))
         except Exception as exc:  # redis raises several unrelated classes here
             raise BackendError(f"redis_cluster: cannot reach the cluster at {config.address!r}: {exc}") from exc
+        self._install_sni()
 
     # -- tables ----------------------------------------------------------------------------------
     def create_table(self, tag: str, dim: int) -> None:
@@ -588,7 +598,7 @@ class RedisClusterBackend:
         kw = self.key_bytes
         if len(kb) != kw * len(ks) or len(vb) != row_bytes * len(vs) or \
                 any(len(v) != row_bytes for v in vs) or any(len(k) != kw for k in ks):
-            raise BackendError(f"redis_cluster: table {t.tag}: a hash holds fields that are not 8-byte keys "
+            raise BackendError(f"redis_cluster: table {t.tag}: a hash holds fields that are not {kw}-byte keys "
                                f"or values that are not {t.dim} float32")
         return (self._decode_keys(kb),
                 np.frombuffer(vb, "<f4").astype(np.float32).reshape(len(vs), t.dim))
@@ -603,7 +613,18 @@ class RedisClusterBackend:
             except Exception as exc:
                 raise BackendError(f"redis_cluster: {what}: cannot refresh the slot map from "
                                    f"{self.config.address!r}: {exc}") from exc
+            self._install_sni()
             self._stale = False
+
+    def _install_sni(self) -> None:
+        """Make every node pool open SNI connections (the slot-map bootstrap itself uses the host)."""
+        if self._sni is None:
+            return
+        for node in list(self._rc.nodes_manager.nodes_cache.values()):
+            pool = node.redis_connection.connection_pool
+            if pool.connection_class is not self._sni:
+                pool.connection_class = self._sni
+                pool.disconnect(inuse_connections=False)
 
     def _primaries(self, what: str) -> list:
         if self._stale:
@@ -649,11 +670,12 @@ class RedisClusterBackend:
         cluster_down = False
         out: list[tuple[Any, Any]] = []
         conns: dict[str, Any] = {}
+        completed = False
         with self._gate:
             try:
                 for name, batch in batches.items():  # write every node's pipeline first
                     try:
-                        conn = batch.node.redis_connection.connection_pool.get_connection()
+                        conn = _checkout(batch.node.redis_connection.connection_pool)
                     except io_errors as exc:
                         failed[name] = str(exc)
                         continue
@@ -695,10 +717,11 @@ class RedisClusterBackend:
                             break
                         if ticket is not None:
                             out.append((ticket, reply))
+                completed = True
             finally:
                 for name, conn in conns.items():
                     pool = batches[name].node.redis_connection.connection_pool
-                    if name in failed:
+                    if name in failed or not completed:  # replies may be left unread
                         conn.disconnect()
                     pool.release(conn)
                 for name in failed:  # idle sockets to a failed node are stale too
@@ -826,6 +849,14 @@ class RedisClusterBackend:
             return np.array(values, dtype="S24").astype(np.int64)
         except ValueError:
             return np.array([int(v) if v.strip(b"-").isdigit() else 0 for v in values], dtype=np.int64)
+
+
+def _checkout(pool: Any) -> Any:
+    """A connection from a redis-py pool (redis-py 5 wants a command name, 6+ takes none)."""
+    try:
+        return pool.get_connection()
+    except TypeError:
+        return pool.get_connection("HMGET")
 
 
 @dataclass

@@ -242,6 +242,20 @@ class RocksDBBackend:
         _consume(zip(table.cf.keys(), counter))
         return next(counter)
 
+    def is_empty(self, tag: str) -> bool:
+        """True when table `tag` holds no row (reads one record: O(1), unlike `size`)."""
+        table = self._table(tag)
+        it = table.cf.keys()
+        try:
+            return next(it, None) is None
+        finally:
+            del it
+
+    def estimated_size(self, tag: str) -> int:
+        """RocksDB's estimate of the rows in table `tag` (`rocksdb.estimate-num-keys`; O(1), approximate)."""
+        table = self._table(tag)
+        return int(table.cf.property_int_value("rocksdb.estimate-num-keys") or 0)
+
     def items(self, tag: str, batch_rows: int = 65536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Iterate table `tag` in key byte order as `(keys: (m,) int64, vectors: (m, dim) float32)` batches."""
         table = self._table(tag)

@@ -147,8 +147,9 @@ class KafkaUpdateSource:
             "enable.auto.offset.store": False,
             "enable.partition.eof": True,
             "topic.metadata.refresh.interval.ms": config.metadata_refresh_interval_ms,
-            "receive.message.max.bytes": max(config.receive_buffer_size + 1024, 1000000) + 512,
-            "fetch.max.bytes": max(config.receive_buffer_size + 1024, 1000000),
+            # a message may be up to receive_buffer_size (+ overhead); librdkafka's defaults hold 1 MiB
+            # per partition fetch (do not lower fetch.max.bytes: tansu then stalls for seconds)
+            "max.partition.fetch.bytes": max(1048576, config.receive_buffer_size + 1024),
             "fetch.wait.max.ms": min(500, config.poll_timeout_ms),
             "client.id": f"hps-{self.name}",
         }

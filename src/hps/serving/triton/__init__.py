@@ -12,7 +12,8 @@ stub and are not imported here.
 
 from hps.serving.triton.errors import RepositoryError, RequestError, ServerError
 from hps.serving.triton.repository import add_model_to_repository, build_repository, convert_hugectr_repository
-from hps.serving.triton.server import TritonServer, find_tritonserver, free_port, serve, serve_forever
+from hps.serving.triton.install import find_tritonserver
+from hps.serving.triton.server import TritonServer, free_port, serve, serve_forever
 
 __all__ = ["RepositoryError", "RequestError", "ServerError", "TritonServer", "add_model_to_repository",
            "build_repository", "convert_hugectr_repository", "find_tritonserver", "free_port", "serve",

@@ -6,10 +6,14 @@ by hps itself. config.pbtxt parameters:
   ps_json            the ps.json, relative to the model directory (holds this model only)
   hps_model_name     the model name inside the ps.json (default: the Triton model name)
   metrics_interval_s how often hps statistics are copied to Triton's metrics endpoint (0 = every request)
+  dense_file, width, threads   (fused layout only) a dense model in the version directory, run on the
+                     vectors in this same process (see dense_model.py)
 
 Request: KEYS INT64 (any shape; table-major concatenation), NUMKEYS INT32 (one count per table).
-Response: OUTPUT0 FP32 (Σ_t NUMKEYS[t] × dim[t],). A bad request gets an error response naming
-the problem; the model keeps serving.
+Response: OUTPUT0 FP32 (Σ_t NUMKEYS[t] × dim[t],). The fused layout names them as the seed's ensemble
+does (EMB_KEY, EMB_N_KEY → DENSE_OUTPUT FP32 (samples, 1)): the INT64 input is the keys, the INT32 one
+the counts, the first output the answer. A bad request gets an error response naming the
+problem; the model keeps serving.
 """
 
 import json
@@ -34,8 +38,23 @@ class TritonPythonModel:
         if not os.path.isabs(ps_json):
             ps_json = os.path.join(model_dir, ps_json)
         self.hps_model = params.get("hps_model_name") or self.triton_name
-        self.ps = hps.HPS(ps_json)
+        self.ps = hps.HPS(_config_with_overrides(ps_json, self.hps_model, params), show_progress=False)
         self.spec = EmbeddingSpec.from_model_config(self.ps.config.model(self.hps_model))
+        by_type = {i["data_type"]: i["name"] for i in self.model_config["input"]}
+        self.keys_name = by_type.get("TYPE_INT64", "KEYS")       # KEYS, or EMB_KEY in the fused layout
+        self.numkeys_name = by_type.get("TYPE_INT32", "NUMKEYS")  # NUMKEYS, or EMB_N_KEY
+        self.output_name = self.model_config["output"][0]["name"]
+        # HugeCTR's plain-backend configs use max_batch_size > 0 with dims [-1]: Triton then expects
+        # OUTPUT0 with the request's batch dimension in front (batch 1 in HugeCTR's clients)
+        self.batched = int(self.model_config.get("max_batch_size", 0)) > 0
+        self.dense = None
+        if params.get("dense_file"):
+            from hps.serving.triton.dense_runner import DenseRunner
+
+            version_dir = os.path.join(model_dir, args["model_version"])
+            self.dense = DenseRunner(os.path.join(version_dir, params["dense_file"]),
+                                     width=int(params.get("width") or self.spec.sample_width),
+                                     threads=int(params.get("threads") or 0))
         self.metrics = None
         try:
             from hps.serving.triton.metrics import TritonMetricsExporter
@@ -47,19 +66,26 @@ class TritonPythonModel:
         pb_utils.Logger.log_info(
             f"hps model {self.triton_name}: serving {self.hps_model!r} from {ps_json} "
             f"({self.spec.num_tables} table(s), dims {list(self.spec.dims)}, "
-            f"max_batch_size {self.spec.max_batch_size}, hps {hps.__version__}, numpy {np.__version__})")
+            f"max_batch_size {self.spec.max_batch_size}, hps {hps.__version__}, numpy {np.__version__})"
+            + (f", fused with dense model {params['dense_file']}" if self.dense is not None else ""))
 
     def execute(self, requests):
         responses = []
         for request in requests:
             try:
-                keys = pb_utils.get_input_tensor_by_name(request, "KEYS")
-                numkeys = pb_utils.get_input_tensor_by_name(request, "NUMKEYS")
+                keys = pb_utils.get_input_tensor_by_name(request, self.keys_name)
+                numkeys = pb_utils.get_input_tensor_by_name(request, self.numkeys_name)
                 if keys is None or numkeys is None:
-                    raise ValueError("the request needs both KEYS and NUMKEYS")
+                    raise ValueError(f"the request needs both {self.keys_name} and {self.numkeys_name}")
                 out = lookup_request(keys.as_numpy(), numkeys.as_numpy(), self.spec,
                                      lambda k, t: self.ps.lookup(k, self.hps_model, t))
-                responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("OUTPUT0", out)]))
+                if self.dense is not None:
+                    out = self.dense(out)
+                elif self.batched:
+                    batch = keys.as_numpy().shape[0] if keys.as_numpy().ndim > 1 else 1
+                    out = out.reshape(batch, -1) if batch and out.size % batch == 0 else out.reshape(1, -1)
+                responses.append(pb_utils.InferenceResponse(
+                    output_tensors=[pb_utils.Tensor(self.output_name, out)]))
             except Exception as exc:  # every failure becomes this request's error response
                 responses.append(pb_utils.InferenceResponse(
                     output_tensors=[], error=pb_utils.TritonError(f"hps model {self.triton_name}: {exc}")))
@@ -75,3 +101,24 @@ class TritonPythonModel:
         if getattr(self, "ps", None) is not None:
             self.ps.close()
             self.ps = None
+
+
+#: HugeCTR HPS-backend config.pbtxt parameters that override the ps.json (reference §1.6)
+OVERRIDES = {"refresh_interval": float, "refresh_delay": float}
+
+
+def _config_with_overrides(ps_json, model_name, params):
+    """The ps.json path, or its parsed config with `refresh_interval` / `refresh_delay` taken from
+    the config.pbtxt parameters (as HugeCTR's backend did); other HugeCTR parameters are ignored."""
+    given = {k: conv(params[k]) for k, conv in OVERRIDES.items() if params.get(k, "") != ""}
+    if not given:
+        return ps_json
+    from hps.config import parse_config
+
+    with open(ps_json) as f:
+        raw = json.load(f)
+    for entry in raw.get("models", []):
+        if entry.get("model") == model_name:
+            entry.update(given)
+    pb_utils.Logger.log_info(f"hps model {model_name}: config.pbtxt overrides {given}")
+    return parse_config(raw, base_dir=os.path.dirname(os.path.abspath(ps_json)))

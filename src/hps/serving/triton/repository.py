@@ -10,6 +10,10 @@ A repository built here holds the seed's three models (reference/hugectr-hps.md 
     <out>/<dense>/1/model.py + model file
     <out>/ensemble_model/config.pbtxt EMB_KEY, EMB_N_KEY → DENSE_OUTPUT; empty 1/
 
+`layout="fused"` writes `ensemble_model` instead as one python model with the same inputs and output
+that runs the lookup and the dense model in one stub process (one IPC hop instead of two, and the
+vectors are not copied between models; see benchmarks/bench_triton.py); clients cannot tell the difference.
+
 `convert_hugectr_repository` turns an existing repository whose embedding model uses HugeCTR's
 `backend: "hps"` into one served by hps; `add_model_to_repository` writes one more embedding model
 (its own ps.json) into a repository a server already serves, to be loaded through the model-control API.
@@ -40,7 +44,7 @@ def build_repository(ps_json: str | os.PathLike, dense_model: str | os.PathLike,
                      model_name: str | None = None, ensemble_name: str = "ensemble_model",
                      dense_name: str | None = None, batch_size_hint: int = 1024, copy_sparse: bool = True,
                      instance_count: int = 1, dense_threads: int = 1, metrics_interval_s: float = 1.0,
-                     overwrite: bool = False) -> Path:
+                     layout: str = "ensemble", overwrite: bool = False) -> Path:
     """Write a model repository serving `ps_json`'s model and `dense_model` as the seed's ensemble.
 
     ps_json: HugeCTR ps.json; model_name picks its model (needed when it has several);
@@ -48,17 +52,32 @@ def build_repository(ps_json: str | os.PathLike, dense_model: str | os.PathLike,
     (a `tensorrt_plan` config for a Triton with that backend; fixed to `batch_size_hint` samples);
     dense_name: defaults to "dense_model"; copy_sparse: put the sparse files into the repository
     (False: the json points at the originals); dense_threads: onnxruntime intra-op threads;
-    metrics_interval_s: how often the embedding model refreshes its Prometheus metrics.
+    metrics_interval_s: how often the embedding model refreshes its Prometheus metrics;
+    layout: "ensemble" (the seed's three models) or "fused" (one python model named `ensemble_name`
+    with the ensemble's I/O; ONNX / TorchScript only).
     Returns the repository path. Raises `RepositoryError` / `ConfigError` naming the file.
     """
     out = Path(out_dir)
     config = load_config(ps_json)
     model = _pick_model(config, model_name, ps_json)
+    _check_instances(config, instance_count, ps_json)
     dense_path = Path(dense_model)
     if not dense_path.is_file():
         raise RepositoryError(f"{dense_path}: dense model file not found")
     kind = dense_kind(dense_path)
     dense_name = dense_name or "dense_model"
+    if layout not in ("ensemble", "fused"):
+        raise RepositoryError(f"layout must be 'ensemble' or 'fused', not {layout!r}")
+    if layout == "fused":
+        if kind == "tensorrt":
+            raise RepositoryError(f"{dense_path}: a TensorRT plan cannot be fused; use layout='ensemble'")
+        spec = EmbeddingSpec.from_model_config(model)
+        DenseRunner(dense_path, width=spec.sample_width)
+        _claim_model_dir(out / ensemble_name, overwrite)
+        _write_embedding_model(out / ensemble_name, ps_json, config, model, copy_sparse=copy_sparse,
+                               instance_count=instance_count, metrics_interval_s=metrics_interval_s,
+                               dense=(dense_path, spec.sample_width, dense_threads))
+        return out
     names = [model.name, dense_name, ensemble_name]
     if len(set(names)) != 3:
         raise RepositoryError(f"model names must differ, got embedding {model.name!r}, dense {dense_name!r}, "
@@ -101,6 +120,7 @@ def add_model_to_repository(repo: str | os.PathLike, ps_json: str | os.PathLike,
     """
     config = load_config(ps_json)
     model = _pick_model(config, model_name, ps_json)
+    _check_instances(config, instance_count, ps_json)
     repo = Path(repo)
     if not repo.is_dir():
         raise RepositoryError(f"{repo}: model repository not found")
@@ -171,6 +191,18 @@ def _pick_model(config: PsConfig, model_name: str | None, ps_json: Any) -> Model
     return config.model(model_name)
 
 
+def _check_instances(config: PsConfig, instance_count: int, ps_json: Any) -> None:
+    """Each model instance is its own process with its own HPS; a writable RocksDB opens in one only."""
+    if instance_count < 1:
+        raise RepositoryError(f"instance_count must be at least 1, got {instance_count}")
+    pdb = config.persistent_db
+    if instance_count > 1 and pdb is not None and not pdb.read_only:
+        raise RepositoryError(
+            f"{ps_json}: persistent_db {pdb.path} is opened read-write by each of the {instance_count} model "
+            "instances (one process each) and RocksDB allows one writer; use instance_count=1 or set "
+            "persistent_db.read_only to true")
+
+
 def _claim_model_dir(path: Path, overwrite: bool) -> None:
     if path.exists():
         if not overwrite:
@@ -183,8 +215,10 @@ def _embedding_parameters(json_name: str, model_name: str, metrics_interval_s: f
 
 
 def _write_embedding_model(model_dir: Path, ps_json: Any, config: PsConfig, model: ModelConfig, *,
-                           copy_sparse: bool, instance_count: int, metrics_interval_s: float) -> None:
-    """Write config.pbtxt, <name>.json, 1/model.py and (copy_sparse) 1/<table dirs> under `model_dir`."""
+                           copy_sparse: bool, instance_count: int, metrics_interval_s: float,
+                           dense: tuple[Path, int, int] | None = None) -> None:
+    """Write config.pbtxt, <name>.json, 1/model.py and (copy_sparse) 1/<table dirs> under `model_dir`
+    (named like the directory); with `dense` = (model file, width, threads) the fused layout."""
     version = model_dir / VERSION
     version.mkdir(parents=True)
     try:
@@ -206,9 +240,15 @@ def _write_embedding_model(model_dir: Path, ps_json: Any, config: PsConfig, mode
         raw = _single_model_json(ps_json, config, model, sparse)
         (model_dir / json_name).write_text(json.dumps(raw, indent=2) + "\n")
         shutil.copy2(EMBEDDING_MODEL_SOURCE, version / "model.py")
-        (model_dir / "config.pbtxt").write_text(config_text.embedding_config(
-            model.name, _embedding_parameters(json_name, model.name, metrics_interval_s),
-            instance_count=instance_count))
+        params = _embedding_parameters(json_name, model.name, metrics_interval_s)
+        if dense is None:
+            text = config_text.embedding_config(model_dir.name, params, instance_count=instance_count)
+        else:
+            dense_path, width, threads = dense
+            shutil.copy2(dense_path, version / dense_path.name)
+            params.update(dense_file=dense_path.name, width=str(width), threads=str(int(threads)))
+            text = config_text.fused_config(model_dir.name, params, instance_count=instance_count)
+        (model_dir / "config.pbtxt").write_text(text)
     except BaseException:
         shutil.rmtree(model_dir, ignore_errors=True)
         raise
