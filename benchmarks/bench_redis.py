@@ -138,7 +138,7 @@ def main() -> None:
         for num_partitions in args.partitions:
             cluster.flushall()
             cfg = RedisClusterConfig(address=cluster.address, num_partitions=num_partitions)
-            ours = RedisClusterBackend(cfg)
+            ours = RedisClusterBackend(cfg, timeout_ms=10_000)  # no spurious timeouts on a loaded machine
             ours.create_table(TAG, args.dim)
             for a in range(0, args.rows, 50_000):
                 ours.insert_or_assign(TAG, stored[a:a + 50_000], vectors[a:a + 50_000])
@@ -152,7 +152,7 @@ def main() -> None:
             if num_partitions == args.partitions[0]:
                 for policy in ("evict_least_used", "evict_oldest"):
                     b = RedisClusterBackend(RedisClusterConfig(address=cluster.address, num_partitions=num_partitions,
-                                                               overflow_policy=policy))
+                                                               overflow_policy=policy), timeout_ms=10_000)
                     b.create_table(TAG, args.dim)
                     by_policy[policy] = b
             for hit_rate in (1.0, 0.9):

@@ -149,12 +149,13 @@ def run_demo(out_dir: str | Path | None = None, global_batch_size: int = 8192, i
         paths = DemoPaths(Path(out_dir) if out_dir else Path(tmp))
         paths.root.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
-        log(f"[1/4] training the seed's DNN: {iter_num} steps × {global_batch_size} samples (PyTorch, CPU)")
+        steps = 5 if with_triton else 4
+        log(f"[1/{steps}] training the seed's DNN: {iter_num} steps × {global_batch_size} samples (PyTorch, CPU)")
         model = train(global_batch_size, iter_num, log=log)
-        log(f"[2/4] splitting it: {paths.sparse_model.name} (HPS sparse model) + {paths.dense_onnx.name} (ONNX)")
+        log(f"[2/{steps}] splitting it: {paths.sparse_model.name} (HPS sparse model) + {paths.dense_onnx.name} (ONNX)")
         export(model, paths)
         paths.ps_json.write_text(json.dumps(ps_config(paths), indent=2))
-        log(f"[3/4] serving {num_requests} requests of {request_batch} samples × {SLOT_NUM} keys through hps.HPS "
+        log(f"[3/{steps}] serving {num_requests} requests of {request_batch} samples × {SLOT_NUM} keys through hps.HPS "
             "+ onnxruntime")
         session = ort.InferenceSession(str(paths.dense_onnx), providers=["CPUExecutionProvider"])
         rng = np.random.default_rng(1)
@@ -172,12 +173,57 @@ def run_demo(out_dir: str | Path | None = None, global_batch_size: int = 8192, i
                 max_diff = max(max_diff, float(np.abs(served - native).max()))
             stats = ps.stats()["models"][MODEL_NAME][TABLE_NAME]
             rows = ps.volatile.size(f"hps_et.{MODEL_NAME}.{TABLE_NAME}")
-        log("[4/4] report")
+        triton_lines = []
+        if with_triton:
+            log(f"[4/{steps}] serving the same model as a Triton ensemble (hps_embedding → dense_model), HTTP and gRPC")
+            triton_diff, triton_lines = serve_through_triton(paths, model, request_batch, log)
+            max_diff = max(max_diff, triton_diff)
+        log(f"[{steps}/{steps}] report")
         p50, p99 = np.percentile(np.array(latencies) * 1e6, [50, 99])
         rates = ", ".join(f"{level} {rate:.1%}" for level, rate in stats["hit_rate"].items())
         log(f"  rows loaded: {rows} (volatile hash_map), {MAX_VOCABULARY_SIZE} in the sparse model")
         log(f"  hit rates: {rates}")
-        log(f"  lookup latency ({request_batch * SLOT_NUM} keys): p50 {p50:.0f} µs, p99 {p99:.0f} µs")
+        log(f"  hps.HPS lookup latency ({request_batch * SLOT_NUM} keys): p50 {p50:.0f} µs, p99 {p99:.0f} µs")
+        for line in triton_lines:
+            log(f"  {line}")
         log(f"  max abs diff: {max_diff:.3g}")
         log(f"  total time: {time.perf_counter() - started:.1f} s")
         return max_diff
+
+
+def serve_through_triton(paths: DemoPaths, model, request_batch: int, log=print,
+                         num_requests: int = 20) -> tuple[float, list[str]]:
+    """Build a Triton repository, start tritonserver, send the seed's requests over HTTP and gRPC.
+
+    Returns the max abs diff against the native model and report lines (latency per protocol)."""
+    torch = require("torch", "torch")
+    httpclient = require("tritonclient.http", "triton")
+    grpcclient = require("tritonclient.grpc", "triton")
+    from hps.serving.triton import build_repository, serve
+
+    repo = build_repository(paths.ps_json, paths.dense_onnx, paths.root / "model_repository", overwrite=True)
+    rng = np.random.default_rng(2)
+    max_diff, lines = 0.0, []
+    with serve(repo, http_port=0, grpc_port=0, metrics_port=0) as server:
+        for proto, module, url in (("HTTP", httpclient, server.url_http), ("gRPC", grpcclient, server.url_grpc)):
+            client = module.InferenceServerClient(url=url)
+            latencies = []
+            for _ in range(num_requests):
+                keys, _ = generate_random_samples(request_batch, rng)
+                inputs = [module.InferInput("EMB_KEY", list(keys.shape), "INT64"),
+                          module.InferInput("EMB_N_KEY", [1, 1], "INT32")]
+                inputs[0].set_data_from_numpy(keys)
+                inputs[1].set_data_from_numpy(np.array([[keys.size]], dtype=np.int32))
+                t0 = time.perf_counter()
+                result = client.infer("ensemble_model", inputs,
+                                      outputs=[module.InferRequestedOutput("DENSE_OUTPUT")])
+                latencies.append(time.perf_counter() - t0)
+                served = result.as_numpy("DENSE_OUTPUT")
+                with torch.no_grad():
+                    native = model(torch.from_numpy(keys)).numpy()
+                max_diff = max(max_diff, float(np.abs(served - native).max()))
+            client.close()
+            p50, p99 = np.percentile(np.array(latencies) * 1e3, [50, 99])
+            lines.append(f"Triton ensemble over {proto} ({request_batch} samples): p50 {p50:.1f} ms, p99 {p99:.1f} ms")
+    log(f"  tritonserver stopped; repository left in {repo}")
+    return max_diff, lines

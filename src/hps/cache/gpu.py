@@ -70,6 +70,7 @@ class GpuEmbeddingCache:
         if touch_every_calls < 0:
             raise ConfigError(f"GpuEmbeddingCache: touch_every_calls must be >= 0, got {touch_every_calls!r}")
         self.device = normalize_device(device, "GpuEmbeddingCache")
+        self._torch_device = torch.device(self.device)
         self.dim = dim
         self.ways = ways
         self.eviction = eviction
@@ -112,12 +113,14 @@ class GpuEmbeddingCache:
             raise KeyInputError(f"GpuEmbeddingCache.{op}: keys must be 1-D, got shape {tuple(keys.shape)}")
         if keys.dtype not in (torch.int64, torch.int32):
             raise KeyInputError(f"GpuEmbeddingCache.{op}: keys must be int64 or int32, got {keys.dtype}")
-        if str(keys.device) != self.device:
+        if keys.device != self._torch_device:
             raise KeyInputError(f"GpuEmbeddingCache.{op}: keys are on {keys.device}, the cache is on {self.device}")
-        return keys.to(torch.int64).contiguous()
+        if keys.dtype != torch.int64 or not keys.is_contiguous():
+            keys = keys.to(torch.int64).contiguous()
+        return keys
 
     def _check_vectors(self, vectors: Any, n: int, op: str) -> Any:
-        if not isinstance(vectors, torch.Tensor) or str(vectors.device) != self.device:
+        if not isinstance(vectors, torch.Tensor) or vectors.device != self._torch_device:
             raise KeyInputError(f"GpuEmbeddingCache.{op}: vectors must be a torch tensor on {self.device}")
         if tuple(vectors.shape) != (n, self.dim):
             raise KeyInputError(f"GpuEmbeddingCache.{op}: vectors have shape {tuple(vectors.shape)}, expected ({n}, {self.dim})")
@@ -129,8 +132,10 @@ class GpuEmbeddingCache:
         if self._interpret:
             with _INTERPRET_LOCK:
                 kernel[grid](*args, **kw)
+        elif torch.cuda.current_device() == self._torch_device.index:
+            kernel[grid](*args, **kw)
         else:
-            with torch.cuda.device(self.device):
+            with torch.cuda.device(self._torch_device):
                 kernel[grid](*args, **kw)
 
     # ---- the protocol ----
@@ -151,10 +156,10 @@ class GpuEmbeddingCache:
         scratch = torch.empty(n, dtype=torch.int64, device=self.device) if self.consistent_reads else keys
         grid = (triton_cdiv(n, self.find_block),)
         self._launch(K.find_kernel, grid, keys, n, self._keys, self._versions, self._scores, self._rows,
-                     self._special, out, found, scratch, self.num_buckets, clock,
+                     self._special, out, found, scratch, self.num_buckets, clock, 0,
                      DIM=self.dim, DIM_P2=self._dim_p2, W=self.ways, BK=self.find_block,
                      CHECK=self.consistent_reads, TOUCH=touch, LFU=self.eviction == "lfu",
-                     ASM=not self._interpret, num_warps=self.find_warps)
+                     num_warps=self.find_warps)
         return out, found.view(torch.bool)
 
     def _write(self, keys: Any, vectors: Any, mode: int, op: str) -> None:

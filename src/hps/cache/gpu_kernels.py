@@ -10,9 +10,9 @@ Dynamic cache layout (all device tensors, `NB` buckets of `W` ways, `NS = NB * W
 - `scores`   `(NS + 1,) int64`  LRU clock of the last insert / touch, or LFU count.
 - `rows`     `(NS + 1, dim)` float32 or float16, row-major, one row per slot.
 
-A find reads the key, the bucket's `W` keys (one 64 B probe for W = 8), the bucket version (acquire),
-the row, then after a fence the version and the slot key again: a row is reported found only if the
-version was even and unchanged and the slot still holds the key, so a lookup racing a writer sees the
+A find reads the key, the bucket's `W` keys (one 64 B probe for W = 8) and the bucket version, then
+the row, then the version and the slot key again: a row is reported found only if the version was
+even and unchanged and the slot still holds the key, so a lookup racing a writer sees the
 whole old row, the whole new row, or a miss. Writers set the version's odd bit with an atomic OR (this
 is also the writers' lock: the lane whose OR found the bit clear owns the bucket), write, fence, and
 release with an atomic add (odd -> even = old + 2).
@@ -22,9 +22,12 @@ copies loaded at different moments can differ while a writer runs. So per-key de
 column threads must share (the slot and version a find reads; the slot a writer writes) go through a
 `scratch` record: written once, read back by all after a barrier.
 
-On the CPU (`TRITON_INTERPRET=1`) the memory-ordering instructions are inline PTX, which the
-interpreter cannot run: `ASM=False` replaces them with plain loads (the interpreter runs one
-program at a time, in program order).
+Reader ordering uses no fences: version, key and row reads bypass L1 (volatile / .cg, so they are
+answered by L2, the coherence point), the row reads are issued after the first version read has
+returned (they wait on the barrier that follows the record written from it), and the second version
+read's address depends on every column of the row. Writers use `fence.acq_rel.gpu` (inline PTX)
+around their stores; on the CPU (`TRITON_INTERPRET=1`) the interpreter cannot run inline PTX, and
+`ASM=False` drops the fences (it runs one program at a time, in program order).
 """
 
 from __future__ import annotations
@@ -57,13 +60,6 @@ def _bucket_of(k, num_buckets):
 
 
 @triton.jit
-def _load_acquire_i32(ptrs):
-    """ld.acquire.gpu of int32 words: later loads of this thread are ordered after it."""
-    return tl.inline_asm_elementwise("ld.acquire.gpu.global.b32 $0, [$1];", "=r,l", [ptrs],
-                                     dtype=tl.int32, is_pure=False, pack=1)
-
-
-@triton.jit
 def _fence_pass(x, dep):
     """fence.acq_rel.gpu, returning `x` (int64); `dep` (int32) makes the fence wait for the loads
     that produced it, and users of the result are ordered after the fence."""
@@ -80,11 +76,11 @@ def bucket_kernel(k_ptr, out_ptr, n, num_buckets, BLOCK: tl.constexpr):
     tl.store(out_ptr + offs, _bucket_of(k, num_buckets), mask=m)
 
 
-@triton.jit(do_not_specialize=["n", "num_buckets", "clock"])
+@triton.jit(do_not_specialize=["n", "num_buckets", "clock", "zero"])
 def find_kernel(q_ptr, n, keys_ptr, ver_ptr, scores_ptr, rows_ptr, special_ptr, out_ptr, found_ptr, scratch_ptr,
-                num_buckets, clock,
+                num_buckets, clock, zero,
                 DIM: tl.constexpr, DIM_P2: tl.constexpr, W: tl.constexpr, BK: tl.constexpr,
-                CHECK: tl.constexpr, TOUCH: tl.constexpr, LFU: tl.constexpr, ASM: tl.constexpr):
+                CHECK: tl.constexpr, TOUCH: tl.constexpr, LFU: tl.constexpr):
     """Probe `n` keys `q: (n,) int64`; write `out: (n, DIM) float32` and `found: (n,) int8`.
 
     One bucket probe per key, BK keys per program. CHECK: seqlock validation (no torn rows).
@@ -98,10 +94,7 @@ def find_kernel(q_ptr, n, keys_ptr, ver_ptr, scores_ptr, rows_ptr, special_ptr, 
     ways = tl.arange(0, W)
     bk = tl.load(keys_ptr + (b * W)[:, None] + ways[None, :], mask=(inb & ~is_sp)[:, None], other=_EMPTY)
     if CHECK:
-        if ASM:
-            v1 = _load_acquire_i32(ver_ptr + b)
-        else:
-            v1 = tl.load(ver_ptr + b, mask=inb, other=0, volatile=True)
+        v1 = tl.load(ver_ptr + b, mask=inb, other=0, volatile=True)
     eq = bk == k[:, None]
     hit = tl.max(eq.to(tl.int32), axis=1) > 0
     way = tl.argmax(eq.to(tl.int32), axis=1).to(tl.int64)
@@ -128,14 +121,13 @@ def find_kernel(q_ptr, n, keys_ptr, ver_ptr, scores_ptr, rows_ptr, special_ptr, 
     else:
         row_mask = ok[:, None] & (cols < DIM)[None, :]
         out_mask = inb[:, None] & (cols < DIM)[None, :]
-    row = tl.load(rows_ptr + (slot * DIM)[:, None] + cols[None, :], mask=row_mask, other=0.0)
+    row = tl.load(rows_ptr + (slot * DIM)[:, None] + cols[None, :], mask=row_mask, other=0.0, cache_modifier=".cg")
     row = row.to(tl.float32)
     if CHECK:
-        if ASM:
-            dep = tl.max(row.to(tl.int32, bitcast=True), axis=1)
-            slot2 = _fence_pass(slot, dep)
-        else:
-            slot2 = slot
+        # The second version read must not start before every column has arrived: its address depends
+        # on all of them (`zero` is a run-time 0 the compiler cannot fold away).
+        dep = tl.max(row.to(tl.int32, bitcast=True), axis=1).to(tl.uint32, bitcast=True).to(tl.int64)
+        slot2 = slot + ((dep + zero) >> 40)
         v2 = tl.load(ver_ptr + slot2 // W, mask=ok, other=1, volatile=True).to(tl.int64) & 0xFFFFFFFF
         k2 = tl.load(keys_ptr + slot2, mask=ok, other=0, volatile=True)
         sp2 = tl.load(special_ptr + slot2 * 0, mask=ok & is_sp, other=1, volatile=True)

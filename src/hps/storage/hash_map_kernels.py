@@ -39,8 +39,8 @@ META_NONE, META_COUNT, META_CLOCK = 0, 1, 2
 # state vector of a table: (4,) int64
 ST_SIZE, ST_HWM, ST_FREE_HEAD, ST_FREE_COUNT = 0, 1, 2, 3
 
-_PREFETCH_DISTANCE = 8
-_RING = 32  # power of two > 2 * _PREFETCH_DISTANCE
+#: Keys per prefetch block in `find_rows` (32–128 measured alike on a 10M-row table).
+_BLOCK = 32
 
 
 @intrinsic
@@ -86,47 +86,43 @@ def find_rows(slots, num_slots, values, keys, out, found, meta_mode, clock):
     """Gather `values` rows of `keys: (n,) int64` into `out: (n, dim) float32` and `found: (n,) bool`.
 
     Missing rows are zero-filled. `meta_mode` 1 increments the access count (saturating),
-    2 stores `clock` (uint32) as last access. Software-pipelined with prefetches: the slot of
-    key i+2D and the value row of key i+D are requested while key i is copied."""
+    2 stores `clock` (uint32) as last access. Keys go in blocks of `_BLOCK`: first every home slot
+    of the block is prefetched, then the block is probed (prefetching the value rows found), then
+    its rows are copied, so up to a block's worth of cache misses are in flight at once."""
     n = keys.shape[0]
     dim = values.shape[1]
     flat = values.reshape(-1)
-    ring_home = np.empty(_RING, np.int64)
-    ring_slot = np.empty(_RING, np.int64)
-    mask = _RING - 1
-    dist = _PREFETCH_DISTANCE
+    homes = np.empty(_BLOCK, np.int64)
+    hits = np.empty(_BLOCK, np.int64)
     clock_word = np.uint64(clock) << _S32
-    for t in range(n + 2 * dist):
-        a = t
-        if a < n:
-            h = rrxmrrxmsx_0_scalar(np.uint64(keys[a]))
-            jh = _home(h, num_slots)
-            ring_home[a & mask] = jh
+    for s in range(0, n, _BLOCK):
+        e = min(n, s + _BLOCK)
+        for i in range(s, e):
+            jh = _home(rrxmrrxmsx_0_scalar(np.uint64(keys[i])), num_slots)
+            homes[i - s] = jh
             _prefetch(slots, 2 * jh)
-        b = t - dist
-        if 0 <= b < n:
-            j = _probe(slots, num_slots, np.uint64(keys[b]), ring_home[b & mask])
-            ring_slot[b & mask] = j
+        for i in range(s, e):
+            j = _probe(slots, num_slots, np.uint64(keys[i]), homes[i - s])
+            hits[i - s] = j
             if j >= 0:
                 _prefetch(flat, np.int64(slots[2 * j + 1] & LOW32) * dim)
-        c = t - 2 * dist
-        if c >= 0:
-            j = ring_slot[c & mask]
+        for i in range(s, e):
+            j = hits[i - s]
             if j < 0:
-                found[c] = False
+                found[i] = False
                 for d in range(dim):
-                    out[c, d] = 0.0
-            else:
-                found[c] = True
-                w = slots[2 * j + 1]
-                r = np.int64(w & LOW32)
-                for d in range(dim):
-                    out[c, d] = values[r, d]
-                if meta_mode == META_COUNT:
-                    if (w >> _S32) < META_MAX:
-                        slots[2 * j + 1] = w + _ONE_META
-                elif meta_mode == META_CLOCK:
-                    slots[2 * j + 1] = clock_word | (w & LOW32)
+                    out[i, d] = 0.0
+                continue
+            found[i] = True
+            w = slots[2 * j + 1]
+            r = np.int64(w & LOW32)
+            for d in range(dim):
+                out[i, d] = values[r, d]
+            if meta_mode == META_COUNT:
+                if (w >> _S32) < META_MAX:
+                    slots[2 * j + 1] = w + _ONE_META
+            elif meta_mode == META_CLOCK:
+                slots[2 * j + 1] = clock_word | (w & LOW32)
 
 
 @numba.njit(cache=True, nogil=True)

@@ -22,10 +22,11 @@ without client threads: the sockets do the waiting, and parsing holds the GIL an
 `num_node_connections` bounds the connections per node, i.e. how many calls (from several
 threads) run at once.
 
-Failures: a node that refuses, times out (`timeout_ms`, default 1 s, per socket operation) or
+Failures: a node that refuses, times out (`timeout_ms`, default 2 s, per socket operation) or
 answers an error makes the call raise `BackendError` naming the node(s), the table tag and the
 key count; the slot map is refreshed on the next call, so the backend recovers by itself once
-the node is back. A MOVED/ASK reply (resharding) refreshes the slot map and retries once.
+the node is back. A node that failed to answer is skipped for `retry_after_ms` (default 1 s):
+calls that need it fail at once instead of each waiting out the timeout of a hung node. A MOVED/ASK reply (resharding) refreshes the slot map and retries once.
 Shapes and dtypes are checked before anything is sent; a node failing in the middle of an
 insert can leave the other nodes' rows written (an upsert, so retrying is safe).
 """
@@ -73,7 +74,7 @@ def tag_of_hash_key(name: bytes | str) -> str | None:
     return tag if sep and tag and part.isdigit() else None
 
 
-def connection_kwargs(config: RedisClusterConfig, timeout_ms: int = 1000) -> dict[str, Any]:
+def connection_kwargs(config: RedisClusterConfig, timeout_ms: int = 2000) -> dict[str, Any]:
     """redis-py keyword arguments for every node connection, from the ps.json `volatile_db` keys.
 
     Credentials are sent only when `password` is set (as HugeCTR's redis++ does); with
@@ -312,14 +313,17 @@ class _Table:
 class RedisClusterBackend:
     """Volatile tier `redis_cluster`: HugeCTR's Redis Cluster layout, batch-first (see module doc).
 
-    `RedisClusterBackend(config, timeout_ms=1000, key_bytes=8)`: `config.address` lists seed nodes;
-    `timeout_ms` bounds every connect / socket read; `key_bytes` is the hash-field width, 8 for
-    int64 keys or 4 for a cluster HugeCTR filled with 32-bit keys (`supportlonglong` false)."""
+    `RedisClusterBackend(config, timeout_ms=2000, key_bytes=8, retry_after_ms=1000)`:
+    `config.address` lists seed nodes; `timeout_ms` bounds every connect / socket read;
+    `key_bytes` is the hash-field width, 8 for int64 keys or 4 for a cluster HugeCTR filled with
+    32-bit keys (`supportlonglong` false); a node that failed is not tried again for
+    `retry_after_ms` (calls needing it raise `BackendError` at once)."""
 
     name = "redis_cluster"
     is_shared = True
 
-    def __init__(self, config: RedisClusterConfig, timeout_ms: int = 1000, key_bytes: int = 8) -> None:
+    def __init__(self, config: RedisClusterConfig, timeout_ms: int = 2000, key_bytes: int = 8,
+                 retry_after_ms: int = 1000) -> None:
         if key_bytes not in _KEY_DTYPES:
             raise BackendError(f"redis_cluster: key_bytes must be 8 or 4, got {key_bytes!r}")
         cluster = require("redis.cluster", "redis")
@@ -329,6 +333,8 @@ class RedisClusterBackend:
         backoff = require("redis.backoff", "redis")
         self.config = config
         self.timeout_ms = int(timeout_ms)
+        self.retry_after_ms = int(retry_after_ms)
+        self._down: dict[str, tuple[float, str]] = {}  # node name → (retry time, last error)
         self.key_bytes = int(key_bytes)
         self._num_partitions = int(config.num_partitions)
         self._batch = int(config.max_batch_size)
@@ -671,9 +677,16 @@ class RedisClusterBackend:
         out: list[tuple[Any, Any]] = []
         conns: dict[str, Any] = {}
         completed = False
+        skipped: set[str] = set()
         with self._gate:
             try:
+                now = time.monotonic()
                 for name, batch in batches.items():  # write every node's pipeline first
+                    down = self._down.get(name)
+                    if down is not None and now < down[0]:
+                        failed[name] = f"{down[1]} (not retried for another {down[0] - now:.2f} s)"
+                        skipped.add(name)
+                        continue
                     try:
                         conn = _checkout(batch.node.redis_connection.connection_pool)
                     except io_errors as exc:
@@ -726,6 +739,12 @@ class RedisClusterBackend:
                     pool.release(conn)
                 for name in failed:  # idle sockets to a failed node are stale too
                     batches[name].node.redis_connection.connection_pool.disconnect(inuse_connections=False)
+        retry_at = time.monotonic() + self.retry_after_ms / 1000.0
+        for name in batches:
+            if name not in failed:
+                self._down.pop(name, None)
+            elif name not in skipped:
+                self._down[name] = (retry_at, failed[name])
         if failed:
             self._stale = True
             detail = "; ".join(f"node {n}: {m}" for n, m in failed.items())
