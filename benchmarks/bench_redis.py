@@ -133,7 +133,7 @@ def main() -> None:
     absent = -rng.choice(2**62, size=args.queries, replace=False).astype(np.int64) - 1
     rows = []
     insert_rows = []
-    with redis_cluster(3) as cluster:
+    with redis_cluster(3, node_timeout_ms=15_000) as cluster:  # no failovers on a loaded machine
         pinning = _pin(cluster)
         for num_partitions in args.partitions:
             cluster.flushall()

@@ -122,7 +122,7 @@ def raw_round_trip(brokers: str, n: int, payload: bytes) -> list[float]:
     producer = ck.Producer({"bootstrap.servers": brokers, "linger.ms": 0})
     consumer = ck.Consumer({"bootstrap.servers": brokers, "group.id": "raw", "fetch.wait.max.ms": 10,
                             "enable.auto.commit": False})
-    consumer.assign([ck.TopicPartition(topic, 0, ck.OFFSET_END)])
+    consumer.assign([ck.TopicPartition(topic, 0, ck.OFFSET_BEGINNING)])  # fresh topic
     out = []
     for i in range(n + 3):
         t0 = time.perf_counter()

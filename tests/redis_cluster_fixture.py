@@ -92,7 +92,7 @@ def _fresh_ports(count: int) -> list[int]:
 class RedisClusterProcesses:
     """A running local cluster of `masters` redis-server processes (no replicas)."""
 
-    def __init__(self, masters: int = 3, node_timeout_ms: int = 2000, directory: str | None = None,
+    def __init__(self, masters: int = 3, node_timeout_ms: int = 5000, directory: str | None = None,
                  tls: bool = False) -> None:
         if masters < 1:
             raise ValueError(f"a cluster needs at least one master, got {masters}")
@@ -281,7 +281,7 @@ class RedisClusterProcesses:
 
 
 @contextlib.contextmanager
-def redis_cluster(masters: int = 3, node_timeout_ms: int = 2000, tls: bool = False) -> Iterator[RedisClusterProcesses]:
+def redis_cluster(masters: int = 3, node_timeout_ms: int = 5000, tls: bool = False) -> Iterator[RedisClusterProcesses]:
     """Start a local `masters`-node Redis Cluster (TLS-only with `tls`), yield it, stop it and remove its files."""
     cluster = RedisClusterProcesses(masters, node_timeout_ms=node_timeout_ms, tls=tls)
     try:
