@@ -22,7 +22,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import hps.storage  # noqa: E402,F401  (import order: hps.config alone hits a circular import today)
 from harness import percentile, time_calls, write_results  # noqa: E402
 from hps.config.schema import RedisClusterConfig  # noqa: E402
 from hps.storage.partition import partition_of  # noqa: E402
@@ -213,8 +212,11 @@ def main() -> None:
              f"({args.rows:,} rows stored, max_batch_size 65536), local 3-master Redis Cluster "
              f"(Debian redis-server, loopback), redis-py + hiredis, {pinning}. 'vs best raw' divides by the "
              f"faster redis-py baseline of the same partitions and hit rate (p50 keys/s); the methods run in "
-             f"interleaved rounds, {args.repeat} calls each. Taken on a shared 2-core machine "
-             f"under load from other jobs: absolute figures are noisy, ratios from the same run are the point.")
+             f"interleaved rounds, {args.repeat} calls each. Default overflow_policy evict_random reads only; "
+             f"the evict_least_used / evict_oldest rows also refresh the hits' access metadata (a server-side "
+             f"HINCRBY loop / HSET of time_t) before returning. Taken on a shared 2-core machine "
+             f"under load from other jobs: absolute figures are noisy, ratios from the same run are the point. "
+             f"Command: .venv/bin/python benchmarks/bench_redis.py")
     write_results("distributed-cpu", "redis_find", rows, notes)
     write_results("distributed-cpu", "redis_insert", insert_rows,
                   f"insert_or_assign of {args.queries:,} existing keys with new dim-{args.dim} float32 rows "

@@ -30,7 +30,6 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import median, percentile, time_calls, write_results  # noqa: E402
 
-import hps.storage  # noqa: E402,F401
 from hps.config.schema import HashMapConfig, RocksDBConfig  # noqa: E402
 from hps.storage.hash_map import HashMapBackend  # noqa: E402
 from hps.storage.rocksdb import RocksDBBackend  # noqa: E402

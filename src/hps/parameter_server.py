@@ -67,7 +67,7 @@ class HPS:
         self._stop_refresh = threading.Event()
         self._refresher: threading.Thread | None = None
         try:
-            self.volatile = make_backend(self.config.volatile_db)
+            self.volatile = make_backend(self.config.volatile_db, key_bytes=8 if self.config.supportlonglong else 4)
             self.persistent = make_backend(self.config.persistent_db)
             self._tiers = TierChain(self.volatile, self.persistent,
                                     promote_misses=bool(self.config.volatile_db

@@ -13,11 +13,13 @@ online update is seen by the next call) with the static output shape `ids.shape 
 Differences from HugeCTR, on purpose:
 - Every validation failure raises an `HpsError` (HugeCTR logged and returned zeros, §1.9 #9).
   Eagerly and while tracing, the `HpsError` itself is raised; a failure that can only be seen
-  when a graph runs (a dynamic batch over `max_batch_size`) comes back as a `tf.errors.OpError`
-  (TensorFlow wraps exceptions raised inside `tf.numpy_function`) whose message holds the
-  `HpsError`'s text.
+  when a graph runs (more keys than max_batch_size × maxnum keys per sample, HugeCTR's per-call
+  limit) comes back as a `tf.errors.OpError` (TensorFlow wraps exceptions raised inside
+  `tf.numpy_function`) whose message holds the `HpsError`'s text.
 - Key dtype: as in HugeCTR, ids must be int64 when ps.json says `supportlonglong: true` and int32
-  when it says false; HugeCTR refused a mismatch (with a log line), we raise `KeyInputError`.
+  when it says false (its LookupManager::forward_check compared the tensor dtype with
+  i64_input_key and logged "Input tensor dtype should be consistent with HPS configuration");
+  we raise `KeyInputError`.
   Any other dtype (floats, uint8, ...) raises too.
 - The lookup runs on the host, so a graph holding these layers cannot be XLA-compiled
   (`supports_jit = False`) and a SavedModel holding them cannot be loaded in another process
@@ -72,6 +74,13 @@ def _config(path: str) -> PsConfig:
     return config
 
 
+def _check_int(value: Any, minimum: int, what: str) -> int:
+    """`value` as an int, or `ConfigError` saying `what` must be an int >= minimum (bools refused)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ConfigError(f"{what} must be an int >= {minimum}, got {value!r}")
+    return int(value)
+
+
 def _num_replicas() -> int:
     """Replicas in sync of the active tf.distribute strategy (1 without a strategy)."""
     return int(tf.distribute.get_strategy().num_replicas_in_sync)
@@ -80,14 +89,12 @@ def _num_replicas() -> int:
 def _check_init(global_batch_size: int, config: PsConfig, path: str) -> None:
     """HugeCTR's Init checks: batch divisible by the replicas, per-replica batch within every
     model's max_batch_size, and (with GPUs) the replicas' devices in deployed_device_list."""
-    if isinstance(global_batch_size, bool) or not isinstance(global_batch_size, (int, np.integer)) \
-            or global_batch_size < 1:
-        raise ConfigError(f"Init: global_batch_size must be a positive int, got {global_batch_size!r}")
+    global_batch_size = _check_int(global_batch_size, 1, "Init: global_batch_size")
     replicas = _num_replicas()
     if global_batch_size % replicas:
         raise ConfigError(f"Init: global_batch_size {global_batch_size} is not divisible by the "
                           f"{replicas} replicas in sync")
-    per_replica = int(global_batch_size) // replicas
+    per_replica = global_batch_size // replicas
     gpus = len(tf.config.list_logical_devices("GPU"))
     for i, model in enumerate(config.models):
         if per_replica > model.max_batch_size:
@@ -171,19 +178,18 @@ class _HpsLayerBase(tf.keras.layers.Layer):
         where = f"{type(self).__name__}({model_name!r}, table_id={table_id!r})"
         if not isinstance(model_name, str) or not model_name:
             raise ConfigError(f"{where}: model_name must be a non-empty str")
-        if isinstance(table_id, bool) or not isinstance(table_id, (int, np.integer)) or table_id < 0:
-            raise ConfigError(f"{where}: table_id must be an int >= 0")
-        if isinstance(emb_vec_size, bool) or not isinstance(emb_vec_size, (int, np.integer)) or emb_vec_size < 1:
-            raise ConfigError(f"{where}: emb_vec_size must be a positive int, got {emb_vec_size!r}")
+        table_id = _check_int(table_id, 0, f"{where}: table_id")
+        emb_vec_size = _check_int(emb_vec_size, 1, f"{where}: emb_vec_size")
+        global_batch_size = _check_int(global_batch_size, 1, f"{where}: global_batch_size")
         if tf.as_dtype(emb_vec_dtype) != tf.float32:
             raise ConfigError(f"{where}: emb_vec_dtype must be tf.float32 (HPS stores float32), "
                               f"got {tf.as_dtype(emb_vec_dtype).name}")
         self.model_name = model_name
-        self.table_id = int(table_id)
-        self.emb_vec_size = int(emb_vec_size)
+        self.table_id = table_id
+        self.emb_vec_size = emb_vec_size
         self.emb_vec_dtype = tf.float32
         self.ps_config_file = os.fspath(ps_config_file) if ps_config_file else ""
-        self.global_batch_size = int(global_batch_size)
+        self.global_batch_size = global_batch_size
         self.supports_jit = False  # a host lookup (numpy_function) cannot be XLA-compiled
         self._where = where
         config = _known_config(self.ps_config_file)
@@ -220,36 +226,23 @@ class _HpsLayerBase(tf.keras.layers.Layer):
                 f"{str(config.supportlonglong).lower()}, which takes {expected.name} keys; "
                 f"cast them with tf.cast(ids, tf.{expected.name})")
 
-    def _check_batch(self, batch: int, num_keys: int) -> None:
-        """batch ≤ max_batch_size and num_keys ≤ max_batch_size × maxnum keys per sample."""
-        model = _known_config(self.ps_config_file).model(self.model_name)
-        if batch > model.max_batch_size:
-            raise KeyInputError(f"{self._where}: batch of {batch} samples exceeds max_batch_size "
-                                f"{model.max_batch_size} of model {self.model_name!r}")
-        limit = model.max_keys_per_call(self.table_id)
-        if num_keys > limit:
-            raise KeyInputError(f"{self._where}: {num_keys} keys exceed max_batch_size × "
-                                f"maxnum_catfeature_query_per_table_per_sample = {limit}")
-
-    def _lookup_numpy(self, ids: np.ndarray, batch: int) -> np.ndarray:
-        """Host lookup. ids: (...) int32|int64; batch: samples in the call → (..., D) float32."""
+    def _lookup_numpy(self, ids: np.ndarray) -> np.ndarray:
+        """Host lookup. ids: (...) int32|int64 → (..., D) float32. As in HugeCTR, a call may carry at most
+        max_batch_size × maxnum_catfeature_query_per_table_per_sample keys (`HPS.lookup` raises otherwise)."""
         server = _server(self.ps_config_file, self.global_batch_size)
-        config = _known_config(self.ps_config_file)
-        self._check_table(config)
+        self._check_table(_known_config(self.ps_config_file))
         self._check_ids_dtype(ids.dtype, "ids")
-        self._check_batch(batch, ids.size)
         vectors = server.lookup(ids, self.model_name, self.table_id)
         if vectors.shape != ids.shape + (self.emb_vec_size,) or vectors.dtype != np.float32:
             raise HpsError(f"{self._where}: HPS returned {vectors.dtype} {vectors.shape}, expected float32 "
                            f"{ids.shape + (self.emb_vec_size,)}")
         return vectors
 
-    def _lookup(self, ids: Any, batch: Any) -> Any:
-        """ids: tf int tensor (...) → float32 (..., D), eagerly or as a graph op; batch: scalar."""
+    def _lookup(self, ids: Any) -> Any:
+        """ids: tf int tensor (...) → float32 (..., D), eagerly or as a graph op."""
         if tf.executing_eagerly() and hasattr(ids, "numpy"):
-            return tf.convert_to_tensor(self._lookup_numpy(ids.numpy(), int(batch)))
-        vectors = tf.numpy_function(lambda i, b: self._lookup_numpy(i, int(b)), [ids, batch], tf.float32,
-                                    stateful=True, name="hps_lookup")
+            return tf.convert_to_tensor(self._lookup_numpy(ids.numpy()))
+        vectors = tf.numpy_function(self._lookup_numpy, [ids], tf.float32, stateful=True, name="hps_lookup")
         vectors.set_shape(ids.shape.concatenate([self.emb_vec_size]))
         return vectors
 
@@ -272,7 +265,7 @@ class LookupLayer(_HpsLayerBase):
         self._check_ids_dtype(ids.dtype, "ids")
         if ids.shape.rank == 0:
             raise KeyInputError(f"{self._where}: ids must have rank >= 1 (batch first), got a scalar")
-        vectors = self._lookup(ids, tf.shape(ids, out_type=tf.int64)[0])
+        vectors = self._lookup(ids)
         if max_norm is not None:
             vectors = tf.clip_by_norm(vectors, max_norm, axes=[-1])
         return vectors
@@ -304,7 +297,7 @@ class SparseLookupLayer(_HpsLayerBase):
                                 f"got rank {sp_ids.shape.rank}")
         self._check_ids_dtype(sp_ids.dtype, "sp_ids")
         unique_ids, positions = tf.unique(sp_ids.values, out_idx=tf.int64)
-        vectors = self._lookup(unique_ids, sp_ids.dense_shape[0])
+        vectors = self._lookup(unique_ids)
         remapped = tf.SparseTensor(sp_ids.indices, positions, sp_ids.dense_shape)
         return tf.nn.embedding_lookup_sparse(vectors, remapped, sp_weights, combiner=combiner,
                                              max_norm=max_norm, name=name)

@@ -108,13 +108,9 @@ def lookup(keys: torch.Tensor, ps_config_file: str, model_name: str, table_id: i
            emb_vec_size: int) -> torch.Tensor:
     """keys: (B, N) int64|int32 on the CPU or a GPU → (B, N, emb_vec_size) float32 on keys.device.
 
-    Raises `KeyInputError` / `ConfigError` / `UnknownModelError` on a bad input; B over the model's
-    `max_batch_size` raises `KeyInputError`."""
+    Raises `KeyInputError` / `ConfigError` / `UnknownModelError` on a bad input; as in HugeCTR, more than
+    max_batch_size × maxnum_catfeature_query_per_table_per_sample keys raise `KeyInputError`."""
     _check(keys, ps_config_file, model_name, table_id, emb_vec_size)
-    model = _config(ps_config_file).model(model_name)
-    if keys.shape[0] > model.max_batch_size:
-        raise KeyInputError(f"hps.torch lookup ({model_name!r}, table_id={table_id}): batch of {keys.shape[0]} "
-                            f"samples exceeds max_batch_size {model.max_batch_size}")
     device_id = (keys.device.index or 0) if keys.is_cuda else 0
     vectors = _server(ps_config_file).lookup(keys, model_name, table_id, device_id=device_id)
     if vectors.data_ptr() == keys.data_ptr() and keys.numel():  # an op's output may not alias its input

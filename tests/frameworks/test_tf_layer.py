@@ -14,7 +14,7 @@ hps_tf = pytest.importorskip("hps.tensorflow")
 
 from hps.errors import ConfigError, HpsError, KeyInputError  # noqa: E402
 
-from .conftest import DEFAULT_VALUE, DIM, MAX_BATCH_SIZE, expected_vectors  # noqa: E402
+from .conftest import DEFAULT_VALUE, DIM, KEYS_PER_SAMPLE, MAX_BATCH_SIZE, expected_vectors  # noqa: E402
 
 pytestmark = pytest.mark.tf
 
@@ -185,12 +185,16 @@ def test_emb_vec_size_and_dtype_mismatch_raise(ps):
         hps_tf.LookupLayer("nope", 0, DIM, ps_config_file=ps[0])
 
 
-def test_batch_over_max_batch_size_raises(ps):
-    ids = np.zeros((MAX_BATCH_SIZE + 1, 1), np.int64)
+def test_too_many_keys_raise_but_flat_keys_within_the_limit_work(ps):
+    path, table = ps
+    limit = MAX_BATCH_SIZE * KEYS_PER_SAMPLE  # HugeCTR's limit: keys per call, not the first dimension
+    flat = np.arange(limit, dtype=np.int64) % 64
+    np.testing.assert_array_equal(_layer(path)(tf.constant(flat)).numpy(), table[flat])
+    ids = np.zeros((MAX_BATCH_SIZE + 1, KEYS_PER_SAMPLE), np.int64)
     with pytest.raises(KeyInputError, match="max_batch_size"):
-        _layer(ps[0])(tf.constant(ids))
-    graph = tf.function(lambda x: _layer(ps[0])(x), input_signature=[tf.TensorSpec([None, 1], tf.int64)])
-    with pytest.raises(tf.errors.OpError, match="exceeds max_batch_size"):  # raised inside the graph
+        _layer(path)(tf.constant(ids))
+    graph = tf.function(lambda x: _layer(path)(x), input_signature=[tf.TensorSpec([None, KEYS_PER_SAMPLE], tf.int64)])
+    with pytest.raises(tf.errors.OpError, match="exceed max_batch_size"):  # raised inside the graph
         graph(ids)
 
 

@@ -46,6 +46,7 @@ def test_width_mismatch_and_bad_input(tmp_path):
         runner(np.zeros(48, np.float64))
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_torchscript(tmp_path):
     torch = pytest.importorskip("torch")
     module = torch.nn.Sequential(torch.nn.Linear(12, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1))

@@ -6,7 +6,7 @@ STATS = {"models": {"m": {"t0": {
     "lookups": 2, "keys": 10, "hits": {"cache": 6, "volatile": 3, "persistent": 0, "default": 1},
     "hit_rate": {"cache": 0.6, "volatile": 0.3, "persistent": 0.0, "default": 0.1},
     "latency_us": {"p50": 12.5, "p99": None, "samples": 2}, "cache_rows": 7, "cache_capacity_rows": 100,
-    "volatile_errors": 0}}}}
+    "volatile_errors": 0, "tier_latency_us": {"volatile": {"p50": 3.0, "p99": 9.0}}}}}}
 
 
 def test_metric_samples():
@@ -15,6 +15,8 @@ def test_metric_samples():
     assert samples[("hps_lookup_latency_us", (("model", "m"), ("quantile", "0.5"), ("table", "t0")))] == 12.5
     assert ("hps_lookup_latency_us", (("model", "m"), ("quantile", "0.99"), ("table", "t0"))) not in samples
     assert samples[("hps_keys_total", (("model", "m"), ("table", "t0")))] == 10
+    assert samples[("hps_tier_latency_us", (("level", "volatile"), ("model", "m"), ("quantile", "0.99"),
+                                            ("table", "t0")))] == 9.0
     assert {name for name, _ in samples} <= set(FAMILIES)
 
 

@@ -7,7 +7,6 @@ import threading
 import numpy as np
 import pytest
 
-import hps.storage  # noqa: F401  (import order: hps.config alone hits a circular import, see report)
 from hps.config.schema import HashMapConfig
 from hps.errors import BackendError, ClosedError, KeyInputError
 from hps.storage.hash_map import HashMapBackend
@@ -51,6 +50,18 @@ def test_growth_past_many_resizes_keeps_every_row():
     assert found.all()
     np.testing.assert_array_equal(vectors[::2], _rows(keys[::2], dim=5, salt=2.0))
     np.testing.assert_array_equal(vectors[1::2], _rows(keys[1::2], dim=5))
+
+
+def test_reserve_then_chunked_load_does_not_regrow():
+    b = _backend()
+    b.create_table(TAG, 16)
+    b.reserve(TAG, 50_000)
+    before = b.memory_bytes(TAG)
+    keys = np.arange(50_000, dtype=np.int64)
+    for chunk in np.array_split(keys, 5):
+        b.insert_or_assign(TAG, chunk, _rows(chunk, dim=16))
+    assert b.memory_bytes(TAG) == before and b.size(TAG) == 50_000
+    assert before / 50_000 <= 1.5 * (8 + 4 * 16)
 
 
 def test_duplicate_keys_in_one_insert_last_wins():
@@ -233,3 +244,30 @@ def test_memory_per_row_within_one_and_a_half_raw(dim):
         total = b.size(TAG)
         assert b.memory_bytes(TAG) / total <= 1.5 * raw, (dim, total, b.memory_bytes(TAG) / total)
     assert total > 100_000
+
+
+def test_random_operations_match_a_dict_reference():
+    """Inserts, erases (backward shift, wrap-around at the slot array's end) and finds against a dict."""
+    b = _backend(num_partitions=3)
+    b.create_table(TAG, 2)
+    rng = np.random.default_rng(11)
+    reference: dict[int, np.ndarray] = {}
+    for step in range(300):
+        keys = rng.integers(-60, 60, size=int(rng.integers(1, 12)))  # small key space: collisions
+        if rng.random() < 0.55:
+            vecs = rng.random((keys.shape[0], 2), dtype=np.float32)
+            b.insert_or_assign(TAG, keys, vecs)
+            for k, v in zip(keys.tolist(), vecs):
+                reference[k] = v
+        else:
+            expected = len({k for k in keys.tolist() if k in reference})
+            assert b.erase(TAG, keys) == expected
+            for k in keys.tolist():
+                reference.pop(k, None)
+        query = np.arange(-60, 60, dtype=np.int64)
+        vectors, found = b.find(TAG, query)
+        assert found.tolist() == [k in reference for k in query.tolist()], step
+        for k, v, f in zip(query.tolist(), vectors, found):
+            if f:
+                np.testing.assert_array_equal(v, reference[k])
+        assert b.size(TAG) == len(reference) == b.partition_sizes(TAG).sum()

@@ -7,7 +7,6 @@ import time
 import numpy as np
 import pytest
 
-import hps.storage  # noqa: F401  (import order: hps.config alone hits a circular import today)
 from hps.config.schema import RedisClusterConfig
 from hps.errors import BackendError, HpsError
 from hps.storage.partition import partition_of

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import hps.storage  # noqa: F401  (import order: hps.config alone hits a circular import, see report)
 from hps.config.schema import RocksDBConfig
 from hps.errors import BackendError, ClosedError, HpsError
 from hps.storage.rocksdb import RocksDBBackend

@@ -4,12 +4,13 @@
   each applied batch is written as [int64 n, int64 dim, keys, vectors] and flushed before apply()
   returns (so before the commit). The parent SIGKILLs it mid-stream and replays the file.
 - `hps <ps_json> <model> <keys.npy> <vectors.npy> <timeout_s>`: an HPS with an update source; prints
-  "ready" once loaded, then polls HPS.lookup until it returns the expected vectors; prints the
+  "ready <JSON list of its consumer group ids>" once loaded, then polls HPS.lookup until it returns the expected vectors; prints the
   seconds it took and exits 0, or exits 1 on timeout.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 
@@ -45,7 +46,8 @@ def run_hps(ps_json: str, model: str, keys_npy: str, vectors_npy: str, timeout_s
     with hps.HPS(ps_json, show_progress=False) as ps:
         before = ps.lookup(keys, model, 0)  # fills the cache with the old rows
         assert not np.array_equal(before, expected)
-        print("ready", flush=True)
+        groups = sorted(s.group_id for s in ps._update_sources)
+        print("ready " + json.dumps(groups), flush=True)
         start = time.monotonic()
         while time.monotonic() - start < float(timeout_s):
             if np.array_equal(ps.lookup(keys, model, 0), expected):

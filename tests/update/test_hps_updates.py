@@ -90,35 +90,69 @@ def test_hps_sees_published_updates_in_lookup(kafka_brokers: str, tmp_path: Path
         np.testing.assert_array_equal(ps.lookup(untouched, MODEL, 0), vectors[1::5])
 
 
-def test_two_hps_processes_both_see_each_update(kafka_brokers: str, tmp_path: Path) -> None:
-    """Two HPS processes with their own hash maps on one host: each must consume every update, so
-    each gets its own per-host group through a distinct HPS_HOSTNAME (same host name → one shared
-    group `hps.volatile.<hostname>` → each would see only part of the partitions)."""
+def _run_two_processes(tmp_path: Path, brokers: str, configs: dict[str, dict], sample: np.ndarray,
+                       new: np.ndarray) -> list[list[str]]:
+    """Start one HPS process per config (HPS_HOSTNAME = its name), publish once, both must see it.
+    Returns each process's consumer group ids."""
     from hps.update.publisher import KafkaPublisher
 
-    sparse, keys, vectors = _write_model(tmp_path)
-    sample = keys[::3]
-    new = vectors[::3] + 42.0
     np.save(tmp_path / "keys.npy", sample)
     np.save(tmp_path / "new.npy", new)
     procs = []
-    for name in ("host-a", "host-b"):
-        ps_json = tmp_path / f"{name}.json"
-        ps_json.write_text(json.dumps(_ps_config(tmp_path, sparse, kafka_brokers, name)))
-        env = dict(os.environ, HPS_HOSTNAME=name, HPS_KAFKA_CONSUMER_CONFIG=json.dumps(TEST_CONSUMER_CONFIG))
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "tests.update.consumer_proc", "hps", str(ps_json), MODEL,
-             str(tmp_path / "keys.npy"), str(tmp_path / "new.npy"), "60"],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True))
     try:
+        for name, config in configs.items():
+            ps_json = tmp_path / f"{name}.json"
+            ps_json.write_text(json.dumps(config))
+            env = dict(os.environ, HPS_HOSTNAME=name, HPS_KAFKA_CONSUMER_CONFIG=json.dumps(TEST_CONSUMER_CONFIG))
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "tests.update.consumer_proc", "hps", str(ps_json), MODEL,
+                 str(tmp_path / "keys.npy"), str(tmp_path / "new.npy"), "60"],
+                cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True))
+        groups = []
         for p in procs:
-            assert p.stdout.readline().strip() == "ready"
-        with KafkaPublisher(kafka_brokers) as pub:
+            word, _, rest = p.stdout.readline().partition(" ")
+            assert word == "ready"
+            groups.append(json.loads(rest))
+        with KafkaPublisher(brokers) as pub:
             pub.publish(MODEL, TABLE, sample, new)
         for p in procs:
             assert p.wait(90) == 0
+        return groups
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
                 p.wait(10)
+
+
+def test_two_hps_processes_with_own_hash_maps_both_see_each_update(kafka_brokers: str, tmp_path: Path) -> None:
+    """Two HPS processes with their own hash maps on one host: each must consume every update, so
+    each gets its own per-host group through a distinct HPS_HOSTNAME (same host name → one shared
+    group `hps.volatile.<hostname>` → each would see only part of the partitions)."""
+    sparse, keys, vectors = _write_model(tmp_path)
+    configs = {name: _ps_config(tmp_path, sparse, kafka_brokers, name) for name in ("host-a", "host-b")}
+    groups = _run_two_processes(tmp_path, kafka_brokers, configs, keys[::3], vectors[::3] + 42.0)
+    assert "hps.volatile.host-a" in groups[0] and "hps.volatile.host-b" in groups[1]
+
+
+@pytest.mark.redis
+@pytest.mark.skipif(not HAVE_ROCKSDB, reason="needs the rocks_db tier")
+def test_two_hps_processes_sharing_a_redis_cluster_both_see_each_update(kafka_brokers: str, tmp_path: Path) -> None:
+    """Two HPS processes sharing one Redis Cluster (group `hps.volatile`: one of them writes each update
+    into Redis) with a RocksDB each (groups `hps.persistent.<host>`: both consume everything, and
+    their apply_update assigns the rows into their own caches), so both lookups see every update."""
+    from tests.redis_cluster_fixture import redis_cluster, redis_server_available
+
+    if not redis_server_available():
+        pytest.skip("redis-server is not on PATH")
+    pytest.importorskip("redis")
+    sparse, keys, vectors = _write_model(tmp_path)
+    with redis_cluster(3) as cluster:
+        configs = {}
+        for name in ("host-a", "host-b"):
+            config = _ps_config(tmp_path, sparse, kafka_brokers, name)
+            config["volatile_db"] = {"type": "redis_cluster", "address": cluster.address, "num_partitions": 4,
+                                     "update_filters": [".+"]}
+            configs[name] = config
+        groups = _run_two_processes(tmp_path, kafka_brokers, configs, keys[::3], vectors[::3] + 42.0)
+    assert groups == [["hps.persistent.host-a", "hps.volatile"], ["hps.persistent.host-b", "hps.volatile"]]

@@ -5,11 +5,15 @@ of int64 keys per lookup); bucket = mix(key) (splitmix64-style) mapped to [0, bu
 multiply-shift. Rows are row-major, `storage_dtype` float32 or float16 (lookups return float32).
 The key equal to the empty marker (INT64_MIN) is cacheable: it has a slot of its own.
 
-Eviction: "lru" (default) keeps a 64-bit clock per slot; a find stamps the slots it hits, an insert
-batch stamps key i with clock + i and evicts the lowest stamp of a full bucket only when that stamp
-is older, so one batch behaves as if inserted in order (the latest rows win). "lfu" counts hits.
-`touch_every_calls` trades recency precision for bandwidth: 1 (exact LRU, one 8-byte store per hit),
-N (only every N-th find stamps its hits: sampled LRU), 0 (never; recency = insertion order).
+Eviction: "lru" (default) keeps a 64-bit clock per slot and 8 reference bits per bucket (in the
+bucket's version word). A find sets the reference bit of each slot it hits, with an atomic OR only
+when the bit is clear (so a hot slot costs one atomic per writer visit, not one store per hit). The
+next writer to lock the bucket folds set bits into the clocks (referenced since the last write =
+newer than every earlier insert), clears them, and evicts the lowest clock of a full bucket; an insert
+batch gives key i the clock + i and replaces a slot only if that slot's clock is older, so one batch
+behaves as if inserted in order (the latest rows win). The one approximation: slots referenced between
+the same two writer visits tie (HugeCTR orders them by the last query). "lfu" counts hits (one atomic
+add per hit). `touch_every_calls`: 1 (every find marks its hits), N (every N-th find), 0 (never).
 
 Consistency: per-bucket seqlocks (see `gpu_kernels`): a find racing insert/assign/erase on another
 stream returns the whole old row, the whole new row, or reports a miss (misses are data: the
@@ -95,8 +99,8 @@ class GpuEmbeddingCache:
         self._interpret = interpreting()
         self._dim_p2 = _pow2(dim)
         # Launch geometry (benchmarks may override these attributes).
-        self.find_block = max(8, min(256, 4096 // self._dim_p2))
-        self.find_warps = 4
+        self.find_block = 32  # H200: 32 keys and 1 warp per program was fastest at dims 16, 32 and 128
+        self.find_warps = 1
         self.write_block = 128 if self._interpret else max(4, min(64, 2048 // self._dim_p2))
         self.write_warps = 4 if self._dim_p2 >= 64 else 2
 

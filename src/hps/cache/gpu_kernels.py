@@ -5,9 +5,11 @@ Dynamic cache layout (all device tensors, `NB` buckets of `W` ways, `NS = NB * W
 - `keys`     `(NS + 1,) int64`   slot keys; `EMPTY` (INT64_MIN) marks a free slot. Slot `NS` is the
   slot of the one user key equal to `EMPTY`; its `keys` entry stays `EMPTY` and `special[0]` (int64)
   says whether it is present.
-- `versions` `(NB + 2,) int32`  one seqlock per bucket (`NB` is the special slot's); even = stable,
-  odd = a writer holds the bucket. Entry `NB + 1` is a dummy that atomics of idle lanes target.
-- `scores`   `(NS + 1,) int64`  LRU clock of the last insert / touch, or LFU count.
+- `versions` `(NB + 2,) int32`  one word per bucket (`NB` is the special slot's): bits 0-23 a seqlock
+  counter (even = stable, odd = a writer holds the bucket), bits 24-31 LRU reference bits (way % 8)
+  that finds set. Entry `NB + 1` is unused.
+- `scores`   `(NS + 1,) int64`  LRU clock of the last insert / of the last writer visit that saw the
+  slot referenced; or the LFU count.
 - `rows`     `(NS + 1, dim)` float32 or float16, row-major, one row per slot.
 
 A find reads the key, the bucket's `W` keys (one 64 B probe for W = 8) and the bucket version, then
@@ -131,14 +133,21 @@ def find_kernel(q_ptr, n, keys_ptr, ver_ptr, scores_ptr, rows_ptr, special_ptr, 
         v2 = tl.load(ver_ptr + slot2 // W, mask=ok, other=1, volatile=True).to(tl.int64) & 0xFFFFFFFF
         k2 = tl.load(keys_ptr + slot2, mask=ok, other=0, volatile=True)
         sp2 = tl.load(special_ptr + slot2 * 0, mask=ok & is_sp, other=1, volatile=True)
-        ok = ok & (v2 == v1) & (k2 == k) & (sp2 != 0)
+        ok = ok & ((v2 & 0xFFFFFF) == (v1 & 0xFFFFFF)) & (k2 == k) & (sp2 != 0)
     tl.store(out_ptr + (offs * DIM)[:, None] + cols[None, :], row, mask=out_mask)
     tl.store(found_ptr + offs, ok.to(tl.int8), mask=inb)
     if TOUCH:
         if LFU:
             tl.atomic_add(scores_ptr + slot, 1, mask=ok, sem="relaxed")
         else:
-            tl.store(scores_ptr + slot, tl.zeros_like(slot) + clock, mask=ok)
+            # LRU: set the slot's reference bit (bit 24 + way % 8 of the bucket word) unless it is set
+            # already; the next writer to lock the bucket folds set bits into the slots' clocks.
+            if not CHECK:
+                v1 = tl.load(ver_ptr + slot // W, mask=ok, other=0, volatile=True).to(tl.int64)
+            bit = 24 + (slot % W) % 8
+            unset = ((v1 >> bit) & 1) == 0
+            tl.atomic_or(ver_ptr + slot // W, (tl.full([BK], 1, tl.int64) << bit).to(tl.int32),
+                         mask=ok & ~is_sp & unset, sem="relaxed")
 
 
 @triton.jit(do_not_specialize=["n", "num_buckets", "base_clock"])
@@ -177,6 +186,13 @@ def write_kernel(k_ptr, v_ptr, n, keys_ptr, ver_ptr, scores_ptr, rows_ptr, speci
         normal = got & ~is_sp
         bk = tl.load(keys_ptr + (b * W)[:, None] + ways[None, :], mask=normal[:, None], other=0, volatile=True)
         sc = tl.load(scores_ptr + (b * W)[:, None] + ways[None, :], mask=normal[:, None], other=0, volatile=True)
+        if not LFU:
+            # fold the reference bits finds set since the last writer into the clocks: those slots were
+            # used after every earlier insert and before this batch
+            refs = tl.atomic_and(ver_ptr + b, 0x00FFFFFF, mask=normal, sem="relaxed").to(tl.int64)
+            used = (((refs[:, None] >> (24 + ways % 8)[None, :]) & 1) == 1) & normal[:, None]
+            sc = tl.where(used, base_clock - 1, sc)
+            tl.store(scores_ptr + (b * W)[:, None] + ways[None, :], sc, mask=used)
         eq = bk == k[:, None]
         present = tl.max(eq.to(tl.int32), axis=1) > 0
         way_k = tl.argmax(eq.to(tl.int32), axis=1).to(tl.int64)

@@ -12,8 +12,11 @@ if TYPE_CHECKING:
 __all__ = ["KeyValueBackend", "make_backend", "make_tag"]
 
 
-def make_backend(config: HashMapConfig | RedisClusterConfig | RocksDBConfig | None) -> KeyValueBackend | None:
-    """The one place that maps a tier's config to its backend class (None → tier disabled)."""
+def make_backend(config: HashMapConfig | RedisClusterConfig | RocksDBConfig | None,
+                 key_bytes: int = 8) -> KeyValueBackend | None:
+    """The one place that maps a tier's config to its backend class (None → tier disabled).
+
+    `key_bytes` is 4 for `supportlonglong: false` (HugeCTR stores 32-bit keys raw in Redis)."""
     from hps.config.schema import HashMapConfig, RedisClusterConfig, RocksDBConfig
 
     if config is None:
@@ -25,7 +28,7 @@ def make_backend(config: HashMapConfig | RedisClusterConfig | RocksDBConfig | No
     if isinstance(config, RedisClusterConfig):
         from hps.storage.redis_cluster import RedisClusterBackend
 
-        return RedisClusterBackend(config)
+        return RedisClusterBackend(config, key_bytes=key_bytes)
     if isinstance(config, RocksDBConfig):
         from hps.storage.rocksdb import RocksDBBackend
 

@@ -264,6 +264,16 @@ class HashMapBackend:
         with table.lock.read():
             return table.memory_bytes()
 
+    def reserve(self, tag: str, rows: int) -> None:
+        """Pre-size table `tag` for `rows` live rows in total (e.g. a sparse file's row count before
+        loading it in chunks), so the load does no intermediate slab copies or rehashes."""
+        table = self._table(tag)
+        if self._margin is not None:
+            rows = min(rows, self._overflow_cap_rows())
+        with table.lock.write():
+            if rows > table.size:
+                table.reserve(rows - table.size)
+
     def partition_sizes(self, tag: str) -> np.ndarray:
         """Rows per partition of table `tag`: `(num_partitions,) int64`."""
         table = self._table(tag)

@@ -81,6 +81,15 @@ def _probe(slots, num_slots, k, j):
             j = 0
 
 
+@numba.njit(inline="always")
+def _prefetch_homes(slots, num_slots, keys, start, stop, homes):
+    """Store the home slots of `keys[start:stop]` in `homes[:stop-start]` and prefetch them."""
+    for i in range(start, stop):
+        jh = _home(rrxmrrxmsx_0_scalar(np.uint64(keys[i])), num_slots)
+        homes[i - start] = jh
+        _prefetch(slots, 2 * jh)
+
+
 @numba.njit(cache=True, nogil=True)
 def find_rows(slots, num_slots, values, keys, out, found, meta_mode, clock):
     """Gather `values` rows of `keys: (n,) int64` into `out: (n, dim) float32` and `found: (n,) bool`.
@@ -97,10 +106,7 @@ def find_rows(slots, num_slots, values, keys, out, found, meta_mode, clock):
     clock_word = np.uint64(clock) << _S32
     for s in range(0, n, _BLOCK):
         e = min(n, s + _BLOCK)
-        for i in range(s, e):
-            jh = _home(rrxmrrxmsx_0_scalar(np.uint64(keys[i])), num_slots)
-            homes[i - s] = jh
-            _prefetch(slots, 2 * jh)
+        _prefetch_homes(slots, num_slots, keys, s, e, homes)
         for i in range(s, e):
             j = _probe(slots, num_slots, np.uint64(keys[i]), homes[i - s])
             hits[i - s] = j
@@ -128,12 +134,15 @@ def find_rows(slots, num_slots, values, keys, out, found, meta_mode, clock):
 @numba.njit(cache=True, nogil=True)
 def count_absent(slots, num_slots, keys):
     """How many of `keys: (n,) int64` are not in the table (duplicates counted each time)."""
+    n = keys.shape[0]
+    homes = np.empty(_BLOCK, np.int64)
     absent = 0
-    for i in range(keys.shape[0]):
-        k = np.uint64(keys[i])
-        j = _probe(slots, num_slots, k, _home(rrxmrrxmsx_0_scalar(k), num_slots))
-        if j < 0:
-            absent += 1
+    for s in range(0, n, _BLOCK):
+        e = min(n, s + _BLOCK)
+        _prefetch_homes(slots, num_slots, keys, s, e, homes)
+        for i in range(s, e):
+            if _probe(slots, num_slots, np.uint64(keys[i]), homes[i - s]) < 0:
+                absent += 1
     return absent
 
 
@@ -147,8 +156,11 @@ def insert_rows(slots, num_slots, values, values_i32, state, part_counts, keys, 
     dim = values.shape[1]
     num_partitions = np.uint64(part_counts.shape[0])
     meta_word = np.uint64(clock) << _S32 if meta_mode == META_CLOCK else np.uint64(0)
+    homes = np.empty(_BLOCK, np.int64)
     added = 0
     for i in range(n):
+        if i % _BLOCK == 0:  # the probes below only read hints: slots may move meanwhile
+            _prefetch_homes(slots, num_slots, keys, i, min(n, i + _BLOCK), homes)
         k = np.uint64(keys[i])
         h = rrxmrrxmsx_0_scalar(k)
         j = _probe(slots, num_slots, k, _home(h, num_slots))

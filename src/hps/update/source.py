@@ -9,7 +9,8 @@ Behaviour follows HugeCTR's `KafkaMessageSource` (reference §2.12, §1.5):
   (`poll_timeout_ms`) or a partition reaches its end, and before a change of value_size;
 - offsets are committed (synchronously) only after `apply` returned: at-least-once. If `apply`
   raises, the same batch is retried every `failure_backoff_ms` until it succeeds or the source is
-  closed (then it is not committed and is consumed again by the next consumer of the group);
+  closed (then it is not committed and is consumed again by the next consumer of the group); an
+  `apply` raising `hps.errors.ClosedError` (the HPS or tier was closed) stops the source at once;
 - a malformed message (bad magic, bad value_size, truncated pair) or a message with a Kafka key is
   skipped with a logged error naming topic / partition / offset; beacons (header only) are ignored;
   both still advance the committed offset.
@@ -42,7 +43,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from hps.config.schema import KafkaConfig
-from hps.errors import UpdateError, require
+from hps.errors import ClosedError, UpdateError, require
 from hps.storage.base import TAG_PREFIX
 from hps.update.message import HEADER_BYTES, decode_body, parse_header
 
@@ -353,6 +354,11 @@ class KafkaUpdateSource:
                 try:
                     self._apply(topic, keys, vectors)
                     break
+                except ClosedError as exc:  # the HPS / tier is gone: stop, leave the batch uncommitted
+                    log.info("%s: target closed, stopping; %d updates of %s left uncommitted: %s", self.name,
+                             keys.shape[0], topic, exc)
+                    self._stop.set()
+                    return False
                 except Exception as exc:
                     self.stats["apply_failures"] += 1
                     log.error("%s: applying %d updates of %s failed (retry in %d ms): %s: %s", self.name,

@@ -8,6 +8,8 @@ nv_inference_* metrics, labelled by hps model, table and level:
     hps_hits_total{model,table,level}         keys answered by level: cache, volatile, persistent, default
     hps_hit_rate{model,table,level}           hits / keys since start
     hps_lookup_latency_us{model,table,quantile}   lookup latency p50 / p99 over the recent window (µs)
+    hps_tier_latency_us{model,table,level,quantile}  per-tier find latency, when stats() gives
+                                              "tier_latency_us": {level: {"p50", "p99"}}
     hps_cache_rows{model,table}, hps_cache_capacity_rows{model,table}
     hps_volatile_errors_total{model,table}
 
@@ -27,6 +29,7 @@ FAMILIES: dict[str, tuple[str, str]] = {
     "hps_hits_total": ("counter", "keys answered per hps level (cache, volatile, persistent, default)"),
     "hps_hit_rate": ("gauge", "fraction of keys answered per hps level since start"),
     "hps_lookup_latency_us": ("gauge", "hps lookup latency in microseconds over the recent window"),
+    "hps_tier_latency_us": ("gauge", "hps per-tier find latency in microseconds over the recent window"),
     "hps_cache_rows": ("gauge", "rows in the hps embedding cache"),
     "hps_cache_capacity_rows": ("gauge", "capacity of the hps embedding cache in rows"),
     "hps_volatile_errors_total": ("counter", "volatile-tier failures seen by hps lookups"),
@@ -59,6 +62,9 @@ def metric_samples(stats: dict[str, Any]) -> list[Sample]:
             latency = snap.get("latency_us") or {}
             for key, quantile in (("p50", "0.5"), ("p99", "0.99")):
                 add("hps_lookup_latency_us", latency.get(key), quantile=quantile)
+            for level, tier in (snap.get("tier_latency_us") or {}).items():
+                for key, quantile in (("p50", "0.5"), ("p99", "0.99")):
+                    add("hps_tier_latency_us", (tier or {}).get(key), level=str(level), quantile=quantile)
             add("hps_cache_rows", snap.get("cache_rows"))
             add("hps_cache_capacity_rows", snap.get("cache_capacity_rows"))
             add("hps_volatile_errors_total", snap.get("volatile_errors"))

@@ -77,12 +77,13 @@ class TritonPythonModel:
                 numkeys = pb_utils.get_input_tensor_by_name(request, self.numkeys_name)
                 if keys is None or numkeys is None:
                     raise ValueError(f"the request needs both {self.keys_name} and {self.numkeys_name}")
-                out = lookup_request(keys.as_numpy(), numkeys.as_numpy(), self.spec,
+                keys = keys.as_numpy()
+                out = lookup_request(keys, numkeys.as_numpy(), self.spec,
                                      lambda k, t: self.ps.lookup(k, self.hps_model, t))
                 if self.dense is not None:
                     out = self.dense(out)
                 elif self.batched:
-                    batch = keys.as_numpy().shape[0] if keys.as_numpy().ndim > 1 else 1
+                    batch = keys.shape[0] if keys.ndim > 1 else 1
                     out = out.reshape(batch, -1) if batch and out.size % batch == 0 else out.reshape(1, -1)
                 responses.append(pb_utils.InferenceResponse(
                     output_tensors=[pb_utils.Tensor(self.output_name, out)]))
