@@ -179,6 +179,30 @@ def raw_decode_rate(brokers: str, total_pairs: int) -> tuple[float, float]:
     return elapsed, pairs
 
 
+def source_rate(brokers: str, name: str, apply, backlog: int, poll_timeout_ms: int) -> float:
+    """Seconds for one standalone KafkaUpdateSource (fresh group) to apply the whole backlog with
+    `apply`, from its first applied batch."""
+    config = KafkaConfig(brokers=brokers, poll_timeout_ms=poll_timeout_ms)
+    first: list[float] = []
+
+    def timed(tag: str, keys: np.ndarray, vectors: np.ndarray) -> None:
+        if not first:
+            first.append(time.perf_counter())
+        apply(tag, keys, vectors)
+
+    source = KafkaUpdateSource(config, group_id=f"bench-{name}", update_filters=(".+",), tags=[TAG], apply=timed,
+                               consumer_config=TEST_CONSUMER_CONFIG, name=name).start()
+    try:
+        deadline = time.perf_counter() + 900
+        while source.stats["pairs_applied"] < backlog:
+            time.sleep(0.005)
+            if time.perf_counter() > deadline:
+                raise RuntimeError(f"{name}: backlog not applied: {source.stats}")
+        return time.perf_counter() - first[0]
+    finally:
+        source.close()
+
+
 def publish_backlog(brokers: str, backlog: int, dim: int) -> tuple[np.ndarray, np.ndarray, float]:
     """Publish `backlog` fresh keys (before any consumer exists). Returns keys, vectors, seconds."""
     keys = np.arange(10**7, 10**7 + backlog, dtype=np.int64)
@@ -224,9 +248,27 @@ def main() -> None:
         try:
             apply_s = apply_seconds(target, keys, vectors)
             raw_s, raw_pairs = raw_decode_rate(brokers, args.backlog)
+            from hps.storage.hash_map import HashMapBackend
+            from hps.storage.rocksdb import RocksDBBackend
+
+            alone = {}
+            hash_map = HashMapBackend(HashMapConfig(num_partitions=4))
+            rocks = RocksDBBackend(RocksDBConfig(path=str(Path(tmp) / "rocksdb-alone")))
+            try:
+                for backend in (hash_map, rocks):
+                    backend.create_table(TAG, args.dim)
+                for what, name, apply in (("no-op apply", "noop", lambda t, k, v: None),
+                                          ("hash_map only", "hash", hash_map.insert_or_assign),
+                                          ("rocks_db only", "rocks", rocks.insert_or_assign)):
+                    alone[what] = source_rate(brokers, name, apply, args.backlog, args.poll_timeout_ms)
+            finally:
+                hash_map.close()
+                rocks.close()
             rows = [
                 {"path": "raw consume + HCTR decode (confluent-kafka + decode_message, baseline)",
                  "keys": raw_pairs, "seconds": raw_s, "keys_per_s": raw_pairs / raw_s},
+                *({"path": f"one KafkaUpdateSource, {what} (alone, after the HPS run)", "keys": args.backlog,
+                   "seconds": sec, "keys_per_s": args.backlog / sec} for what, sec in alone.items()),
                 {"path": f"hps: 2 update sources -> hash_map + rocks_db ({target.kind})",
                  "keys": args.backlog, "seconds": apply_s, "keys_per_s": args.backlog / apply_s},
                 {"path": "publisher (KafkaPublisher.publish in 64 Ki-key calls + flush)",
@@ -234,8 +276,10 @@ def main() -> None:
             ]
             write_results("distributed-cpu", "update_apply", rows,
                           f"{LOAD_NOTE} Backlog of {args.backlog:,} new keys published before the HPS started, "
-                          f"dim {args.dim} float32, 256 KiB messages, 8 key groups / partitions, KafkaConfig "
-                          f"defaults (max_batch_size 8192, max_commit_interval 32). Apply time runs from the first "
+                          f"dim {args.dim} float32, 256 KiB messages, 8 key groups / partitions, poll_timeout_ms "
+                          f"{args.poll_timeout_ms}, other KafkaConfig defaults (max_batch_size 8192, "
+                          f"max_commit_interval 32). The 'alone' rows replay the same backlog with fresh groups "
+                          f"into fresh tiers, to show where the time goes. Apply time runs from the first "
                           f"applied batch until both tiers' sources (consuming concurrently, each committing "
                           f"synchronously after each batch) applied every key. "
                           f"Command: .venv/bin/python benchmarks/bench_updates.py")

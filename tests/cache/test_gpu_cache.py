@@ -61,9 +61,10 @@ def _maker(**kw):
 
 
 class TestGpuEmbeddingCache(_TorchArrays, CacheContract):
-    """The shared contract; one bucket (8 ways) is the single set of the LRU tests."""
+    """The shared contract; one bucket (8 words: 7 slots and the version) is the single set of the
+    LRU tests."""
 
-    SINGLE_SET_CAPACITY_ROWS = 8
+    SINGLE_SET_CAPACITY_ROWS = 7
 
     @pytest.fixture
     def make_cache(self):
@@ -74,9 +75,9 @@ class TestGpuEmbeddingCache(_TorchArrays, CacheContract):
 
 
 class TestGpuEmbeddingCacheFourWays(_TorchArrays, CacheContract):
-    """The same contract with 4-way buckets, where collisions and eviction are common."""
+    """The same contract with 4-word buckets (3 slots), where collisions and eviction are common."""
 
-    SINGLE_SET_CAPACITY_ROWS = 4
+    SINGLE_SET_CAPACITY_ROWS = 3
 
     @pytest.fixture
     def make_cache(self):
@@ -119,10 +120,12 @@ def test_odd_dims_and_misses_written_zero(dim):
 
 def test_capacity_is_whole_buckets_and_geometry():
     cache = GpuEmbeddingCache(100, 4, DEVICE, ways=16)
-    assert cache.capacity_rows == 112 and cache.num_buckets == 7
+    assert cache.capacity_rows == 105 and cache.num_buckets == 7 and cache.slots_per_bucket == 15
     assert isinstance(cache, EmbeddingCache) and cache.device == DEVICE
     with pytest.raises(ConfigError):
         GpuEmbeddingCache(100, 4, DEVICE, ways=6)
+    with pytest.raises(ConfigError):
+        GpuEmbeddingCache(100, 4, DEVICE, ways=1)
     with pytest.raises(ConfigError):
         GpuEmbeddingCache(100, 4, DEVICE, eviction="fifo")
     with pytest.raises(ConfigError):
@@ -142,8 +145,8 @@ def test_bad_keys_raise_key_input_error():
 
 
 def test_lfu_keeps_the_most_used():
-    cache = GpuEmbeddingCache(8, 4, DEVICE, eviction="lfu")
-    keys = np.arange(8, dtype=np.int64)
+    cache = GpuEmbeddingCache(7, 4, DEVICE, eviction="lfu")
+    keys = np.arange(7, dtype=np.int64)
     cache.insert_or_assign(tkeys(keys), tvec(rows(keys, 4)))
     for _ in range(3):
         cache.find(tkeys(keys[2:]))  # keys 0 and 1 are used least
@@ -152,12 +155,12 @@ def test_lfu_keeps_the_most_used():
     cache.insert_or_assign(tkeys(new[1:]), tvec(rows(new[1:], 4)))
     _, found = cache.find(tkeys(np.concatenate([keys, new])))
     found = found.cpu().numpy()
-    assert found[2:8].all() and found[9]  # the newest stays, the most used stay
+    assert found[2:7].all() and found[8]  # the newest stays, the most used stay
 
 
 def test_sampled_touch_only_stamps_every_nth_call():
-    cache = GpuEmbeddingCache(8, 4, DEVICE, touch_every_calls=2)
-    keys = np.arange(8, dtype=np.int64)
+    cache = GpuEmbeddingCache(7, 4, DEVICE, touch_every_calls=2)
+    keys = np.arange(7, dtype=np.int64)
     cache.insert_or_assign(tkeys(keys), tvec(rows(keys, 4)))
     cache.find(tkeys(keys[:1]))  # call 1: not stamped
     cache.insert_or_assign(tkeys(np.array([50])), tvec(rows(np.array([50]), 4)))
@@ -171,33 +174,39 @@ def test_sampled_touch_only_stamps_every_nth_call():
 
 
 def test_reader_reports_a_miss_while_a_writer_holds_the_bucket():
-    """The seqlock read side: an odd bucket version (writer inside) or a version that changed
-    between the two reads makes the row a miss, never a possibly torn hit."""
-    cache = GpuEmbeddingCache(8, 4, DEVICE)
-    keys = np.arange(8, dtype=np.int64)
+    """The seqlock read side: an odd bucket version (writer inside) makes the row a miss, never a
+    possibly torn hit; reference bits (bits 24-31) do not count as a version change."""
+    cache = GpuEmbeddingCache(14, 4, DEVICE)
+    keys = np.arange(10, dtype=np.int64)
     cache.insert_or_assign(tkeys(keys), tvec(rows(keys, 4)))
-    assert cache.find(tkeys(keys))[1].all()
-    cache._versions[0] += 1  # a writer holds bucket 0
+    held = cache.find(tkeys(keys))[1].cpu().numpy()
+    assert held.sum() >= 8
+    words = cache._version_words()
+    words += 1  # a writer holds every bucket
     assert not cache.find(tkeys(keys))[1].any()
-    cache._versions[0] += 1  # released
-    assert cache.find(tkeys(keys))[1].all()
-    cache._special[0] = 1
-    cache._versions[cache.num_buckets] += 1
-    _, found = cache.find(tkeys(np.array([K.EMPTY])))
-    assert not found.any()
-    cache._versions[cache.num_buckets] += 1
+    words += 1  # released
+    words |= 0x7F000000  # every reference bit set
+    np.testing.assert_array_equal(cache.find(tkeys(keys))[1].cpu().numpy(), held)
+    cache.insert_or_assign(tkeys(np.array([K.EMPTY])), tvec(rows(np.array([0]), 4)))
+    words += 1
+    assert not cache.find(tkeys(np.array([K.EMPTY])))[1].any()
+    words += 1
     assert cache.find(tkeys(np.array([K.EMPTY])))[1].all()
 
 
-def test_writer_waits_for_a_held_bucket_lock_and_releases_even():
-    cache = GpuEmbeddingCache(8, 4, DEVICE)
-    keys = np.arange(8, dtype=np.int64)
+def test_writers_leave_every_version_even_and_bits_folded():
+    cache = GpuEmbeddingCache(14, 4, DEVICE)
+    keys = np.arange(10, dtype=np.int64)
     cache.insert_or_assign(tkeys(keys), tvec(rows(keys, 4)))
+    cache.find(tkeys(keys))  # sets reference bits
+    assert (cache._version_words().cpu().numpy() >> 24 & 0xFF).any()
     cache.insert_or_assign(tkeys(keys), tvec(rows(keys, 4, salt=5.0)))
-    assert int(cache._versions[0]) % 2 == 0 and int(cache._versions[0]) >= 4
+    words = cache._version_words().cpu().numpy()
+    assert (words & 1 == 0).all() and (words[:-1] & 0xFFFFFF >= 4).all()
+    assert not (words >> 24 & 0xFF).any()  # folded into the clocks and cleared
     vectors, found = cache.find(tkeys(keys))
-    assert found.all()
-    np.testing.assert_array_equal(vectors.cpu().numpy(), rows(keys, 4, salt=5.0))
+    kept = found.cpu().numpy()
+    np.testing.assert_array_equal(vectors.cpu().numpy()[kept], rows(keys, 4, salt=5.0)[kept])
 
 
 # ---- static / uvm ----
@@ -249,9 +258,9 @@ def test_factory_picks_the_cache_type():
     loader = lambda: iter([(keys[:20], vec[:20]), (keys[20:], vec[20:])])  # noqa: E731
     model = ModelConfig(**base)
     cache = make_gpu_cache(model, model.table(0), 1000, 0, device=DEVICE)
-    assert isinstance(cache, GpuEmbeddingCache) and cache.capacity_rows == 504
+    assert isinstance(cache, GpuEmbeddingCache) and 500 <= cache.capacity_rows < 507  # whole buckets of 7
     small = make_gpu_cache(model, model.table(0), 10, 0, device=DEVICE)
-    assert small.capacity_rows == 64
+    assert 64 <= small.capacity_rows < 71
     static = make_gpu_cache(ModelConfig(**base, use_static_table=True), model.table(0), 50, 0, loader, device=DEVICE)
     assert isinstance(static, GpuStaticTable) and static.default_value == 0.5
     uvm = make_gpu_cache(ModelConfig(**base, embedding_cache_type="uvm"), model.table(0), 50, 0,

@@ -4,8 +4,8 @@
   each applied batch is written as [int64 n, int64 dim, keys, vectors] and flushed before apply()
   returns (so before the commit). The parent SIGKILLs it mid-stream and replays the file.
 - `hps <ps_json> <model> <keys.npy> <vectors.npy> <timeout_s>`: an HPS with an update source; prints
-  "ready <JSON list of its consumer group ids>" once loaded, then polls HPS.lookup until it returns the expected vectors; prints the
-  seconds it took and exits 0, or exits 1 on timeout.
+  "ready <JSON list of its consumer group ids>" once loaded, then polls HPS.lookup until it returns
+  the expected vectors; prints the seconds it took and exits 0, or exits 1 on timeout.
 """
 
 from __future__ import annotations

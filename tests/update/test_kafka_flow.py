@@ -267,3 +267,37 @@ def test_at_least_once_after_consumer_process_is_killed(kafka_brokers: str, tmp_
     assert 0 < replayed < 6000
     with _source(kafka_brokers, tier, group="kill") as second:
         assert _wait(lambda: tier.matches(keys, v2)), second.stats
+
+
+def test_publish_sparse_model_and_npy(kafka_brokers: str, tmp_path) -> None:
+    from hps.model_format import write_sparse_model
+    from hps.update.publisher import publish_npy, publish_sparse_model
+
+    keys, v1, v2 = _versions(1500, seed=5)
+    write_sparse_model(tmp_path / "t.model", keys, v1)
+    progress: list[tuple[int, int]] = []
+    assert publish_sparse_model(kafka_brokers, MODEL, TABLE, tmp_path / "t.model", DIM, chunk_rows=500,
+                                progress=lambda done, total: progress.append((done, total))) == 1500
+    assert progress == [(500, 1500), (1000, 1500), (1500, 1500)]
+    np.save(tmp_path / "k.npy", keys[:700].astype(np.int32))  # int32 keys are widened
+    np.save(tmp_path / "v.npy", v2[:700])
+    assert publish_npy(kafka_brokers, MODEL, TABLE, tmp_path / "k.npy", tmp_path / "v.npy", chunk_rows=256) == 700
+    final = v1.copy()
+    final[:700] = v2[:700]
+    tier = Tier()
+    with _source(kafka_brokers, tier, group="files") as source:
+        assert _wait(lambda: tier.matches(keys, final)), source.stats
+
+
+def test_set_tags_subscribes_to_a_hot_added_table(kafka_brokers: str) -> None:
+    other = make_tag("m2", "t")
+    tier = Tier()
+    with KafkaPublisher(kafka_brokers) as pub:
+        pub.publish(MODEL, TABLE, np.array([1]), np.ones((1, DIM), np.float32))
+        pub.publish("m2", "t", np.array([2]), np.full((1, DIM), 2.0, np.float32))
+    with _source(kafka_brokers, tier, group="hot") as source:
+        assert _wait(lambda: tier.matches(np.array([1]), np.ones((1, DIM), np.float32)))
+        assert other not in tier.backend.tables()
+        source.set_tags([TAG, other])
+        assert source.topics == sorted([TAG, other])
+        assert _wait(lambda: tier.matches(np.array([2]), np.full((1, DIM), 2.0, np.float32), tag=other))

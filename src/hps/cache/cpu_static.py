@@ -1,7 +1,10 @@
-"""`static` / `uvm` tables without a GPU: the whole table in an in-process hash map.
+"""Whole-table caches without a GPU: the table in an in-process hash map.
 
-A set-associative cache can drop rows on set collisions even when it is large enough
-(HugeCTR issue #278); a static table must hold every row, so it sits on `HashMapBackend`.
+A set-associative cache drops rows on set collisions even when it is as large as the table
+(HugeCTR issue #278: gpucacheper 1.0 and still misses). A static / uvm table must hold every
+row, and a dynamic cache sized for the whole table should too, so both sit on `HashMapBackend`;
+the dynamic one is bounded (least recently used rows go first) so that keys missing from every
+tier cannot grow it without limit.
 """
 
 from __future__ import annotations
@@ -19,14 +22,19 @@ class CpuStaticTable:
 
     device = "cpu"
 
-    def __init__(self, dim: int, num_partitions: int = 1) -> None:
+    def __init__(self, dim: int, capacity_rows: int | None = None) -> None:
+        """`capacity_rows` None: unbounded (static); else evict the least recently used rows
+        beyond it, down to 80 % (HugeCTR's overflow_resolution_target)."""
         self.dim = dim
-        self._map = HashMapBackend(HashMapConfig(num_partitions=num_partitions))
+        bounded = {} if capacity_rows is None else {"overflow_margin": capacity_rows,
+                                                    "overflow_policy": "evict_oldest"}
+        self._capacity_rows = capacity_rows
+        self._map = HashMapBackend(HashMapConfig(num_partitions=1, **bounded))
         self._map.create_table(_TAG, dim)
 
     @property
     def capacity_rows(self) -> int:
-        return self.size()
+        return self.size() if self._capacity_rows is None else self._capacity_rows
 
     def find(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """`keys: (n,) int64` → `(vectors: (n, dim) float32, found: (n,) bool)`."""

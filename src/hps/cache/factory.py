@@ -58,12 +58,15 @@ def make_cache(model: ModelConfig, table: TableConfig, rows: int, device_id: int
 
         return make_gpu_cache(model, table, rows, device_id, load_rows)
     _say_cpu_fallback()
-    if model.cache_type == "dynamic":
-        from hps.cache.cpu import CpuEmbeddingCache
-
-        return CpuEmbeddingCache(capacity_rows(model, rows), table.dim)
     from hps.cache.cpu_static import CpuStaticTable
 
+    if model.cache_type == "dynamic":
+        capacity = capacity_rows(model, rows)
+        if capacity >= rows:  # the whole table fits: no set collisions (HugeCTR #278), room for 2x the rows
+            return CpuStaticTable(table.dim, capacity_rows=2 * capacity)
+        from hps.cache.cpu import CpuEmbeddingCache
+
+        return CpuEmbeddingCache(capacity, table.dim)
     static = CpuStaticTable(table.dim)
     for keys, vectors in load_rows():
         static.insert_or_assign(keys, vectors)

@@ -1,8 +1,8 @@
 """`GpuEmbeddingCache`: the set-associative embedding cache in device memory, on Triton kernels.
 
-Geometry: `capacity_rows` rounded up to whole buckets of `ways` slots (8 by default: one 64 B probe
-of int64 keys per lookup); bucket = mix(key) (splitmix64-style) mapped to [0, buckets) by
-multiply-shift. Rows are row-major, `storage_dtype` float32 or float16 (lookups return float32).
+Geometry: a bucket is one line of `ways` int64 words (8 by default: 64 B, one probe per lookup):
+`ways - 1` slot keys and the bucket's version word, so `capacity_rows` is rounded up to whole buckets
+of 7 slots; bucket = mix(key) (splitmix64-style) mapped to [0, buckets) by multiply-shift. Rows are row-major, `storage_dtype` float32 or float16 (lookups return float32).
 The key equal to the empty marker (INT64_MIN) is cacheable: it has a slot of its own.
 
 Eviction: "lru" (default) keeps a 64-bit clock per slot and 8 reference bits per bucket (in the
@@ -67,8 +67,8 @@ class GpuEmbeddingCache:
             raise ConfigError(f"GpuEmbeddingCache: capacity_rows must be a positive int, got {capacity_rows!r}")
         if not isinstance(dim, int) or dim < 1:
             raise ConfigError(f"GpuEmbeddingCache: dim must be a positive int, got {dim!r}")
-        if ways < 1 or ways & (ways - 1) or ways > 64:
-            raise ConfigError(f"GpuEmbeddingCache: ways must be a power of two in [1, 64], got {ways!r}")
+        if ways < 2 or ways & (ways - 1) or ways > 64:
+            raise ConfigError(f"GpuEmbeddingCache: ways must be a power of two in [2, 64], got {ways!r}")
         if eviction not in ("lru", "lfu"):
             raise ConfigError(f"GpuEmbeddingCache: eviction must be 'lru' or 'lfu', got {eviction!r}")
         if touch_every_calls < 0:
@@ -81,16 +81,18 @@ class GpuEmbeddingCache:
         self.storage_dtype = _storage_dtype(storage_dtype)
         self.touch_every_calls = touch_every_calls
         self.consistent_reads = consistent_reads
-        self.num_buckets = -(-capacity_rows // ways)
-        self.capacity_rows = self.num_buckets * ways
-        if self.num_buckets >= 2**31:
-            raise ConfigError(f"GpuEmbeddingCache: {capacity_rows} rows is more than 2^31 buckets")
-        ns = self.capacity_rows
+        self.slots_per_bucket = ways - 1
+        self.num_buckets = -(-capacity_rows // self.slots_per_bucket)
+        self.capacity_rows = self.num_buckets * self.slots_per_bucket
+        if self.num_buckets * ways >= 2**31:
+            raise ConfigError(f"GpuEmbeddingCache: {capacity_rows} rows is more than 2^31 slots")
+        lines = self.num_buckets + 1  # the last bucket holds the key equal to the empty marker
         dev = self.device
-        self._keys = torch.full((ns + 1,), K.EMPTY, dtype=torch.int64, device=dev)
-        self._versions = torch.zeros(self.num_buckets + 2, dtype=torch.int32, device=dev)
-        self._scores = torch.zeros(ns + 1, dtype=torch.int64, device=dev)
-        self._rows = torch.zeros((ns + 1, dim), dtype=self.storage_dtype, device=dev)
+        self._keys = torch.full((lines * ways,), K.EMPTY, dtype=torch.int64, device=dev)
+        self._keys.view(lines, ways)[:, ways - 1] = 0  # version words
+        self._ver32 = self._keys.view(torch.int32)
+        self._scores = torch.zeros(lines * ways, dtype=torch.int64, device=dev)
+        self._rows = torch.zeros((lines * self.slots_per_bucket, dim), dtype=self.storage_dtype, device=dev)
         self._special = torch.zeros(1, dtype=torch.int64, device=dev)
         self._lock = threading.Lock()
         self._clock = 1
@@ -159,7 +161,7 @@ class GpuEmbeddingCache:
             touch = self.touch_every_calls > 0 and self._calls % self.touch_every_calls == 0
         scratch = torch.empty(n, dtype=torch.int64, device=self.device) if self.consistent_reads else keys
         grid = (triton_cdiv(n, self.find_block),)
-        self._launch(K.find_kernel, grid, keys, n, self._keys, self._versions, self._scores, self._rows,
+        self._launch(K.find_kernel, grid, keys, n, self._keys, self._ver32, self._scores, self._rows,
                      self._special, out, found, scratch, self.num_buckets, clock, 0,
                      DIM=self.dim, DIM_P2=self._dim_p2, W=self.ways, BK=self.find_block,
                      CHECK=self.consistent_reads, TOUCH=touch, LFU=self.eviction == "lfu",
@@ -177,7 +179,7 @@ class GpuEmbeddingCache:
             self._clock += n + 1
         scratch = torch.empty(n, dtype=torch.int64, device=self.device)
         grid = (triton_cdiv(n, self.write_block),)
-        self._launch(K.write_kernel, grid, keys, vectors, n, self._keys, self._versions, self._scores, self._rows,
+        self._launch(K.write_kernel, grid, keys, vectors, n, self._keys, self._ver32, self._scores, self._rows,
                      self._special, scratch, self.num_buckets, base,
                      DIM=self.dim, DIM_P2=self._dim_p2, W=self.ways, BK=self.write_block, MODE=mode,
                      LFU=self.eviction == "lfu", ASM=not self._interpret, num_warps=self.write_warps)
@@ -198,7 +200,7 @@ class GpuEmbeddingCache:
     def dump(self) -> Any:
         """All cached keys, `(m,) int64` on the cache's device (host-synchronizing)."""
         self._check_open()
-        slots = self._keys[: self.capacity_rows]
+        slots = self._slot_keys()
         out = slots[slots != K.EMPTY]
         if int(self._special[0]) != 0:
             out = torch.cat([out, torch.full((1,), K.EMPTY, dtype=torch.int64, device=self.device)])
@@ -207,17 +209,25 @@ class GpuEmbeddingCache:
     def size(self) -> int:
         """Number of cached keys (host-synchronizing)."""
         self._check_open()
-        return int((self._keys[: self.capacity_rows] != K.EMPTY).sum()) + int(self._special[0] != 0)
+        return int((self._slot_keys() != K.EMPTY).sum()) + int(self._special[0] != 0)
+
+    def _slot_keys(self) -> Any:
+        """The slot keys of the regular buckets, `(num_buckets, ways - 1) int64` (a view)."""
+        return self._keys.view(self.num_buckets + 1, self.ways)[: self.num_buckets, : self.slots_per_bucket]
+
+    def _version_words(self) -> Any:
+        """Every bucket's version word (the special bucket last), `(num_buckets + 1,) int64` (a view)."""
+        return self._keys.view(self.num_buckets + 1, self.ways)[:, self.ways - 1]
 
     def close(self) -> None:
         """Free the device memory; later calls raise `ClosedError`. Idempotent."""
         self._closed = True
-        self._keys = self._versions = self._scores = self._rows = self._special = None
+        self._keys = self._ver32 = self._scores = self._rows = self._special = None
 
     def memory_bytes(self) -> int:
-        """Device bytes held: keys 8 + score 8 + row per slot, 4 per bucket version."""
-        per_slot = 16 + self.dim * (4 if self.storage_dtype == torch.float32 else 2)
-        return (self.capacity_rows + 1) * per_slot + (self.num_buckets + 2) * 4
+        """Device bytes held: per bucket line `ways` × (key 8 + score 8) plus `ways - 1` rows."""
+        row = self.dim * (4 if self.storage_dtype == torch.float32 else 2)
+        return (self.num_buckets + 1) * (self.ways * 16 + self.slots_per_bucket * row)
 
 
 def triton_cdiv(n: int, block: int) -> int:

@@ -1,19 +1,19 @@
 """Triton kernels of the GPU embedding cache (`hps.cache.gpu`) and static tables (`gpu_static`).
 
-Dynamic cache layout (all device tensors, `NB` buckets of `W` ways, `NS = NB * W` slots):
+Dynamic cache layout (all device tensors; `NB` buckets, each one 8-byte-word line of `W` words):
 
-- `keys`     `(NS + 1,) int64`   slot keys; `EMPTY` (INT64_MIN) marks a free slot. Slot `NS` is the
-  slot of the one user key equal to `EMPTY`; its `keys` entry stays `EMPTY` and `special[0]` (int64)
-  says whether it is present.
-- `versions` `(NB + 2,) int32`  one word per bucket (`NB` is the special slot's): bits 0-23 a seqlock
-  counter (even = stable, odd = a writer holds the bucket), bits 24-31 LRU reference bits (way % 8)
-  that finds set. Entry `NB + 1` is unused.
-- `scores`   `(NS + 1,) int64`  LRU clock of the last insert / of the last writer visit that saw the
-  slot referenced; or the LFU count.
-- `rows`     `(NS + 1, dim)` float32 or float16, row-major, one row per slot.
+- `keys`     `((NB + 1) * W,) int64`  bucket b is words [b*W, b*W + W): W - 1 slot keys, `EMPTY`
+  (INT64_MIN) for a free slot, then the bucket's version word. Its low 32 bits (also addressed
+  as int32 through `ver_ptr`, the same memory): bits 0-23 a seqlock counter (even = stable, odd = a
+  writer holds the bucket), bits 24-31 LRU reference bits (way % 8) that finds set. Bucket NB holds
+  the one user key equal to `EMPTY`, in way 0; `special[0]` (int64) says whether it is present.
+- `scores`   `((NB + 1) * W,) int64`  per slot: LRU clock of the last insert / of the last writer visit
+  that saw the slot referenced; or the LFU count.
+- `rows`     `((NB + 1) * (W - 1), dim)` float32 or float16, row-major; slot s (= b*W + way) has row
+  s - s // W.
 
-A find reads the key, the bucket's `W` keys (one 64 B probe for W = 8) and the bucket version, then
-the row, then the version and the slot key again: a row is reported found only if the version was
+A find reads the key, the bucket line (one 64 B probe for W = 8: 7 keys and the version together),
+then the row, then the version and the slot key again (both in the line just read, so L2 hits): a row is reported found only if the version was
 even and unchanged and the slot still holds the key, so a lookup racing a writer sees the
 whole old row, the whole new row, or a miss. Writers set the version's odd bit with an atomic OR (this
 is also the writers' lock: the lane whose OR found the bit clear owns the bucket), write, fence, and
@@ -24,10 +24,10 @@ copies loaded at different moments can differ while a writer runs. So per-key de
 column threads must share (the slot and version a find reads; the slot a writer writes) go through a
 `scratch` record: written once, read back by all after a barrier.
 
-Reader ordering uses no fences: version, key and row reads bypass L1 (volatile / .cg, so they are
-answered by L2, the coherence point), the row reads are issued after the first version read has
-returned (they wait on the barrier that follows the record written from it), and the second version
-read's address depends on every column of the row. Writers use `fence.acq_rel.gpu` (inline PTX)
+Reader ordering uses no fences: the row and second reads bypass L1 (.cg / volatile, so L2, the
+coherence point, answers them), the row reads are issued after the first version read has returned
+(they wait on the barrier that follows the record written from it), and the second reads' addresses
+depend on every column of the row. Writers use `fence.acq_rel.gpu` (inline PTX)
 around their stores; on the CPU (`TRITON_INTERPRET=1`) the interpreter cannot run inline PTX, and
 `ASM=False` drops the fences (it runs one program at a time, in program order).
 """
@@ -85,30 +85,31 @@ def find_kernel(q_ptr, n, keys_ptr, ver_ptr, scores_ptr, rows_ptr, special_ptr, 
                 CHECK: tl.constexpr, TOUCH: tl.constexpr, LFU: tl.constexpr):
     """Probe `n` keys `q: (n,) int64`; write `out: (n, DIM) float32` and `found: (n,) int8`.
 
-    One bucket probe per key, BK keys per program. CHECK: seqlock validation (no torn rows).
-    TOUCH: write the LRU clock (or add 1 to the LFU count) of every hit slot."""
+    One bucket line per key (its W - 1 keys and its version word), BK keys per program.
+    CHECK: seqlock validation (no torn rows). TOUCH: mark hits used (LRU bit, or LFU count + 1).
+    `ver_ptr` is `keys_ptr` seen as int32 words."""
     offs = tl.program_id(0).to(tl.int64) * BK + tl.arange(0, BK)
     inb = offs < n
     k = tl.load(q_ptr + offs, mask=inb, other=0)
     is_sp = k == _EMPTY
-    nslots = num_buckets * W
     b = tl.where(is_sp, num_buckets, _bucket_of(k, num_buckets))
     ways = tl.arange(0, W)
-    bk = tl.load(keys_ptr + (b * W)[:, None] + ways[None, :], mask=(inb & ~is_sp)[:, None], other=_EMPTY)
-    if CHECK:
-        v1 = tl.load(ver_ptr + b, mask=inb, other=0, volatile=True)
-    eq = bk == k[:, None]
+    is_ver = ways == W - 1
+    line = tl.load(keys_ptr + (b * W)[:, None] + ways[None, :], mask=inb[:, None], other=_EMPTY)
+    eq = (line == k[:, None]) & ~is_ver[None, :] & ~is_sp[:, None]
     hit = tl.max(eq.to(tl.int32), axis=1) > 0
     way = tl.argmax(eq.to(tl.int32), axis=1).to(tl.int64)
-    slot = tl.where(is_sp, nslots, b * W + way)
+    slot = b * W + tl.where(is_sp, 0, way)
     sp = tl.load(special_ptr)
     hit = tl.where(is_sp, sp != 0, hit) & inb
     ok = hit
+    if CHECK or TOUCH:
+        v1 = tl.sum(tl.where(is_ver[None, :], line, 0), axis=1) & 0xFFFFFFFF
     if CHECK:
         # Triton spreads a row's columns over several threads, each holding its own copy of the key's
         # slot and version. One thread writes the key's (slot, version) record, all read it back, so
         # every thread loads columns of the same slot under the same version.
-        rec = tl.where(hit, slot * 4294967296 + (v1.to(tl.int64) & 0xFFFFFFFF), -1)
+        rec = tl.where(hit, slot * 4294967296 + v1, -1)
         tl.store(scratch_ptr + offs, rec, mask=inb)
         tl.debug_barrier()
         rec = tl.load(scratch_ptr + offs, mask=inb, other=-1, volatile=True)
@@ -123,16 +124,19 @@ def find_kernel(q_ptr, n, keys_ptr, ver_ptr, scores_ptr, rows_ptr, special_ptr, 
     else:
         row_mask = ok[:, None] & (cols < DIM)[None, :]
         out_mask = inb[:, None] & (cols < DIM)[None, :]
-    row = tl.load(rows_ptr + (slot * DIM)[:, None] + cols[None, :], mask=row_mask, other=0.0, cache_modifier=".cg")
+    row_of = slot - slot // W  # rows skip the version word of each bucket line
+    row = tl.load(rows_ptr + (row_of * DIM)[:, None] + cols[None, :], mask=row_mask, other=0.0,
+                  cache_modifier=".cg")
     row = row.to(tl.float32)
     if CHECK:
-        # The second version read must not start before every column has arrived: its address depends
-        # on all of them (`zero` is a run-time 0 the compiler cannot fold away).
+        # The second reads must not start before every column has arrived: their addresses depend on
+        # all of them (`zero` is a run-time 0 the compiler cannot fold away).
         dep = tl.max(row.to(tl.int32, bitcast=True), axis=1).to(tl.uint32, bitcast=True).to(tl.int64)
         slot2 = slot + ((dep + zero) >> 40)
-        v2 = tl.load(ver_ptr + slot2 // W, mask=ok, other=1, volatile=True).to(tl.int64) & 0xFFFFFFFF
+        v2 = tl.load(keys_ptr + (slot2 // W) * W + W - 1, mask=ok, other=1, volatile=True)
         k2 = tl.load(keys_ptr + slot2, mask=ok, other=0, volatile=True)
         sp2 = tl.load(special_ptr + slot2 * 0, mask=ok & is_sp, other=1, volatile=True)
+        k2 = tl.where(is_sp, k, k2)
         ok = ok & ((v2 & 0xFFFFFF) == (v1 & 0xFFFFFF)) & (k2 == k) & (sp2 != 0)
     tl.store(out_ptr + (offs * DIM)[:, None] + cols[None, :], row, mask=out_mask)
     tl.store(found_ptr + offs, ok.to(tl.int8), mask=inb)
@@ -140,13 +144,11 @@ def find_kernel(q_ptr, n, keys_ptr, ver_ptr, scores_ptr, rows_ptr, special_ptr, 
         if LFU:
             tl.atomic_add(scores_ptr + slot, 1, mask=ok, sem="relaxed")
         else:
-            # LRU: set the slot's reference bit (bit 24 + way % 8 of the bucket word) unless it is set
-            # already; the next writer to lock the bucket folds set bits into the slots' clocks.
-            if not CHECK:
-                v1 = tl.load(ver_ptr + slot // W, mask=ok, other=0, volatile=True).to(tl.int64)
+            # LRU: set the slot's reference bit (bit 24 + way % 8 of the bucket's version word) unless
+            # it is set already; the next writer to lock the bucket folds set bits into the clocks.
             bit = 24 + (slot % W) % 8
             unset = ((v1 >> bit) & 1) == 0
-            tl.atomic_or(ver_ptr + slot // W, (tl.full([BK], 1, tl.int64) << bit).to(tl.int32),
+            tl.atomic_or(ver_ptr + ((slot // W) * W + W - 1) * 2, (tl.full([BK], 1, tl.int64) << bit).to(tl.int32),
                          mask=ok & ~is_sp & unset, sem="relaxed")
 
 
@@ -158,18 +160,18 @@ def write_kernel(k_ptr, v_ptr, n, keys_ptr, ver_ptr, scores_ptr, rows_ptr, speci
     """Insert-or-assign (MODE 0), assign-if-present (1) or erase (2) `n` keys `k: (n,) int64` with
     rows `v: (n, DIM) float32`.
 
-    Each lane locks its bucket (CAS of the bucket version even → odd), decides under the lock,
-    writes, fences and releases (version + 2). Lanes that lose the CAS retry in the next round.
-    MODE 0 with LRU gives key i the score base_clock + i and replaces the lowest-score slot of a
-    full bucket only if that score is lower, so the result equals inserting the batch in order."""
+    Each lane locks its bucket (atomic OR of the version's odd bit), decides under the lock, writes,
+    fences and releases (atomic add: version + 2). Lanes that find the bucket locked retry in the next
+    round. MODE 0 with LRU gives key i the score base_clock + i and replaces the lowest-score slot of
+    a full bucket only if that score is lower, so the result equals inserting the batch in order."""
     offs = tl.program_id(0).to(tl.int64) * BK + tl.arange(0, BK)
     inb = offs < n
     k = tl.load(k_ptr + offs, mask=inb, other=0)
     is_sp = k == _EMPTY
-    nslots = num_buckets * W
     b = tl.where(is_sp, num_buckets, _bucket_of(k, num_buckets))
-    dummy = num_buckets + 1
+    vword = (b * W + W - 1) * 2  # the bucket's version, as an int32 index into the keys
     ways = tl.arange(0, W)
+    usable = ways < W - 1
     cols = tl.arange(0, DIM_P2)
     cm = cols < DIM
     if MODE != _MODE_ERASE:
@@ -179,32 +181,34 @@ def write_kernel(k_ptr, v_ptr, n, keys_ptr, ver_ptr, scores_ptr, rows_ptr, speci
     pending = inb
     while tl.max(pending.to(tl.int32), axis=0) > 0:
         # lock: set the odd bit; the lane owns the bucket if the bit was clear
-        old = tl.atomic_or(ver_ptr + b, 1, mask=pending, sem="acquire")
+        old = tl.atomic_or(ver_ptr + vword, 1, mask=pending, sem="acquire")
         got = pending & ((old & 1) == 0)
         if ASM:
             got = _fence_pass(got.to(tl.int64), got.to(tl.int32)) != 0
         normal = got & ~is_sp
-        bk = tl.load(keys_ptr + (b * W)[:, None] + ways[None, :], mask=normal[:, None], other=0, volatile=True)
-        sc = tl.load(scores_ptr + (b * W)[:, None] + ways[None, :], mask=normal[:, None], other=0, volatile=True)
+        line_mask = normal[:, None] & usable[None, :]
+        bk = tl.load(keys_ptr + (b * W)[:, None] + ways[None, :], mask=line_mask, other=0, volatile=True)
+        sc = tl.load(scores_ptr + (b * W)[:, None] + ways[None, :], mask=line_mask, other=0, volatile=True)
         if not LFU:
             # fold the reference bits finds set since the last writer into the clocks: those slots were
             # used after every earlier insert and before this batch
-            refs = tl.atomic_and(ver_ptr + b, 0x00FFFFFF, mask=normal, sem="relaxed").to(tl.int64)
-            used = (((refs[:, None] >> (24 + ways % 8)[None, :]) & 1) == 1) & normal[:, None]
+            refs = tl.atomic_and(ver_ptr + vword, 0x00FFFFFF, mask=normal, sem="relaxed").to(tl.int64)
+            used = (((refs[:, None] >> (24 + ways % 8)[None, :]) & 1) == 1) & line_mask
             sc = tl.where(used, base_clock - 1, sc)
             tl.store(scores_ptr + (b * W)[:, None] + ways[None, :], sc, mask=used)
-        eq = bk == k[:, None]
+        eq = (bk == k[:, None]) & line_mask
         present = tl.max(eq.to(tl.int32), axis=1) > 0
         way_k = tl.argmax(eq.to(tl.int32), axis=1).to(tl.int64)
-        empty = bk == _EMPTY
+        empty = (bk == _EMPTY) & usable[None, :]
         has_empty = tl.max(empty.to(tl.int32), axis=1) > 0
         way_e = tl.argmax(empty.to(tl.int32), axis=1).to(tl.int64)
+        sc = tl.where(usable[None, :], sc, 9223372036854775807)
         way_v = tl.argmin(sc, axis=1).to(tl.int64)
         low = tl.min(sc, axis=1)
         sp_present = tl.load(special_ptr + offs * 0, mask=got & is_sp, other=0, volatile=True) != 0
         present = tl.where(is_sp, sp_present, present)
-        way = tl.where(present, way_k, tl.where(has_empty, way_e, way_v))
-        slot = tl.where(is_sp, nslots, b * W + way)
+        way = tl.where(is_sp, 0, tl.where(present, way_k, tl.where(has_empty, way_e, way_v)))
+        slot = b * W + way
         if MODE == _MODE_UPSERT:
             if LFU:
                 act = got
@@ -221,9 +225,10 @@ def write_kernel(k_ptr, v_ptr, n, keys_ptr, ver_ptr, scores_ptr, rows_ptr, speci
         act = rec >= 0
         present = (rec & 1) == 1
         slot = tl.where(act, rec >> 1, 0)
+        row_of = slot - slot // W
         if MODE == _MODE_UPSERT:
             tl.store(keys_ptr + slot, k, mask=act & ~is_sp)
-            tl.store(rows_ptr + (slot * DIM)[:, None] + cols[None, :], vec, mask=act[:, None] & cm[None, :])
+            tl.store(rows_ptr + (row_of * DIM)[:, None] + cols[None, :], vec, mask=act[:, None] & cm[None, :])
             if LFU:
                 old_sc = tl.load(scores_ptr + slot, mask=act, other=0)
                 tl.store(scores_ptr + slot, tl.where(present, old_sc + 1, 1), mask=act)
@@ -231,7 +236,7 @@ def write_kernel(k_ptr, v_ptr, n, keys_ptr, ver_ptr, scores_ptr, rows_ptr, speci
                 tl.store(scores_ptr + slot, my_score, mask=act)
             tl.store(special_ptr + offs * 0, tl.zeros_like(offs) + 1, mask=act & is_sp)
         elif MODE == _MODE_ASSIGN:
-            tl.store(rows_ptr + (slot * DIM)[:, None] + cols[None, :], vec, mask=act[:, None] & cm[None, :])
+            tl.store(rows_ptr + (row_of * DIM)[:, None] + cols[None, :], vec, mask=act[:, None] & cm[None, :])
         else:
             tl.store(keys_ptr + slot, tl.zeros_like(k) + _EMPTY, mask=act & ~is_sp)
             tl.store(scores_ptr + slot, tl.zeros_like(offs), mask=act)
@@ -239,7 +244,7 @@ def write_kernel(k_ptr, v_ptr, n, keys_ptr, ver_ptr, scores_ptr, rows_ptr, speci
         if ASM:
             got = _fence_pass(got.to(tl.int64), act.to(tl.int32)) != 0
         tl.debug_barrier()
-        tl.atomic_add(ver_ptr + b, 1, mask=got, sem="release")  # odd -> even: unlock, new version
+        tl.atomic_add(ver_ptr + vword, 1, mask=got, sem="release")  # odd -> even: unlock, new version
         pending = pending & ~got
 
 

@@ -45,7 +45,7 @@ MIN_ROWS = 32
 MAX_ROWS = 2**31 - 1
 _CLOCK_MAX = 2**32 - 2
 _NO_MARGIN = 2**62
-_SLAB_ALIGN_BYTES = 64
+_ALIGN_BYTES = 64
 
 
 def check_keys(tag: str, keys: np.ndarray) -> np.ndarray:
@@ -112,12 +112,26 @@ class _ReadWriteLock:
                 self._cond.notify_all()
 
 
+def _aligned_empty(count: int, dtype: type) -> tuple[np.ndarray, np.ndarray]:
+    """`(buffer, view)`: an uninitialised `(count,)` array of `dtype` starting on a 64-byte boundary
+    (one cache line per 64-byte row or slot group), and the buffer that owns it."""
+    itemsize = np.dtype(dtype).itemsize
+    buf = np.empty(count + _ALIGN_BYTES // itemsize, dtype=dtype)
+    offset = (-buf.ctypes.data % _ALIGN_BYTES) // itemsize
+    return buf, buf[offset:offset + count]
+
+
 def _aligned_slab(rows: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """A `(rows, dim) float32` slab starting on a 64-byte boundary, and the buffer that owns it."""
-    pad = _SLAB_ALIGN_BYTES // 4
-    buf = np.empty(rows * dim + pad, dtype=np.float32)
-    offset = (-buf.ctypes.data % _SLAB_ALIGN_BYTES) // 4
-    return buf, buf[offset:offset + rows * dim].reshape(rows, dim)
+    """A `(rows, dim) float32` value slab on a 64-byte boundary, and the buffer that owns it."""
+    buf, flat = _aligned_empty(rows * dim, np.float32)
+    return buf, flat.reshape(rows, dim)
+
+
+def _empty_slots(num_slots: int) -> tuple[np.ndarray, np.ndarray]:
+    """A 64-byte-aligned `(2 * num_slots,) uint64` slot array, every slot empty, and its buffer."""
+    buf, slots = _aligned_empty(2 * num_slots, np.uint64)
+    slots[:] = K.EMPTY_WORD
+    return buf, slots
 
 
 class _Table:
@@ -128,7 +142,7 @@ class _Table:
         self.dim = dim
         self.lock = _ReadWriteLock()
         self.num_slots = MIN_SLOTS
-        self.slots = np.full(2 * MIN_SLOTS, K.EMPTY_WORD, dtype=np.uint64)
+        self.slots_buf, self.slots = _empty_slots(MIN_SLOTS)
         self.buf, self.values = _aligned_slab(MIN_ROWS, dim)
         self.values_i32 = self.values.view(np.int32)
         # size, high-water row, free-list head, free-list length
@@ -148,7 +162,7 @@ class _Table:
         return self.capacity_rows - int(self.state[K.ST_HWM]) + int(self.state[K.ST_FREE_COUNT])
 
     def memory_bytes(self) -> int:
-        return self.slots.nbytes + self.buf.nbytes + self.part_counts.nbytes + self.state.nbytes
+        return self.slots_buf.nbytes + self.buf.nbytes + self.part_counts.nbytes + self.state.nbytes
 
     def tick(self) -> int:
         """Advance and return the logical clock (LRU 'last access')."""
@@ -180,11 +194,12 @@ class _Table:
             self.buf, self.values, self.values_i32 = buf, values, values.view(np.int32)
         if live > MAX_LOAD * self.num_slots:
             new_slots = max(math.ceil(live / BATCH_LOAD), math.ceil(self.num_slots * SLOT_GROWTH))
+            new_slots = -(-new_slots // K.GROUP) * K.GROUP
             if new_slots >= 2**32:
                 raise BackendError(f"table {self.tag}: {live} rows need more than 2^32 slots")
-            slots = np.full(2 * new_slots, K.EMPTY_WORD, dtype=np.uint64)
+            slots_buf, slots = _empty_slots(new_slots)
             K.rehash(self.slots, self.num_slots, slots, new_slots)
-            self.slots, self.num_slots = slots, new_slots
+            self.slots_buf, self.slots, self.num_slots = slots_buf, slots, new_slots
 
 
 class HashMapBackend:

@@ -9,7 +9,6 @@ Every key group lands on one partition, so the updates of one key stay in order.
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 import time
@@ -22,7 +21,6 @@ from hps.storage.base import make_tag
 from hps.storage.partition import partition_of
 from hps.update.message import encode_messages
 
-log = logging.getLogger(__name__)
 
 
 class KafkaPublisher:

@@ -6,7 +6,9 @@ Behaviour follows HugeCTR's `KafkaMessageSource` (reference §2.12, §1.5):
   of the tables this HPS serves that pass the tier's `update_filters`;
 - per-topic buffers, delivered to `apply(tag, keys, vectors)` when `max_batch_size` keys are
   buffered, when `max_commit_interval` messages of the topic were received, when a poll times out
-  (`poll_timeout_ms`) or a partition reaches its end, and before a change of value_size;
+  (`poll_timeout_ms`) or a partition reaches its end, and before a change of value_size; and (not
+  in HugeCTR) as soon as no further message is waiting in the client's queue, so a lone update is
+  applied at once instead of after a poll timeout, while a backlog still forms full batches;
 - offsets are committed (synchronously) only after `apply` returned: at-least-once. If `apply`
   raises, the same batch is retried every `failure_backoff_ms` until it succeeds or the source is
   closed (then it is not committed and is consumed again by the next consumer of the group); an
@@ -159,7 +161,8 @@ class KafkaUpdateSource:
             try:
                 conf.update(json.loads(env))
             except (ValueError, TypeError) as exc:
-                raise UpdateError(f"${CONSUMER_CONFIG_ENV} is not a JSON object of librdkafka properties: {exc}") from exc
+                raise UpdateError(f"${CONSUMER_CONFIG_ENV} is not a JSON object of librdkafka properties: "
+                                  f"{exc}") from exc
         conf.update(consumer_config or {})
         self._consumer_conf = conf
         self._buffers: dict[str, _TopicBuffer] = {}
@@ -268,10 +271,11 @@ class KafkaUpdateSource:
                     self._deliver_all(retry=True)
                     self._note_idle()
                     continue
-                batch = [msg]
-                batch.extend(consumer.consume(num_messages=drain, timeout=0))
-                for m in batch:
+                more = consumer.consume(num_messages=drain, timeout=0)
+                for m in (msg, *more):
                     self._handle(m)
+                if len(more) < drain:  # nothing else waiting locally: apply now, not after a poll timeout
+                    self._deliver_all(retry=True)
         except BaseException as exc:  # pragma: no cover - unexpected; keep it visible
             self._error = exc
             log.exception("%s: Kafka update source stopped on an unexpected error", self.name)
