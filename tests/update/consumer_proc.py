@@ -35,7 +35,7 @@ def run_log(brokers: str, group: str, tag: str, path: str) -> None:
     print("ready", flush=True)
     while True:
         time.sleep(1)
-        if source._thread is None or not source._thread.is_alive():
+        if not source.running:
             sys.exit(2)
 
 

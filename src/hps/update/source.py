@@ -184,6 +184,17 @@ class KafkaUpdateSource:
         """The topics this source consumes (selected tags)."""
         return list(self._new_topics if self._new_topics is not None else self._topics)
 
+    @property
+    def running(self) -> bool:
+        """True while the consumer thread runs (False before start, after close, or after a crash:
+        see `error`)."""
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def error(self) -> BaseException | None:
+        """The unexpected exception that stopped the consumer thread, if any (it is also logged)."""
+        return self._error
+
     def set_tags(self, tags: Iterable[str]) -> None:
         """Replace the served tables (hot add / remove of a model); the consumer resubscribes."""
         self._new_topics = select_topics(tags, self.update_filters)
