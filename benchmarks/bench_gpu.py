@@ -135,7 +135,7 @@ def bytes_per_hit(dim: int, touch: bool) -> int:
     return 8 + 64 + 8 * dim + 1 + (32 if touch else 0)
 
 
-def section_find(rows, dims, quick):
+def section_find(rows, dims, quick, ways=8):
     gen = torch.Generator(device=DEV)
     gen.manual_seed(1)
     for dim in dims:
@@ -143,7 +143,7 @@ def section_find(rows, dims, quick):
         n_fill = cap // 2  # load 0.5, as HierarchicalKV's published find figures
         keys = unique_keys(n_fill, gen)
         vecs = torch.randn((n_fill, dim), device=DEV, generator=gen)
-        cache = GpuEmbeddingCache(cap, dim, DEV)
+        cache = GpuEmbeddingCache(cap, dim, DEV, ways=ways)
         torch.cuda.synchronize()
         t0 = time.perf_counter()
         for s in range(0, n_fill, BATCH):
@@ -223,7 +223,9 @@ def section_find(rows, dims, quick):
              "all-hit steady state a hit's LRU reference bit is already set (writers clear them), so the default "
              "rows pay no per-hit write; the Zipf section has inserts and so pays it. Targets: >= 15 / 9 / 3.5 G keys/s at dim 16 / 32 / 128; HierarchicalKV on an "
              "H200: 4.21 / 4.20 / 2.83.")
-    write_results("h200", "gpu_find_all_hits", rows, notes)
+    if ways != 8:
+        notes += f" This section: buckets of {ways} words ({ways - 1} keys + version, {8 * ways} B per probe)."
+    write_results("h200", "gpu_find_all_hits" + ("" if ways == 8 else f"_ways{ways}"), rows, notes)
 
 
 def zipf_sampler(universe: int, alpha: float):
@@ -515,11 +517,13 @@ def main() -> None:
     ap.add_argument("--out", default="")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--only", default="")
+    ap.add_argument("--ways", type=int, default=8)
+    ap.add_argument("--dims", default="16,32,128")
     args = ap.parse_args()
     print(machine(), flush=True)
     sections = {
         "ceilings": lambda: section_ceilings([]),
-        "find": lambda: section_find([], (16, 32, 128), args.quick),
+        "find": lambda: section_find([], tuple(int(d) for d in args.dims.split(",")), args.quick, args.ways),
         "latency": lambda: section_latency([]),
         "insert": lambda: section_insert([]),
         "zipf": lambda: section_zipf([], args.quick),

@@ -54,7 +54,8 @@ def _compare(cases: dict[str, tuple], warmup: int = 1) -> dict[str, dict[str, fl
     load drifts hit every method alike), each query array used once after `warmup` calls.
 
     Returns `name: {"rate": median keys per wall second, "cpu_rate": median keys per CPU second of
-    the calling thread (robust to time-slicing on a loaded machine), "p50_us": wall µs per call}`."""
+    the calling thread (robust to time-slicing on a loaded machine), "best_rate": keys per wall
+    second of the fastest call, "p50_us": wall µs per call}`."""
     wall: dict[str, list[float]] = {name: [] for name in cases}
     cpu: dict[str, list[float]] = {name: [] for name in cases}
     for name, (fn, queries) in cases.items():
@@ -76,13 +77,14 @@ def _compare(cases: dict[str, tuple], warmup: int = 1) -> dict[str, dict[str, fl
     for name, (_, queries) in cases.items():
         n = len(queries[0])
         out[name] = {"rate": n / median(wall[name]), "cpu_rate": n / median(cpu[name]),
-                     "p50_us": percentile(wall[name], 50) * 1e6}
+                     "best_rate": n / min(wall[name]), "p50_us": percentile(wall[name], 50) * 1e6}
     return out
 
 
 def _row(base: dict, method: str, m: dict[str, float], ours: dict[str, float]) -> dict:
     return {**base, "method": method, "M keys/s": m["rate"] / 1e6, "M keys/CPU-s": m["cpu_rate"] / 1e6,
-            "p50 µs/call": m["p50_us"], "ours / this (wall)": ours["rate"] / m["rate"],
+            "best M keys/s": m["best_rate"] / 1e6, "p50 µs/call": m["p50_us"],
+            "ours / this (wall)": ours["rate"] / m["rate"],
             "ours / this (CPU)": ours["cpu_rate"] / m["cpu_rate"]}
 
 
@@ -145,8 +147,8 @@ def bench_hash_map(rows: int, quick: bool) -> None:
              f"policy evict_random (find writes no metadata). Fill: one insert_or_assign of {rows:,} rows "
              f"in {fill_s:.2f} s ({rows / fill_s / 1e6:.2f} M rows/s); pandas Index build {pd_build_s:.2f} s; "
              f"dict build on {dict_rows:,} rows {dict_build_s:.2f} s. Target ≥ 15 M keys/s at 1M keys per call. "
-             "M keys/CPU-s divides by the CPU time of the calling thread (robust to time-slicing, not to "
-             "memory contention). "
+             "M keys/s is the median call, best M keys/s the fastest call; M keys/CPU-s divides by the "
+             "CPU time of the calling thread (robust to time-slicing, not to memory contention). "
              + LOAD_NOTE)
     write_results("cpu", "hash_map", result_rows, notes)
     del index, pd_index
@@ -180,20 +182,25 @@ def bench_rocksdb(rows: int, lookups: int) -> None:
         raw = cf.get(byte_queries[0])
         assert np.array_equal(np.frombuffer(b"".join(raw), "<f4").reshape(-1, dim), v)
 
+        sorted_byte_queries = [sorted(b) for b in byte_queries]  # bytewise order, as RocksDB compares
         measured = _compare({"ours": (lambda q: backend.find(TAG, q), queries),
-                             "raw": (lambda b: cf.get(b), byte_queries)})
+                             "raw": (lambda b: cf.get(b), byte_queries),
+                             "raw sorted": (lambda b: cf.get(b), sorted_byte_queries)})
         t0 = time.perf_counter()
         [q.astype("<i8").view("V8").tolist() for q in queries]
         to_bytes_us = (time.perf_counter() - t0) / len(queries) * 1e6
         base = {"keys per call": lookups, "table rows": rows, "dim": dim}
         ours = measured["ours"]
         result_rows = [_row(base, "RocksDBBackend.find", ours, ours),
-                       _row(base, "raw rocksdict cf.get(list of bytes)", measured["raw"], ours)]
+                       _row(base, "raw rocksdict cf.get(list of bytes)", measured["raw"], ours),
+                       _row(base, "raw cf.get(byte-sorted list), sort not timed", measured["raw sorted"], ours)]
         notes = (f"int64 keys, float32 dim {dim}; {rows:,} rows loaded by bulk_load (SST ingest, 4 chunks) in "
                  f"{bulk_s:.2f} s ({rows / bulk_s / 1e6:.2f} M rows/s); insert_or_assign (WriteBatch) of 100k new "
                  f"rows {100_000 / insert_s / 1e6:.2f} M rows/s; all-hit random lookups, page cache warm; "
                  f"building the bytes list with view('V8').tolist() costs {to_bytes_us:.0f} µs per "
-                 f"{lookups:,} keys (inside ours). Target ours ≥ 0.9× raw. One core. " + LOAD_NOTE)
+                 f"{lookups:,} keys (inside ours). Ours sorts the keys in RocksDB's byte order before the "
+                 f"multi-get and scatters the rows back (sort and scatter timed); the last row shows raw "
+                 f"multi-get on pre-sorted keys (sort not timed). Target ours ≥ 0.9× raw. One core. " + LOAD_NOTE)
         write_results("cpu", "rocksdb", result_rows, notes)
         del cf
         backend.close()

@@ -143,7 +143,8 @@ class HPS:
     # ------------------------------------------------------------------ updates and models
     def apply_update(self, tag: str, keys: np.ndarray, vectors: np.ndarray, tier: str) -> None:
         """Upsert `keys: (n,) int64` → `vectors: (n, dim) float32` into `tier` ("volatile" |
-        "persistent", if configured), then assign them in every cache replica holding them."""
+        "persistent", if configured; "cache" writes no tier), then assign them in every cache
+        replica holding them."""
         self._check_open()
         table = self.table_by_tag(tag)
         keys = np.ascontiguousarray(keys, dtype=np.int64)
@@ -151,9 +152,9 @@ class HPS:
         if vectors.shape != (len(keys), table.dim):
             raise KeyInputError(f"update of {tag}: vectors of shape {vectors.shape} for {len(keys)} keys "
                                 f"of dim {table.dim}")
-        if tier not in ("volatile", "persistent"):
-            raise HpsError(f"update of {tag}: unknown tier {tier!r}; expected 'volatile' or 'persistent'")
-        backend = self.volatile if tier == "volatile" else self.persistent
+        if tier not in ("volatile", "persistent", "cache"):
+            raise HpsError(f"update of {tag}: unknown tier {tier!r}; expected 'volatile', 'persistent' or 'cache'")
+        backend = {"volatile": self.volatile, "persistent": self.persistent, "cache": None}[tier]
         if backend is not None:
             backend.insert_or_assign(tag, keys, vectors)
         runtime = self._models[table.model_name]
@@ -171,6 +172,7 @@ class HPS:
             if model.name in self._models:
                 raise HpsError(f"add_model: model {model.name!r} is already served")
             self._load(model)
+            self._retarget_update_sources()
 
     def remove_model(self, name: str, drop_tables: bool = False) -> None:
         """Stop serving model `name` and free its caches; `drop_tables` also deletes its tables from the tiers."""
@@ -178,6 +180,7 @@ class HPS:
         with self._lock:
             runtime = self._runtime(name)
             del self._models[name]
+            self._retarget_update_sources()
         for replica in runtime.replicas.values():
             if replica.cache is not None:
                 replica.cache.close()
@@ -192,7 +195,18 @@ class HPS:
         runtimes = [self._runtime(model_name)] if model_name else list(self._models.values())
         return sum(replica.refresh() for runtime in runtimes for replica in runtime.replicas.values())
 
+    def _retarget_update_sources(self) -> None:
+        """Point the Kafka sources at the topics of the models served now."""
+        tags = [t.tag for runtime in self._models.values() for t in runtime.config.tables]
+        for source in self._update_sources:
+            source.set_tags(tags)
+
     # ------------------------------------------------------------------ introspection
+    @property
+    def update_sources(self) -> list[Any]:
+        """The running Kafka update sources (`hps.update.KafkaUpdateSource`), empty without `update_source`."""
+        return list(self._update_sources)
+
     @property
     def model_names(self) -> list[str]:
         return list(self._models)
@@ -228,10 +242,10 @@ class HPS:
         """Stop update sources and the refresher, free caches and close the tiers (idempotent)."""
         if self._closed:
             return
+        for source in self._update_sources:  # first, so that no batch is cut off half-applied
+            source.close()
         self._closed = True
         self._stop_refresh.set()
-        for source in self._update_sources:
-            source.close()
         if self._refresher is not None:
             self._refresher.join()
         self._background.shutdown(wait=True)

@@ -46,7 +46,7 @@ def run_hps(ps_json: str, model: str, keys_npy: str, vectors_npy: str, timeout_s
     with hps.HPS(ps_json, show_progress=False) as ps:
         before = ps.lookup(keys, model, 0)  # fills the cache with the old rows
         assert not np.array_equal(before, expected)
-        groups = sorted(s.group_id for s in ps._update_sources)
+        groups = sorted(s.group_id for s in ps.update_sources)
         print("ready " + json.dumps(groups), flush=True)
         start = time.monotonic()
         while time.monotonic() - start < float(timeout_s):

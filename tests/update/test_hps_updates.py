@@ -72,7 +72,7 @@ def test_hps_sees_published_updates_in_lookup(kafka_brokers: str, tmp_path: Path
 
     sparse, keys, vectors = _write_model(tmp_path)
     with hps.HPS(_ps_config(tmp_path, sparse, kafka_brokers), show_progress=False) as ps:
-        tiers = {s.name.split(":")[0]: s.group_id for s in ps._update_sources}
+        tiers = {s.name.split(":")[0]: s.group_id for s in ps.update_sources}
         assert tiers["volatile"].startswith("hps.volatile.")
         if HAVE_ROCKSDB:
             assert tiers["persistent"].startswith("hps.persistent.")
@@ -136,11 +136,10 @@ def test_two_hps_processes_with_own_hash_maps_both_see_each_update(kafka_brokers
 
 
 @pytest.mark.redis
-@pytest.mark.skipif(not HAVE_ROCKSDB, reason="needs the rocks_db tier")
 def test_two_hps_processes_sharing_a_redis_cluster_both_see_each_update(kafka_brokers: str, tmp_path: Path) -> None:
-    """Two HPS processes sharing one Redis Cluster (group `hps.volatile`: one of them writes each update
-    into Redis) with a RocksDB each (groups `hps.persistent.<host>`: both consume everything, and
-    their apply_update assigns the rows into their own caches), so both lookups see every update."""
+    """Two HPS processes sharing one Redis Cluster and no persistent tier: group `hps.volatile` (one of
+    them writes each update into Redis) plus one cache group per process (`hps.cache.<host>.<pid>`:
+    each assigns every update into its own caches), so both lookups see every update at once."""
     from tests.redis_cluster_fixture import redis_cluster, redis_server_available
 
     if not redis_server_available():
@@ -153,6 +152,9 @@ def test_two_hps_processes_sharing_a_redis_cluster_both_see_each_update(kafka_br
             config = _ps_config(tmp_path, sparse, kafka_brokers, name)
             config["volatile_db"] = {"type": "redis_cluster", "address": cluster.address, "num_partitions": 4,
                                      "update_filters": [".+"]}
+            config.pop("persistent_db", None)
             configs[name] = config
         groups = _run_two_processes(tmp_path, kafka_brokers, configs, keys[::3], vectors[::3] + 42.0)
-    assert groups == [["hps.persistent.host-a", "hps.volatile"], ["hps.persistent.host-b", "hps.volatile"]]
+    for host, process_groups in zip(("host-a", "host-b"), groups):
+        assert len(process_groups) == 2 and process_groups[1] == "hps.volatile"
+        assert process_groups[0].startswith(f"hps.cache.{host}.")

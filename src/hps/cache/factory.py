@@ -10,6 +10,7 @@ import functools
 import importlib.util
 import logging
 import os
+import sys
 from typing import Callable, Iterator
 
 import numpy as np
@@ -26,8 +27,12 @@ RowLoader = Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]]
 
 @functools.lru_cache(maxsize=1)
 def cuda_available() -> bool:
-    """True when torch is installed and sees a CUDA device (and HPS_DEVICE is not "cpu")."""
+    """True when torch is installed and sees a CUDA device (and HPS_DEVICE is not "cpu").
+
+    Without an NVIDIA driver (/dev/nvidiactl) torch is not imported: that costs seconds."""
     if os.environ.get("HPS_DEVICE", "").lower() == "cpu" or importlib.util.find_spec("torch") is None:
+        return False
+    if "torch" not in sys.modules and not os.path.exists("/dev/nvidiactl"):
         return False
     import torch
 

@@ -2,8 +2,9 @@
 
 Geometry: a bucket is one line of `ways` int64 words (8 by default: 64 B, one probe per lookup):
 `ways - 1` slot keys and the bucket's version word, so `capacity_rows` is rounded up to whole buckets
-of 7 slots; bucket = mix(key) (splitmix64-style) mapped to [0, buckets) by multiply-shift. Rows are row-major, `storage_dtype` float32 or float16 (lookups return float32).
-The key equal to the empty marker (INT64_MIN) is cacheable: it has a slot of its own.
+of 7 slots; bucket = mix(key) (splitmix64-style) mapped to [0, buckets) by multiply-shift. Rows are
+row-major, `storage_dtype` float32 or float16 (lookups return float32). The key equal to the empty
+marker (INT64_MIN) is cacheable: it has a slot of its own.
 
 Eviction: "lru" (default) keeps a 64-bit clock per slot and 8 reference bits per bucket (in the
 bucket's version word). A find sets the reference bit of each slot it hits, with an atomic OR only
@@ -29,7 +30,8 @@ from __future__ import annotations
 import threading
 from typing import Any, Callable
 
-from hps.cache.gpu_static import GpuStaticTable, GpuUvmTable, interpreting, load_whole_table, normalize_device
+from hps.cache.gpu_static import (INTERPRET_LOCK, GpuStaticTable, GpuUvmTable, interpreting, load_whole_table,
+                                  normalize_device, pow2)
 from hps.config.schema import ModelConfig, TableConfig
 from hps.errors import ClosedError, ConfigError, KeyInputError, require
 
@@ -38,14 +40,6 @@ K = require("hps.cache.gpu_kernels", "gpu")
 
 MIN_CAPACITY_ROWS = 64
 DEFAULT_WAYS = 8
-#: Serializes interpreter launches (the Triton interpreter patches module state while it runs).
-_INTERPRET_LOCK = threading.Lock()
-
-
-def _pow2(x: int) -> int:
-    return 1 << max(0, (x - 1).bit_length())
-
-
 def _storage_dtype(dtype: Any) -> Any:
     named = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16}
     dtype = named.get(dtype, dtype) if isinstance(dtype, str) else dtype
@@ -99,7 +93,7 @@ class GpuEmbeddingCache:
         self._calls = 0
         self._closed = False
         self._interpret = interpreting()
-        self._dim_p2 = _pow2(dim)
+        self._dim_p2 = pow2(dim)
         # Launch geometry (benchmarks may override these attributes).
         self.find_block = 32  # H200: 32 keys and 1 warp per program was fastest at dims 16, 32 and 128
         self.find_warps = 1
@@ -114,7 +108,8 @@ class GpuEmbeddingCache:
     def _check_keys(self, keys: Any, op: str) -> Any:
         self._check_open()
         if not isinstance(keys, torch.Tensor):
-            raise KeyInputError(f"GpuEmbeddingCache.{op}: keys must be a torch tensor on {self.device}, got {type(keys).__name__}")
+            raise KeyInputError(f"GpuEmbeddingCache.{op}: keys must be a torch tensor on {self.device}, "
+                                f"got {type(keys).__name__}")
         if keys.dim() != 1:
             raise KeyInputError(f"GpuEmbeddingCache.{op}: keys must be 1-D, got shape {tuple(keys.shape)}")
         if keys.dtype not in (torch.int64, torch.int32):
@@ -129,14 +124,15 @@ class GpuEmbeddingCache:
         if not isinstance(vectors, torch.Tensor) or vectors.device != self._torch_device:
             raise KeyInputError(f"GpuEmbeddingCache.{op}: vectors must be a torch tensor on {self.device}")
         if tuple(vectors.shape) != (n, self.dim):
-            raise KeyInputError(f"GpuEmbeddingCache.{op}: vectors have shape {tuple(vectors.shape)}, expected ({n}, {self.dim})")
+            raise KeyInputError(f"GpuEmbeddingCache.{op}: vectors have shape {tuple(vectors.shape)}, "
+                                f"expected ({n}, {self.dim})")
         if not vectors.is_floating_point():
             raise KeyInputError(f"GpuEmbeddingCache.{op}: vectors must be floating point, got {vectors.dtype}")
         return vectors.to(torch.float32).contiguous()
 
     def _launch(self, kernel: Any, grid: tuple[int], *args: Any, **kw: Any) -> None:
         if self._interpret:
-            with _INTERPRET_LOCK:
+            with INTERPRET_LOCK:
                 kernel[grid](*args, **kw)
         elif torch.cuda.current_device() == self._torch_device.index:
             kernel[grid](*args, **kw)

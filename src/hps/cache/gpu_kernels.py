@@ -13,11 +13,11 @@ Dynamic cache layout (all device tensors; `NB` buckets, each one 8-byte-word lin
   s - s // W.
 
 A find reads the key, the bucket line (one 64 B probe for W = 8: 7 keys and the version together),
-then the row, then the version and the slot key again (both in the line just read, so L2 hits): a row is reported found only if the version was
-even and unchanged and the slot still holds the key, so a lookup racing a writer sees the
-whole old row, the whole new row, or a miss. Writers set the version's odd bit with an atomic OR (this
-is also the writers' lock: the lane whose OR found the bit clear owns the bucket), write, fence, and
-release with an atomic add (odd -> even = old + 2).
+then the row, then the version and the slot key again (both in the line just read, so L2 hits): a
+row is reported found only if the version was even and unchanged and the slot still holds the key,
+so a lookup racing a writer sees the whole old row, the whole new row, or a miss. Writers set the
+version's odd bit with an atomic OR (this is also the writers' lock: the lane whose OR found the bit
+clear owns the bucket), write, fence, and release with an atomic add (odd -> even = old + 2).
 
 Triton gives every thread that holds some columns of a row its own copy of the key's per-key values;
 copies loaded at different moments can differ while a writer runs. So per-key decisions that the
@@ -27,9 +27,9 @@ column threads must share (the slot and version a find reads; the slot a writer 
 Reader ordering uses no fences: the row and second reads bypass L1 (.cg / volatile, so L2, the
 coherence point, answers them), the row reads are issued after the first version read has returned
 (they wait on the barrier that follows the record written from it), and the second reads' addresses
-depend on every column of the row. Writers use `fence.acq_rel.gpu` (inline PTX)
-around their stores; on the CPU (`TRITON_INTERPRET=1`) the interpreter cannot run inline PTX, and
-`ASM=False` drops the fences (it runs one program at a time, in program order).
+depend on every column of the row. Writers use `fence.acq_rel.gpu` (inline PTX) around their
+stores; on the CPU (`TRITON_INTERPRET=1`) the interpreter cannot run inline PTX, and `ASM=False`
+drops the fences (it runs one program at a time, in program order).
 """
 
 from __future__ import annotations

@@ -24,12 +24,13 @@ from typing import Any, Callable
 
 import numpy as np
 
-from hps.errors import ConfigError, KeyInputError, ModelFormatError, UpdateError, ClosedError, require
+from hps.errors import ClosedError, ConfigError, KeyInputError, ModelFormatError, UpdateError, require
 
 torch = require("torch", "gpu")
 K = require("hps.cache.gpu_kernels", "gpu")
 
-_INTERPRET_LOCK = threading.Lock()
+#: Serializes interpreter launches (the Triton interpreter patches module state while it runs).
+INTERPRET_LOCK = threading.Lock()
 
 
 def interpreting() -> bool:
@@ -68,7 +69,8 @@ def load_whole_table(loader: Callable[[], Any], dim: int, tag: str) -> tuple[np.
     return keys, vectors
 
 
-def _pow2(x: int) -> int:
+def pow2(x: int) -> int:
+    """The smallest power of two >= x (1 for x <= 1)."""
     return 1 << max(0, (x - 1).bit_length())
 
 
@@ -104,7 +106,7 @@ class _WholeTable:
         if self._host_rows.numel() == 0:
             self._host_rows = torch.zeros((1, self.dim), dtype=storage_dtype, pin_memory=on_cuda)
         self._build_index()
-        self.find_block = max(8, min(256, 4096 // _pow2(self.dim)))
+        self.find_block = max(8, min(256, 4096 // pow2(self.dim)))
 
     def _build_index(self) -> None:
         """Linear-probing index over all keys, built in rounds: each round every unplaced key tries
@@ -145,7 +147,7 @@ class _WholeTable:
 
     def _run(self, kernel: Any, grid: tuple[int], *args: Any, **kw: Any) -> None:
         if self._interpret:
-            with _INTERPRET_LOCK:
+            with INTERPRET_LOCK:
                 kernel[grid](*args, **kw)
         else:
             with torch.cuda.device(self.device):
@@ -168,7 +170,7 @@ class _WholeTable:
             two = self.hot_rows < self.capacity_rows
             self._run(K.static_find_kernel, (-(-n // self.find_block),), keys, n, self._skeys, self._sidx,
                       self.num_slots, self._special_idx, self._dev_rows, self._host_rows, self.hot_rows,
-                      self.default_value, out, found, DIM=self.dim, DIM_P2=_pow2(self.dim), BK=self.find_block,
+                      self.default_value, out, found, DIM=self.dim, DIM_P2=pow2(self.dim), BK=self.find_block,
                       TWO_TIERS=two, num_warps=4)
         return out, found.view(torch.bool)
 

@@ -26,7 +26,7 @@ from hps.update.message import decode_message, encode_messages
 from hps.update.source import KafkaUpdateSource, select_topics
 
 __all__ = ["KafkaUpdateSource", "decode_message", "encode_messages", "host_name", "persistent_group_id",
-           "select_topics", "start_update_sources", "volatile_group_id"]
+           "select_topics", "served_tags", "start_update_sources", "volatile_group_id"]
 
 HOSTNAME_ENV = "HPS_HOSTNAME"
 
@@ -48,6 +48,12 @@ def persistent_group_id(hostname: str | None = None) -> str:
     return f"hps.persistent.{hostname or host_name()}"
 
 
+def cache_group_id(hostname: str | None = None) -> str:
+    """`hps.cache.<hostname>.<pid>`: this process's own group, so that every process sharing a
+    Redis Cluster also updates its own caches (HugeCTR left them stale until a refresh)."""
+    return f"hps.cache.{hostname or host_name()}.{os.getpid()}"
+
+
 def served_tags(config: Any) -> list[str]:
     """Tags `hps_et.<model>.<table>` of every table of every model in a `PsConfig`."""
     return [t.tag for m in config.models for t in m.tables]
@@ -58,7 +64,9 @@ def start_update_sources(hps: Any, config: Any = None, *, consumer_config: dict[
     """Start the Kafka update sources of an `HPS`: one for the volatile tier, one for the persistent.
 
     `hps` needs attributes `config`, `volatile`, `persistent` (backends or None) and
-    `apply_update(tag, keys: (n,) int64, vectors: (n, dim) float32, tier="volatile"|"persistent")`.
+    `apply_update(tag, keys: (n,) int64, vectors: (n, dim) float32, tier="volatile"|"persistent"|"cache")`.
+    With a shared volatile tier, a third source in this process's own group assigns updates into
+    its caches only (every server sharing the Redis Cluster sees every update).
     `config` defaults to `hps.config` (a `PsConfig`). A tier gets no source when it is not
     configured, its `update_filters` is empty, no served table passes the filters, or (persistent)
     it is `read_only`. Returns the started sources; close each with `.close()`.
@@ -70,14 +78,17 @@ def start_update_sources(hps: Any, config: Any = None, *, consumer_config: dict[
     tags = served_tags(config)
     plans = []
     if hps.volatile is not None and config.volatile_db is not None:
-        plans.append(("volatile", volatile_group_id(bool(getattr(hps.volatile, "is_shared", False)), hostname),
-                      config.volatile_db.update_filters))
+        shared = bool(getattr(hps.volatile, "is_shared", False))
+        plans.append(("volatile", volatile_group_id(shared, hostname), config.volatile_db.update_filters, {}))
+        if shared:  # one server of the group writes Redis; every server must still update its caches
+            plans.append(("cache", cache_group_id(hostname), config.volatile_db.update_filters,
+                          {"auto.offset.reset": "latest"}))
     if (hps.persistent is not None and config.persistent_db is not None
             and not getattr(config.persistent_db, "read_only", False)):
-        plans.append(("persistent", persistent_group_id(hostname), config.persistent_db.update_filters))
+        plans.append(("persistent", persistent_group_id(hostname), config.persistent_db.update_filters, {}))
     sources: list[KafkaUpdateSource] = []
     try:
-        for tier, group_id, filters in plans:
+        for tier, group_id, filters, overrides in plans:
             if not filters or not select_topics(tags, filters):
                 continue
 
@@ -88,7 +99,8 @@ def start_update_sources(hps: Any, config: Any = None, *, consumer_config: dict[
                     log.warning("dropping %d updates of %s: %s", len(keys), tag, exc)
 
             source = KafkaUpdateSource(source_config, group_id=group_id, update_filters=filters, tags=tags,
-                                       apply=apply, key_dtype=config.key_dtype, consumer_config=consumer_config,
+                                       apply=apply, key_dtype=config.key_dtype,
+                                       consumer_config={**overrides, **(consumer_config or {})},
                                        name=f"{tier}:{group_id}")
             sources.append(source.start())
     except BaseException:
