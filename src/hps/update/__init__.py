@@ -81,8 +81,7 @@ def start_update_sources(hps: Any, config: Any = None, *, consumer_config: dict[
         shared = bool(getattr(hps.volatile, "is_shared", False))
         plans.append(("volatile", volatile_group_id(shared, hostname), config.volatile_db.update_filters, {}))
         if shared:  # one server of the group writes Redis; every server must still update its caches
-            plans.append(("cache", cache_group_id(hostname), config.volatile_db.update_filters,
-                          {"auto.offset.reset": "latest"}))
+            plans.append(("cache", cache_group_id(hostname), config.volatile_db.update_filters, {}))
     if (hps.persistent is not None and config.persistent_db is not None
             and not getattr(config.persistent_db, "read_only", False)):
         plans.append(("persistent", persistent_group_id(hostname), config.persistent_db.update_filters, {}))
