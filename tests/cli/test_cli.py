@@ -48,3 +48,22 @@ def test_convert_npy(tmp_path, capsys):
     model = SparseModel(tmp_path / "out.model", 8)
     np.testing.assert_array_equal(np.asarray(model.vectors), table)
     assert "50 rows of dim 8" in capsys.readouterr().out
+
+
+def test_triton_build_writes_the_seed_repository(ps_json, tmp_path, capsys):
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    width = 2 * 4  # maxnum 2 keys × dim 4
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [width, 1], [0.1] * width)
+    graph = helper.make_graph([helper.make_node("MatMul", ["input_1", "w"], ["output_1"])], "dense",
+                              [helper.make_tensor_value_info("input_1", TensorProto.FLOAT, [None, width])],
+                              [helper.make_tensor_value_info("output_1", TensorProto.FLOAT, [None, 1])], [weight])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), tmp_path / "dense.onnx")
+    repo = tmp_path / "repo"
+    assert main(["triton", "build", "--config", str(ps_json), "--dense", str(tmp_path / "dense.onnx"),
+                 "--out", str(repo)]) == 0
+    assert {p.name for p in repo.iterdir()} == {"m", "dense_model", "ensemble_model"}
+    config = (repo / "m" / "config.pbtxt").read_text()
+    assert 'name: "KEYS"' in config and "TYPE_INT64" in config and 'name: "OUTPUT0"' in config
+    assert "EMB_KEY" in (repo / "ensemble_model" / "config.pbtxt").read_text()

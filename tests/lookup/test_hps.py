@@ -94,6 +94,8 @@ def test_counts_per_level_in_stats(tables, tmp_path):
         assert s["lookups"] == 2 and s["keys"] == 6
         assert s["hits"]["volatile"] == 3 and s["hits"]["default"] == 1 and s["hits"]["cache"] == 2
         assert s["latency_us"]["p50"] > 0 and s["cache_capacity_rows"] >= ROWS // 2
+        assert s["tier_latency_us"]["volatile"]["samples"] == 1 and s["tier_latency_us"]["volatile"]["p50"] > 0
+        assert s["tier_latency_us"]["persistent"]["samples"] == 1  # asked for the one volatile miss
 
 
 def test_persistent_only_hits_promote_into_volatile(tables, tmp_path):

@@ -69,13 +69,31 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="ps.json")
     p.add_argument("--dense", required=True, help="dense model: .onnx, TorchScript .pt or TensorRT .plan")
     p.add_argument("--out", required=True, help="model repository folder")
+    p.add_argument("--model", help="the ps.json model to serve (when it has several)")
+    p.add_argument("--layout", choices=("ensemble", "fused"), default="ensemble",
+                   help="ensemble: the seed's three models; fused: one python model with the same I/O (faster)")
+    p.add_argument("--instances", type=int, default=1, help="model instances (processes) per model")
+    p.add_argument("--no-copy-sparse", action="store_true", help="point at the sparse files instead of copying")
+    p.add_argument("--overwrite", action="store_true")
     p.set_defaults(run=_triton_build)
-    p = tsub.add_parser("serve", help="start tritonserver on a model repository")
+    p = tsub.add_parser("convert", help="rewrite a HugeCTR repository (backend 'hps') to run on hps")
+    p.add_argument("repo_in")
+    p.add_argument("--out", help="new repository folder (default: rewrite in place)")
+    p.add_argument("--config", required=True, help="the ps.json the HugeCTR backend was started with")
+    p.set_defaults(run=_triton_convert)
+    p = tsub.add_parser("add-model", help="add an hps_embedding model for another ps.json to a repository")
+    p.add_argument("repo")
+    p.add_argument("--config", required=True, help="ps.json of the new model")
+    p.add_argument("--model", help="the ps.json model to add (when it has several)")
+    p.set_defaults(run=_triton_add_model)
+    p = tsub.add_parser("serve", help="start tritonserver on a model repository (stops on Ctrl-C / SIGTERM)")
     p.add_argument("repo")
     p.add_argument("--http-port", type=int, default=8000)
     p.add_argument("--grpc-port", type=int, default=8001)
     p.add_argument("--metrics-port", type=int, default=8002)
-    p.add_argument("--address", default="127.0.0.1")
+    p.add_argument("--address", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--model-control", choices=("explicit", "none", "poll"), default="explicit")
+    p.add_argument("--load-model", action="append", help="model to load at start (repeatable; default: all)")
     p.set_defaults(run=_triton_serve)
     return parser
 
@@ -169,17 +187,35 @@ def _publish(args: argparse.Namespace) -> int:
 def _triton_build(args: argparse.Namespace) -> int:
     from hps.serving.triton import build_repository
 
-    repo = build_repository(args.config, args.dense, args.out)
+    repo = build_repository(args.config, args.dense, args.out, model_name=args.model, layout=args.layout,
+                            instance_count=args.instances, copy_sparse=not args.no_copy_sparse,
+                            overwrite=args.overwrite)
     print(f"wrote Triton model repository {repo}")
+    return 0
+
+
+def _triton_convert(args: argparse.Namespace) -> int:
+    from hps.serving.triton import convert_hugectr_repository
+
+    converted = convert_hugectr_repository(args.repo_in, args.out, args.config)
+    print(f"rewrote {', '.join(converted) or 'no model'} to run on hps")
+    return 0
+
+
+def _triton_add_model(args: argparse.Namespace) -> int:
+    from hps.serving.triton import add_model_to_repository
+
+    path = add_model_to_repository(args.repo, args.config, model_name=args.model)
+    print(f"added {path}; load it with the repository API (explicit model control)")
     return 0
 
 
 def _triton_serve(args: argparse.Namespace) -> int:
     from hps.serving.triton import serve_forever
 
-    serve_forever(args.repo, http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
-                  address=args.address)
-    return 0
+    return serve_forever(args.repo, http_port=args.http_port, grpc_port=args.grpc_port,
+                         metrics_port=args.metrics_port, address=args.address, model_control=args.model_control,
+                         load_models=args.load_model)
 
 
 if __name__ == "__main__":

@@ -51,6 +51,10 @@ def load_model_into_tiers(config: PsConfig, model: ModelConfig, sparse_models: l
             return
         with _progress(show_progress) as progress:
             for table, sparse in zip(model.tables, sparse_models):
+                for backend in targets:  # size the hash map once instead of growing it chunk by chunk
+                    reserve = getattr(backend, "reserve", None)
+                    if reserve is not None:
+                        reserve(table.tag, sparse.num_rows)
                 task = progress.add_task(f"loading {table.tag}", total=sparse.num_rows) if progress else None
                 for keys, vectors in sparse.iter_chunks(LOAD_CHUNK_ROWS):
                     for backend in targets:

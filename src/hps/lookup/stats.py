@@ -24,6 +24,10 @@ class TableStats:
     async_inserts: int = 0
     _latencies_s: np.ndarray = field(default_factory=lambda: np.zeros(LATENCY_WINDOW))
     _latency_count: int = 0
+    #: Per storage tier ("volatile", "persistent"): a window of call latencies and its fill count.
+    _tier_latencies_s: dict[str, np.ndarray] = field(
+        default_factory=lambda: {t: np.zeros(LATENCY_WINDOW) for t in ("volatile", "persistent")})
+    _tier_counts: dict[str, int] = field(default_factory=lambda: {"volatile": 0, "persistent": 0})
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def record(self, level_hits: np.ndarray, seconds: float) -> None:
@@ -34,6 +38,12 @@ class TableStats:
             self._latencies_s[self._latency_count % LATENCY_WINDOW] = seconds
             self._latency_count += 1
 
+    def record_tier(self, tier: str, seconds: float) -> None:
+        """Count one call into storage tier `tier` ("volatile" | "persistent") that took `seconds`."""
+        with self._lock:
+            self._tier_latencies_s[tier][self._tier_counts[tier] % LATENCY_WINDOW] = seconds
+            self._tier_counts[tier] += 1
+
     def count_volatile_error(self) -> None:
         with self._lock:
             self.volatile_errors += 1
@@ -43,16 +53,23 @@ class TableStats:
             self.async_inserts += 1
 
     def snapshot(self) -> dict:
-        """A plain dict: lookups, keys, hits and hit_rate per level, errors, latency p50/p99 in µs."""
+        """A plain dict: lookups, keys, hits and hit_rate per level, errors, latency p50/p99 in µs
+        (whole lookups, and per storage tier call in `tier_latency_us`)."""
         with self._lock:
             window = self._latencies_s[: min(self._latency_count, LATENCY_WINDOW)].copy()
+            tier_windows = {t: w[: min(self._tier_counts[t], LATENCY_WINDOW)].copy()
+                            for t, w in self._tier_latencies_s.items()}
             hits = dict(zip(LEVELS, self.level_hits.tolist()))
             out = {"lookups": self.lookups, "keys": sum(hits.values()), "hits": hits,
                    "volatile_errors": self.volatile_errors, "async_inserts": self.async_inserts}
         out["hit_rate"] = {level: (n / out["keys"] if out["keys"] else 0.0) for level, n in hits.items()}
-        if len(window):
-            p50, p99 = np.percentile(window, [50, 99]) * 1e6
-            out["latency_us"] = {"p50": float(p50), "p99": float(p99), "samples": int(len(window))}
-        else:
-            out["latency_us"] = {"p50": None, "p99": None, "samples": 0}
+        out["latency_us"] = _percentiles_us(window)
+        out["tier_latency_us"] = {t: _percentiles_us(w) for t, w in tier_windows.items()}
         return out
+
+
+def _percentiles_us(window_s: np.ndarray) -> dict:
+    if not len(window_s):
+        return {"p50": None, "p99": None, "samples": 0}
+    p50, p99 = np.percentile(window_s, [50, 99]) * 1e6
+    return {"p50": float(p50), "p99": float(p99), "samples": int(len(window_s))}

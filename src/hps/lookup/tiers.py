@@ -10,6 +10,7 @@ keep answering from the persistent tier.
 from __future__ import annotations
 
 import logging
+import time
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
@@ -43,6 +44,7 @@ class TierChain:
         source = np.full(n, DEFAULT, dtype=np.uint8)
         missing = np.ones(n, dtype=bool)
         if self.volatile is not None and n:
+            started = time.perf_counter()
             try:
                 found_vectors, found = self.volatile.find(table.tag, keys)
             except BackendError as exc:
@@ -50,12 +52,15 @@ class TierChain:
                 log.warning("volatile tier failed for %s (%d keys), using the persistent tier: %s",
                             table.tag, n, exc)
             else:
+                stats.record_tier("volatile", time.perf_counter() - started)
                 vectors[found] = found_vectors[found]
                 source[found] = VOLATILE
                 missing = ~found
         if self.persistent is not None and missing.any():
             idx = np.flatnonzero(missing)
+            started = time.perf_counter()
             found_vectors, found = self.persistent.find(table.tag, keys[idx])
+            stats.record_tier("persistent", time.perf_counter() - started)
             vectors[idx[found]] = found_vectors[found]
             missing[idx[found]] = False
             source[idx[found]] = PERSISTENT

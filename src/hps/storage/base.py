@@ -11,12 +11,39 @@ from typing import Iterator, Protocol, runtime_checkable
 
 import numpy as np
 
+from hps.errors import BackendError, KeyInputError
+
 TAG_PREFIX = "hps_et"
 
 
 def make_tag(model_name: str, table_name: str) -> str:
     """The storage tag of a table: `hps_et.<model>.<table>` (DB table, column family, Kafka topic)."""
     return f"{TAG_PREFIX}.{model_name}.{table_name}"
+
+
+def check_keys(tag: str, keys: np.ndarray) -> np.ndarray:
+    """Validate `keys: (n,) integer` for table `tag` → C-contiguous `(n,) int64`.
+
+    Raises `KeyInputError` naming the tag, the dtype and the shape."""
+    arr = np.asarray(keys)
+    if arr.dtype.kind not in "iu":
+        raise KeyInputError(f"table {tag}: keys must be integers, got dtype {arr.dtype} (shape {arr.shape})")
+    if arr.ndim != 1:
+        raise KeyInputError(f"table {tag}: keys must be a 1-D array, got shape {arr.shape}")
+    return np.ascontiguousarray(arr, dtype=np.int64) if arr.dtype != np.int64 else np.ascontiguousarray(arr)
+
+
+def check_vectors(tag: str, vectors: np.ndarray, num_keys: int, dim: int) -> np.ndarray:
+    """Validate `vectors: (num_keys, dim) floating` for table `tag` → C-contiguous float32.
+
+    Raises `BackendError` naming the tag, the shape expected and the shape given."""
+    arr = np.asarray(vectors)
+    if arr.dtype.kind != "f":
+        raise BackendError(f"table {tag}: vectors must be floating point, got dtype {arr.dtype}")
+    if arr.shape != (num_keys, dim):
+        raise BackendError(
+            f"table {tag}: vectors of shape {arr.shape} do not match {num_keys} keys × dim {dim}")
+    return np.ascontiguousarray(arr, dtype=np.float32)
 
 
 @runtime_checkable

@@ -28,8 +28,9 @@ from typing import Iterator
 import numpy as np
 
 from hps.config.schema import HashMapConfig
-from hps.errors import BackendError, ClosedError, KeyInputError
+from hps.errors import BackendError, ClosedError
 from hps.storage import hash_map_kernels as K
+from hps.storage.base import check_keys, check_vectors
 
 #: Grow the slot array when the load would pass this.
 MAX_LOAD = 0.75
@@ -46,31 +47,6 @@ MAX_ROWS = 2**31 - 1
 _CLOCK_MAX = 2**32 - 2
 _NO_MARGIN = 2**62
 _ALIGN_BYTES = 64
-
-
-def check_keys(tag: str, keys: np.ndarray) -> np.ndarray:
-    """Validate `keys: (n,) integer` for table `tag` → C-contiguous `(n,) int64`.
-
-    Raises `KeyInputError` naming the tag, the dtype and the shape."""
-    arr = np.asarray(keys)
-    if arr.dtype.kind not in "iu":
-        raise KeyInputError(f"table {tag}: keys must be integers, got dtype {arr.dtype} (shape {arr.shape})")
-    if arr.ndim != 1:
-        raise KeyInputError(f"table {tag}: keys must be a 1-D array, got shape {arr.shape}")
-    return np.ascontiguousarray(arr, dtype=np.int64) if arr.dtype != np.int64 else np.ascontiguousarray(arr)
-
-
-def check_vectors(tag: str, vectors: np.ndarray, num_keys: int, dim: int) -> np.ndarray:
-    """Validate `vectors: (num_keys, dim) floating` for table `tag` → C-contiguous float32.
-
-    Raises `BackendError` naming the tag, the shape expected and the shape given."""
-    arr = np.asarray(vectors)
-    if arr.dtype.kind != "f":
-        raise BackendError(f"table {tag}: vectors must be floating point, got dtype {arr.dtype}")
-    if arr.shape != (num_keys, dim):
-        raise BackendError(
-            f"table {tag}: vectors of shape {arr.shape} do not match {num_keys} keys × dim {dim}")
-    return np.ascontiguousarray(arr, dtype=np.float32)
 
 
 class _ReadWriteLock:

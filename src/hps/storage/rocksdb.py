@@ -25,7 +25,7 @@ import numpy as np
 
 from hps.config.schema import RocksDBConfig
 from hps.errors import BackendError, ClosedError, require
-from hps.storage.hash_map import check_keys, check_vectors
+from hps.storage.base import check_keys, check_vectors
 
 _DIM_PREFIX = b"hps_dim:"
 _DEFAULT_CF = "default"
