@@ -100,22 +100,16 @@ class HPS:
             replica = runtime.replica(table_id, device_id)  # raises for a device not deployed
         table = replica.table
         flat, shape, is_torch, keys_device = self._validate_keys(keys, runtime.config, table)
-        cache_device = replica.cache.device if replica.cache is not None else "cpu"
         if is_torch:
-            if str(keys_device) != cache_device:
-                flat = flat.to(cache_device)
-            if cache_device == "cpu":
-                vectors = replica.lookup(flat.numpy())
+            if replica.takes_torch:
+                vectors = replica.lookup(flat.to(replica.cache.device))
+            else:
                 import torch
 
-                vectors = torch.from_numpy(vectors)
-            else:
-                vectors = replica.lookup(flat)
+                vectors = torch.from_numpy(replica.lookup(flat.cpu().numpy()))
             return vectors.to(keys_device).reshape(*shape, table.dim)
-        if cache_device != "cpu":
-            import torch
-
-            vectors = replica.lookup(torch.from_numpy(flat).to(cache_device)).cpu().numpy()
+        if replica.takes_torch:
+            vectors = replica.lookup(replica.to_cache_kind(flat)).cpu().numpy()
         else:
             vectors = replica.lookup(flat)
         return vectors.reshape(*shape, table.dim)

@@ -19,6 +19,8 @@ class EmbeddingCache(Protocol):
     capacity_rows: int
     #: "cpu" or "cuda:<i>": where keys must be and where vectors are returned.
     device: str
+    #: "numpy" or "torch": the array kind `find` and the writers take and return.
+    array_module: str
 
     def find(self, keys: Any) -> tuple[Any, Any]:
         """Probe with raw keys `(n,) int64` (duplicates allowed); marks hits recently used.

@@ -167,6 +167,7 @@ class CpuEmbeddingCache:
     Memory: capacity_rows x (8 + 8 + 4 x dim) bytes."""
 
     device = "cpu"
+    array_module = "numpy"
 
     def __init__(self, capacity_rows: int, dim: int, ways: int = DEFAULT_WAYS) -> None:
         for name, value in (("capacity_rows", capacity_rows), ("dim", dim), ("ways", ways)):

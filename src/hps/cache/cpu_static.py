@@ -21,6 +21,7 @@ class CpuStaticTable:
     """The whole table in host memory behind the `EmbeddingCache` protocol; misses stay misses."""
 
     device = "cpu"
+    array_module = "numpy"
 
     def __init__(self, dim: int, capacity_rows: int | None = None) -> None:
         """`capacity_rows` None: unbounded (static); else evict the least recently used rows

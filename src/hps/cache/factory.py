@@ -39,6 +39,12 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+def _interpreted_gpu_cache() -> bool:
+    """HPS_DEVICE=interpret with TRITON_INTERPRET=1: the GPU cache's Triton kernels run in the CPU
+    interpreter on CPU tensors, so CI tests the GPU pipeline path without a GPU."""
+    return os.environ.get("HPS_DEVICE") == "interpret" and os.environ.get("TRITON_INTERPRET") == "1"
+
+
 @functools.lru_cache(maxsize=1)
 def _say_cpu_fallback() -> None:
     log.warning("gpucache is true but no CUDA device is available: using the CPU embedding cache")
@@ -58,10 +64,11 @@ def make_cache(model: ModelConfig, table: TableConfig, rows: int, device_id: int
     > 0 and `init_ec`)."""
     if not model.gpucache:
         return None
-    if cuda_available():
+    if cuda_available() or _interpreted_gpu_cache():
         from hps.cache.gpu import make_gpu_cache
 
-        return make_gpu_cache(model, table, rows, device_id, load_rows)
+        return make_gpu_cache(model, table, rows, device_id, load_rows,
+                              device=None if cuda_available() else "cpu")
     _say_cpu_fallback()
     from hps.cache.cpu_static import CpuStaticTable
 

@@ -54,6 +54,8 @@ class GpuEmbeddingCache:
     `capacity_rows`: rows wanted (rounded up to whole buckets of `ways`); `dim`: vector width;
     `device`: "cuda:<i>" (or "cpu" under TRITON_INTERPRET=1, for tests)."""
 
+    array_module = "torch"
+
     def __init__(self, capacity_rows: int, dim: int, device: str = "cuda:0", *, ways: int = DEFAULT_WAYS,
                  eviction: str = "lru", storage_dtype: Any = torch.float32, touch_every_calls: int = 1,
                  consistent_reads: bool = True) -> None:

@@ -77,6 +77,8 @@ def pow2(x: int) -> int:
 class _WholeTable:
     """Shared implementation: index + rows split at `hot_rows` between device and pinned host."""
 
+    array_module = "torch"
+
     read_only = True
 
     def __init__(self, keys: np.ndarray, vectors: np.ndarray, device: str, hot_rows: int,

@@ -95,9 +95,14 @@ class TableLookup:
 
         self._background.submit(insert)
 
+    @property
+    def takes_torch(self) -> bool:
+        """True when the cache works on torch tensors (the GPU cache), False for numpy."""
+        return self.cache is not None and self.cache.array_module == "torch"
+
     def to_cache_kind(self, host: np.ndarray) -> Any:
         """`host` (numpy) as an array the cache takes: numpy, or a torch tensor on its device."""
-        if self.cache is None or self.cache.device == "cpu":
+        if not self.takes_torch:
             return host
         import torch
 

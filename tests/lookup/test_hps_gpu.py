@@ -1,0 +1,94 @@
+"""`HPS.lookup` through the GPU cache: on a GPU, or in Triton's CPU interpreter (HPS_DEVICE=interpret)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("triton")
+
+import hps  # noqa: E402
+from hps.model_format import write_sparse_model  # noqa: E402
+
+ON_GPU = torch.cuda.is_available()
+if not ON_GPU and os.environ.get("TRITON_INTERPRET") != "1":
+    pytest.skip("needs CUDA, or TRITON_INTERPRET=1", allow_module_level=True)
+DEVICE = "cuda:0" if ON_GPU else "cpu"
+ROWS, DIM = 512, 8
+
+
+@pytest.fixture()
+def table(tmp_path, monkeypatch):
+    if not ON_GPU:
+        monkeypatch.setenv("HPS_DEVICE", "interpret")
+    keys = np.arange(ROWS, dtype=np.int64) * 3
+    vectors = np.random.default_rng(0).standard_normal((ROWS, DIM)).astype(np.float32)
+    write_sparse_model(tmp_path / "t0", keys, vectors)
+    return tmp_path, keys, vectors
+
+
+def config(tmp_path, **model):
+    entry = {"model": "m", "sparse_files": [str(tmp_path / "t0")], "embedding_vecsize_per_table": [DIM],
+             "maxnum_catfeature_query_per_table_per_sample": [4], "default_value_for_each_table": [-2.0],
+             "deployed_device_list": [0], "max_batch_size": 256, "gpucacheper": 0.5, "hit_rate_threshold": 1.0}
+    entry.update(model)
+    return {"supportlonglong": True, "volatile_db": {"type": "hash_map", "num_partitions": 2}, "models": [entry]}
+
+
+def expected(keys, vectors, query):
+    index = {int(k): i for i, k in enumerate(keys)}
+    out = np.full((len(query), DIM), -2.0, np.float32)
+    for j, k in enumerate(np.asarray(query).tolist()):
+        if k in index:
+            out[j] = vectors[index[k]]
+    return out
+
+
+def test_torch_keys_come_back_on_their_device_through_the_gpu_cache(table):
+    tmp_path, keys, vectors = table
+    with hps.HPS(config(tmp_path), show_progress=False) as ps:
+        replica = ps._models["m"].replicas[(0, 0)]
+        assert replica.takes_torch and replica.cache.device == DEVICE
+        query = np.array([0, 3, 3, 7, 1537, 9], dtype=np.int64)  # 7 and 1537 are in no tier
+        for _ in range(2):  # cold (tiers, then inserted), then warm (cache)
+            out = ps.lookup(torch.from_numpy(query).to(DEVICE), "m", 0)
+            assert isinstance(out, torch.Tensor) and out.device.type == torch.device(DEVICE).type
+            np.testing.assert_array_equal(out.cpu().numpy(), expected(keys, vectors, query))
+        stats = ps.stats()["models"]["m"]["sparse_embedding0"]
+        assert stats["hits"]["cache"] >= len(query) and stats["hits"]["volatile"] == 4
+        np.testing.assert_array_equal(ps.lookup(query.reshape(2, 3), "m", 0),
+                                      expected(keys, vectors, query).reshape(2, 3, DIM))
+
+
+def test_updates_reach_the_gpu_cache(table):
+    tmp_path, keys, vectors = table
+    with hps.HPS(config(tmp_path), show_progress=False) as ps:
+        query = keys[:5]
+        ps.lookup(query, "m", 0)
+        new = np.full((5, DIM), 3.5, np.float32)
+        ps.apply_update("hps_et.m.sparse_embedding0", query, new, tier="volatile")
+        np.testing.assert_array_equal(ps.lookup(query, "m", 0), new)
+
+
+def test_static_table_on_the_gpu(table):
+    tmp_path, keys, vectors = table
+    cfg = config(tmp_path, embedding_cache_type="static")
+    with hps.HPS(cfg, show_progress=False) as ps:
+        query = np.concatenate([keys[::50], [1, 2]])
+        np.testing.assert_array_equal(ps.lookup(query, "m", 0), expected(keys, vectors, query))
+
+
+@pytest.mark.skipif(not ON_GPU or torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_one_replica_per_deployed_device(table):
+    tmp_path, keys, vectors = table
+    with hps.HPS(config(tmp_path, deployed_device_list=[0, 1]), show_progress=False) as ps:
+        for device_id in (0, 1):
+            replica = ps._models["m"].replicas[(0, device_id)]
+            assert replica.cache.device == f"cuda:{device_id}"
+            query = torch.from_numpy(keys[:6].copy()).to(f"cuda:{device_id}")
+            out = ps.lookup(query, "m", 0, device_id=device_id)
+            assert out.device == torch.device(f"cuda:{device_id}")
+            np.testing.assert_array_equal(out.cpu().numpy(), vectors[:6])
