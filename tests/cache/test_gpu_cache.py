@@ -308,3 +308,23 @@ def test_no_torn_rows_with_finds_and_writes_on_concurrent_streams(dim):
         hits += int(found.sum())
     assert torn == 0
     assert hits > 0
+
+
+def test_find_counted_matches_find_across_graph_replays():
+    """Same answers as `find`, for several batches of one size (one captured graph replayed) and of a
+    second size; results of an earlier call are not overwritten by later replays."""
+    cache = GpuEmbeddingCache(512, DIM, DEVICE)
+    keys = np.arange(300, dtype=np.int64) * 7
+    cache.insert_or_assign(tkeys(keys), tvec(rows(keys)))
+    rng = np.random.default_rng(3)
+    earlier = []
+    for n in (64, 64, 64, 40):
+        query = np.concatenate([rng.choice(keys, n - 8), rng.integers(10**6, 10**7, 8)])
+        out, found, num_found = cache.find_counted(tkeys(query))
+        ref_out, ref_found = cache.find(tkeys(query))
+        assert cache.find_counted(tkeys(query[:8]))[1] is None  # all hits: no mask
+        assert num_found == int(ref_found.sum()) == n - 8
+        assert torch.equal(found.cpu(), ref_found.cpu()) and torch.equal(out[found].cpu(), ref_out[ref_found].cpu())
+        earlier.append((query, out, found))
+    for query, out, found in earlier:
+        np.testing.assert_array_equal(out[found].cpu().numpy(), rows(query[found.cpu().numpy()]))

@@ -52,9 +52,13 @@ class TableLookup:
             vectors, source = self.tiers.fetch(self.table, _to_numpy(keys), self.stats)
             self.stats.record(np.bincount(source, minlength=len(LEVELS)), time.perf_counter() - start)
             return _like(vectors, keys)
-        vectors, found = self.cache.find(keys)
+        find_counted = getattr(self.cache, "find_counted", None)
+        if find_counted is not None:  # GPU cache: probe and count in one graph replay
+            vectors, found, num_hits = find_counted(keys)
+        else:
+            vectors, found = self.cache.find(keys)
+            num_hits = int(found.sum())
         level_hits = np.zeros(len(LEVELS), dtype=np.int64)
-        num_hits = int(found.sum())
         level_hits[CACHE] = num_hits
         if num_hits < len(keys):
             miss_positions = _nonzero(~found)
