@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.hps-installed
 EXTRAS := torch,onnx,redis,kafka,triton,tf,gpu,dev
 
-.PHONY: demo test install services bench clean
+.PHONY: demo test install services bench perf-analyzer clean
 
 demo: $(STAMP)
 	$(VENV)/bin/hps demo
@@ -30,8 +30,13 @@ $(STAMP): pyproject.toml
 services:
 	@command -v redis-server >/dev/null 2>&1 || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server redis-tools; }
 
-bench: $(STAMP) services
+# CPU benchmarks, each beside its baseline; results in benchmarks/results/*.md (GPU ones: benchmarks/gpu_notes.md).
+bench: $(STAMP) services perf-analyzer
 	$(PY) benchmarks/run_all_cpu.py
+
+# perf_analyzer ships only in tritonclient 2.51.0's wheel: a venv of its own under ~/.cache/hps.
+perf-analyzer: $(STAMP)
+	$(PY) -c "import sys; sys.path.insert(0, 'benchmarks'); import bench_triton; bench_triton.perf_analyzer_binary()"
 
 clean:
 	rm -rf $(VENV) build *.egg-info

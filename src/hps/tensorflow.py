@@ -30,15 +30,15 @@ Differences from HugeCTR, on purpose:
 
 from __future__ import annotations
 
-import atexit
 import os
 import threading
 from typing import Any
 
 import numpy as np
 
-from hps.config import PsConfig, load_config
+from hps.config import PsConfig
 from hps.errors import ConfigError, HpsError, KeyInputError, require
+from hps.shared import close_all, is_loaded, real_path, shared_config, shared_hps
 
 tf = require("tensorflow", "tf")
 
@@ -47,31 +47,7 @@ __all__ = ["Init", "LookupLayer", "Shutdown", "SparseLookupLayer"]
 _COMBINERS = ("mean", "sum", "sqrtn")
 
 _lock = threading.Lock()
-_servers: dict[str, Any] = {}          # realpath of a ps.json -> its process-wide hps.HPS
-_configs: dict[str, PsConfig] = {}     # realpath of a ps.json -> its parsed config
 _default_path: list[str] = []          # the first file given to Init: used by layers without a file
-_realpaths: dict[str, str] = {}        # a ps.json path as given -> its realpath
-
-
-def _real(ps_config_file: str | os.PathLike[str]) -> str:
-    """The canonical key of a ps.json in the registries (resolved once per spelling: lookups call this)."""
-    real = _realpaths.get(ps_config_file) if isinstance(ps_config_file, str) else None
-    if real is None:
-        if not isinstance(ps_config_file, (str, os.PathLike)) or not str(ps_config_file):
-            raise ConfigError(f"ps_config_file must be a path to a ps.json, got {ps_config_file!r}")
-        real = os.path.realpath(os.fspath(ps_config_file))
-        if isinstance(ps_config_file, str):
-            _realpaths[ps_config_file] = real
-    return real
-
-
-def _config(path: str) -> PsConfig:
-    """The parsed config of the ps.json at realpath `path` (parsed once per process)."""
-    config = _configs.get(path)
-    if config is None:
-        config = load_config(path)
-        _configs[path] = config
-    return config
 
 
 def _check_int(value: Any, minimum: int, what: str) -> int:
@@ -118,19 +94,15 @@ def Init(global_batch_size: int, ps_config_file: str) -> str:  # noqa: N802 - Hu
     (later calls only repeat the checks). The first file given is the one used by layers built
     without `ps_config_file`. Returns "OK"; raises `ConfigError` on a failed check.
     """
-    path = _real(ps_config_file)
+    path = real_path(ps_config_file)
+    _check_init(global_batch_size, shared_config(path), path)
+    shared_hps(path)
     with _lock:
-        _check_init(global_batch_size, _config(path), path)
-        if path not in _servers:
-            from hps.parameter_server import HPS
-
-            _servers[path] = HPS(_config(path))
         if not _default_path:
             _default_path.append(path)
     return "OK"
 
 
-@atexit.register
 def Shutdown() -> None:  # noqa: N802 - named like Init
     """Close every process-wide HPS (an hps extension; also run at interpreter exit).
 
@@ -138,34 +110,27 @@ def Shutdown() -> None:  # noqa: N802 - named like Init
     (a Triton server) can open the same database. A later `Init`, or a layer's first call with its
     own `ps_config_file`, loads the tables again."""
     with _lock:
-        servers = list(_servers.values())
-        _servers.clear()
         _default_path.clear()
-    for server in servers:
-        server.close()
+    close_all()
 
 
 def _server(ps_config_file: str, global_batch_size: int) -> Any:
     """The HPS a layer uses: its own file (lazily Init-ed), else the first Init-ed one."""
     if ps_config_file:
-        path = _real(ps_config_file)
-        server = _servers.get(path)
-        if server is None:
-            Init(global_batch_size, path)
-            server = _servers[path]
-        return server
-    try:
-        return _servers[_default_path[0]]
-    except (IndexError, KeyError):
-        raise HpsError("hps.tensorflow: no HPS yet; call hps.tensorflow.Init(global_batch_size, ps_config_file) "
-                       "first or give the layer ps_config_file") from None
+        if not is_loaded(ps_config_file):
+            Init(global_batch_size, ps_config_file)
+        return shared_hps(ps_config_file)
+    if _default_path and is_loaded(_default_path[0]):
+        return shared_hps(_default_path[0])
+    raise HpsError("hps.tensorflow: no HPS yet; call hps.tensorflow.Init(global_batch_size, ps_config_file) "
+                   "first or give the layer ps_config_file")
 
 
 def _known_config(ps_config_file: str) -> PsConfig | None:
     """The config a layer will use, when it is known without loading any table."""
     if ps_config_file:
-        return _config(_real(ps_config_file))
-    return _configs[_default_path[0]] if _default_path else None
+        return shared_config(ps_config_file)
+    return shared_config(_default_path[0]) if _default_path else None
 
 
 class _HpsLayerBase(tf.keras.layers.Layer):

@@ -17,69 +17,14 @@ logged and left the output unset, §1.9 #9). As in HugeCTR the key dtype must ma
 (int64 when true, int32 when false).
 """
 
-import atexit
-import os
-import threading
 from typing import Any
 
-from hps.config import PsConfig, load_config
 from hps.errors import ConfigError, KeyInputError, require
+from hps.shared import real_path, shared_config, shared_hps
 
 torch = require("torch", "torch")
 
 __all__ = ["LookupLayer", "lookup"]
-
-_lock = threading.Lock()
-_servers: dict[str, Any] = {}          # realpath of a ps.json -> its process-wide hps.HPS
-_configs: dict[str, PsConfig] = {}     # realpath of a ps.json -> its parsed config
-_realpaths: dict[str, str] = {}        # a ps.json path as given -> its realpath
-
-
-def _real(ps_config_file: str) -> str:
-    """The canonical key of a ps.json in the registries (resolved once per spelling: lookups call this)."""
-    real = _realpaths.get(ps_config_file) if isinstance(ps_config_file, str) else None
-    if real is None:
-        if not isinstance(ps_config_file, (str, os.PathLike)) or not str(ps_config_file):
-            raise ConfigError(f"ps_config_file must be a path to a ps.json, got {ps_config_file!r}")
-        real = os.path.realpath(os.fspath(ps_config_file))
-        if isinstance(ps_config_file, str):
-            _realpaths[ps_config_file] = real
-    return real
-
-
-def _config(ps_config_file: str) -> PsConfig:
-    """The parsed config of a ps.json (parsed once per process)."""
-    path = _real(ps_config_file)
-    config = _configs.get(path)
-    if config is None:
-        config = load_config(path)
-        _configs[path] = config
-    return config
-
-
-def _server(ps_config_file: str) -> Any:
-    """The process-wide HPS of a ps.json, created on first use (thread-safe, once)."""
-    path = _real(ps_config_file)
-    server = _servers.get(path)
-    if server is None:
-        with _lock:
-            server = _servers.get(path)
-            if server is None:
-                from hps.parameter_server import HPS
-
-                server = HPS(_config(path))
-                _servers[path] = server
-    return server
-
-
-@atexit.register
-def _close_all() -> None:
-    """Close every process-wide HPS at interpreter exit (flushes and unlocks persistent tiers)."""
-    with _lock:
-        for server in _servers.values():
-            server.close()
-        _servers.clear()
-
 
 def _check(keys: Any, ps_config_file: str, model_name: str, table_id: int, emb_vec_size: int) -> None:
     """Static checks (valid on fake tensors too): a (B, N) tensor whose dtype matches supportlonglong,
@@ -87,7 +32,7 @@ def _check(keys: Any, ps_config_file: str, model_name: str, table_id: int, emb_v
     where = f"hps.torch lookup ({model_name!r}, table_id={table_id})"
     if not isinstance(keys, torch.Tensor):
         raise KeyInputError(f"{where}: keys must be a torch.Tensor, got {type(keys).__name__}")
-    config = _config(ps_config_file)
+    config = shared_config(ps_config_file)
     table = config.model(model_name).table(table_id)
     if table.dim != emb_vec_size:
         raise ConfigError(f"{where}: emb_vec_size {emb_vec_size} does not match the table {table.name!r} "
@@ -112,7 +57,7 @@ def lookup(keys: torch.Tensor, ps_config_file: str, model_name: str, table_id: i
     max_batch_size × maxnum_catfeature_query_per_table_per_sample keys raise `KeyInputError`."""
     _check(keys, ps_config_file, model_name, table_id, emb_vec_size)
     device_id = (keys.device.index or 0) if keys.is_cuda else 0
-    vectors = _server(ps_config_file).lookup(keys, model_name, table_id, device_id=device_id)
+    vectors = shared_hps(ps_config_file).lookup(keys, model_name, table_id, device_id=device_id)
     if vectors.data_ptr() == keys.data_ptr() and keys.numel():  # an op's output may not alias its input
         vectors = vectors.clone()
     return vectors
@@ -139,11 +84,11 @@ class LookupLayer(torch.nn.Module):
             raise ConfigError(f"hps.torch.LookupLayer: table_id must be an int >= 0, got {table_id!r}")
         if isinstance(emb_vec_size, bool) or not isinstance(emb_vec_size, int) or emb_vec_size < 1:
             raise ConfigError(f"hps.torch.LookupLayer: emb_vec_size must be a positive int, got {emb_vec_size!r}")
-        self.ps_config_file = _real(ps_config_file)
+        self.ps_config_file = real_path(ps_config_file)
         self.model_name = model_name
         self.table_id = table_id
         self.emb_vec_size = emb_vec_size
-        table = _config(self.ps_config_file).model(model_name).table(table_id)
+        table = shared_config(self.ps_config_file).model(model_name).table(table_id)
         if table.dim != emb_vec_size:
             raise ConfigError(f"hps.torch.LookupLayer({model_name!r}, table_id={table_id}): emb_vec_size "
                               f"{emb_vec_size} does not match the table {table.name!r} dim {table.dim}")

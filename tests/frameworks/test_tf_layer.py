@@ -13,6 +13,7 @@ tf = pytest.importorskip("tensorflow")
 hps_tf = pytest.importorskip("hps.tensorflow")
 
 from hps.errors import ConfigError, HpsError, KeyInputError  # noqa: E402
+from hps.shared import is_loaded  # noqa: E402
 
 from .conftest import DEFAULT_VALUE, DIM, KEYS_PER_SAMPLE, MAX_BATCH_SIZE, expected_vectors  # noqa: E402
 
@@ -45,7 +46,7 @@ def _sparse_input():
 def test_init_is_idempotent_and_checks_the_batch(ps):
     path, _ = ps
     assert hps_tf.Init(MAX_BATCH_SIZE, path) == "OK"
-    assert len([p for p in hps_tf._servers if p.endswith("ps.json")]) >= 1
+    assert is_loaded(path)
     with pytest.raises(ConfigError, match="max_batch_size"):
         hps_tf.Init(MAX_BATCH_SIZE + 1, path)
     with pytest.raises(ConfigError, match="global_batch_size"):

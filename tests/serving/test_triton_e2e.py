@@ -55,7 +55,7 @@ def deployment(seed_model, tmp_path_factory):
     legacy_ps = write_ps_json(root / "hugectr_ps.json", "wdl", ["/models/wdl/1/wdl_wide.model",
                               "/models/wdl/1/wdl_deep.model"], [4, 8], [2, 26], max_batch_size=10,
                               defaults=[0.25, -1.0])
-    assert convert_hugectr_repository(repo, None, legacy_ps) == ["wdl"]
+    assert convert_hugectr_repository(repo, None, legacy_ps, metrics_interval_s=0) == ["wdl"]
     server = serve(repo, http_port=0, grpc_port=0, metrics_port=0, ready_timeout_s=180)
     clients = {"http": http.InferenceServerClient(server.url_http),
                "grpc": grpc.InferenceServerClient(server.url_grpc)}
