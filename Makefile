@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.hps-installed
-EXTRAS := torch,onnx,redis,kafka,triton,tf,gpu,dev
+EXTRAS := torch,onnx,redis,kafka,triton,tf,gpu,dev,bench
 
 .PHONY: demo test install services bench perf-analyzer clean
 
