@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hps.cache.cpu import CpuEmbeddingCache
+from hps.cache.cpu import DEFAULT_WAYS, CpuEmbeddingCache
 from hps.errors import KeyInputError
 
 from .cache_contract import DIM, CacheContract, rows
@@ -26,7 +26,7 @@ def make_cache():
 
 
 class TestCpuEmbeddingCache(CacheContract):
-    pass
+    SINGLE_SET_CAPACITY_ROWS = DEFAULT_WAYS
 
 
 class TestCpuEmbeddingCacheFourWays(CacheContract):

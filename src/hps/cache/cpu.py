@@ -1,7 +1,7 @@
 """`CpuEmbeddingCache`: HugeCTR's set-associative LRU embedding cache, in host memory.
 
 Geometry and policy follow HugeCTR's `gpu_cache` (reference/hugectr-hps.md §2.9): the
-capacity is a whole number of sets of `ways` slots (64 by default, HugeCTR's 2 slabs x 32);
+capacity is a whole number of sets of `ways` slots (16 by default; HugeCTR's GPU sets hold 64);
 a key lives in set `rrxmrrxmsx_0(key) % num_sets`; a full set evicts the slot with the
 smallest last-use stamp, taken from a global clock that ticks once per key touched.
 
@@ -26,8 +26,10 @@ import numpy as np
 from hps.errors import ClosedError, KeyInputError
 from hps.storage.partition import rrxmrrxmsx_0_scalar
 
-#: Slots per set; HugeCTR: SET_ASSOCIATIVITY 2 x SLAB_SIZE 32.
-DEFAULT_WAYS = 64
+#: Slots per set. HugeCTR's GPU sets hold 64 (2 slabs x 32, one warp compare each); on a CPU a probe
+#: scans the set's keys, so 16 (two cache lines) keeps 90 % of a full cache's rows resident against
+#: 95 % for 64, at half the probe time (benchmarks/results/cpu.md).
+DEFAULT_WAYS = 16
 
 
 @numba.njit(inline="always")
