@@ -301,33 +301,32 @@ class HPS:
 
     def _validate_keys(self, keys: Any, model: ModelConfig, table: TableConfig) -> tuple[Any, tuple, bool, Any]:
         """Flat int64 keys, the original shape, whether they are torch, and their device."""
-        where = f"model {model.name!r} table {table.table_id} ({table.name})"
         is_torch = type(keys).__module__.startswith("torch")
         if is_torch:
             import torch
 
             if keys.dtype in (torch.bool,) or keys.is_floating_point() or keys.is_complex():
-                raise KeyInputError(f"{where}: keys must be int64 or int32, got {keys.dtype}")
+                raise KeyInputError(f"{_where(model, table)}: keys must be int64 or int32, got {keys.dtype}")
             shape, device = tuple(keys.shape), keys.device
             flat = keys.reshape(-1).to(torch.int64)
         else:
             arr = np.asarray(keys)
             if arr.dtype.kind not in "iu":
-                raise KeyInputError(f"{where}: keys must be int64 or int32, got {arr.dtype}")
+                raise KeyInputError(f"{_where(model, table)}: keys must be int64 or int32, got {arr.dtype}")
             shape, device = arr.shape, "cpu"
             flat = np.ascontiguousarray(arr.reshape(-1), dtype=np.int64)
         if len(shape) == 0:
-            raise KeyInputError(f"{where}: keys must have at least one dimension, got a scalar")
+            raise KeyInputError(f"{_where(model, table)}: keys must have at least one dimension, got a scalar")
         limit = model.max_keys_per_call(table.table_id)
         if flat.shape[0] > limit:
             raise KeyInputError(
-                f"{where}: {flat.shape[0]} keys exceed max_batch_size {model.max_batch_size} × "
+                f"{_where(model, table)}: {flat.shape[0]} keys exceed max_batch_size {model.max_batch_size} × "
                 f"maxnum_catfeature_query_per_table_per_sample[{table.table_id}] {table.maxnum_keys_per_sample} "
                 f"= {limit}")
         if not self.config.supportlonglong and flat.shape[0]:
             low, high = int(flat.min()), int(flat.max())
             if low < 0 or high >= UINT32_LIMIT:
-                raise KeyInputError(f"{where}: supportlonglong is false (uint32 keys) but keys span "
+                raise KeyInputError(f"{_where(model, table)}: supportlonglong is false (uint32 keys) but keys span "
                                     f"[{low}, {high}]")
         return flat, shape, is_torch, device
 
@@ -353,6 +352,10 @@ class HPS:
 
         self._refresher = threading.Thread(target=run, name="hps-refresh", daemon=True)
         self._refresher.start()
+
+
+def _where(model: ModelConfig, table: TableConfig) -> str:
+    return f"model {model.name!r} table {table.table_id} ({table.name})"
 
 
 def _from_dlpack(x: Any) -> Any:
