@@ -188,6 +188,8 @@ def run_demo(out_dir: str | Path | None = None, global_batch_size: int = 8192, i
             log(f"  {line}")
         log(f"  max abs diff: {max_diff:.3g}")
         log(f"  total time: {time.perf_counter() - started:.1f} s")
+        if out_dir:
+            log(f"  artefacts (sparse model, ONNX, ps.json, RocksDB, Triton repository): {paths.root}")
         return max_diff
 
 
@@ -225,5 +227,5 @@ def serve_through_triton(paths: DemoPaths, model, request_batch: int, log=print,
             client.close()
             p50, p99 = np.percentile(np.array(latencies) * 1e3, [50, 99])
             lines.append(f"Triton ensemble over {proto} ({request_batch} samples): p50 {p50:.1f} ms, p99 {p99:.1f} ms")
-    log(f"  tritonserver stopped; repository left in {repo}")
+    log("  tritonserver stopped")
     return max_diff, lines
