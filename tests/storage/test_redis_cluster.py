@@ -229,7 +229,7 @@ def test_node_failure_is_an_error_and_the_backend_recovers():
             t0 = time.monotonic()  # within retry_after_ms the hung node is not waited for again
             with pytest.raises(BackendError, match="not retried"):
                 b.find(TAG, keys)
-            assert time.monotonic() - t0 < 0.25
+            assert time.monotonic() - t0 < 1.0  # no wait on the hung socket (loose: a loaded CI machine)
             c.resume(1)
             vectors, found = _until_ok(lambda: b.find(TAG, keys), 20)
             assert found.all()
