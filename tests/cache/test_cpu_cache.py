@@ -67,7 +67,7 @@ def test_bad_geometry(bad):
 
 def test_key_validation_names_the_problem():
     cache = CpuEmbeddingCache(64, 2)
-    with pytest.raises(KeyInputError, match=r"CpuEmbeddingCache.find: keys must be 1-D.*\(2, 2\)"):
+    with pytest.raises(KeyInputError, match=r"CpuEmbeddingCache.find: keys must be a 1-D.*\(2, 2\)"):
         cache.find(np.zeros((2, 2), dtype=np.int64))
     with pytest.raises(KeyInputError, match="keys must be integers.*float64"):
         cache.find(np.zeros(2))

@@ -24,6 +24,7 @@ import numba
 import numpy as np
 
 from hps.errors import ClosedError, KeyInputError
+from hps.storage.base import check_keys
 from hps.storage.partition import rrxmrrxmsx_0_scalar
 
 #: Slots per set. HugeCTR's GPU sets hold 64 (2 slabs x 32, one warp compare each); on a CPU a probe
@@ -151,16 +152,6 @@ def _erase_kernel(slot_keys, slot_vectors, slot_stamps, set_fill, ways, keys):
     return erased
 
 
-def _keys_array(keys: object, where: str) -> np.ndarray:
-    """Validate keys and return them as a contiguous `(n,) int64` array."""
-    array = np.asarray(keys)
-    if array.ndim != 1:
-        raise KeyInputError(f"{where}: keys must be 1-D (n,), got shape {array.shape}")
-    if array.dtype.kind not in "iu":
-        raise KeyInputError(f"{where}: keys must be integers (int64 or int32), got dtype {array.dtype}")
-    return np.ascontiguousarray(array, dtype=np.int64)
-
-
 class CpuEmbeddingCache:
     """Set-associative LRU cache of `capacity_rows` float32 rows of width `dim`, keyed by int64.
 
@@ -214,7 +205,7 @@ class CpuEmbeddingCache:
         """Probe `keys: (n,) int64` (int32 accepted; duplicates allowed) and mark hits recently used.
 
         Returns `(vectors: (n, dim) float32, found: (n,) bool)`; rows of misses are zero."""
-        keys = _keys_array(keys, "CpuEmbeddingCache.find")
+        keys = check_keys(keys, "CpuEmbeddingCache.find")
         out = np.zeros((keys.shape[0], self.dim), dtype=np.float32)
         found = np.empty(keys.shape[0], dtype=np.bool_)
         with self._lock:
@@ -230,7 +221,7 @@ class CpuEmbeddingCache:
         """Insert or overwrite `keys: (n,) int64` with `vectors: (n, dim) float32`; a full set
         evicts its least recently used slot. Keys should be unique; a repeated key is written
         twice (the last row wins)."""
-        keys = _keys_array(keys, "CpuEmbeddingCache.insert_or_assign")
+        keys = check_keys(keys, "CpuEmbeddingCache.insert_or_assign")
         vectors = self._vectors_array(vectors, keys.shape[0], "insert_or_assign")
         with self._lock:
             self._check_open("insert_or_assign")
@@ -245,7 +236,7 @@ class CpuEmbeddingCache:
     def assign(self, keys: np.ndarray, vectors: np.ndarray) -> None:
         """Overwrite the rows of `keys: (n,) int64` that are cached with `vectors: (n, dim)
         float32`; absent keys are ignored and recency is unchanged (online updates)."""
-        keys = _keys_array(keys, "CpuEmbeddingCache.assign")
+        keys = check_keys(keys, "CpuEmbeddingCache.assign")
         vectors = self._vectors_array(vectors, keys.shape[0], "assign")
         with self._lock:
             self._check_open("assign")
@@ -254,7 +245,7 @@ class CpuEmbeddingCache:
 
     def erase(self, keys: np.ndarray) -> None:
         """Remove `keys: (n,) int64` where cached; absent keys are ignored."""
-        keys = _keys_array(keys, "CpuEmbeddingCache.erase")
+        keys = check_keys(keys, "CpuEmbeddingCache.erase")
         with self._lock:
             self._check_open("erase")
             if keys.shape[0]:

@@ -21,15 +21,15 @@ def make_tag(model_name: str, table_name: str) -> str:
     return f"{TAG_PREFIX}.{model_name}.{table_name}"
 
 
-def check_keys(tag: str, keys: np.ndarray) -> np.ndarray:
-    """Validate `keys: (n,) integer` for table `tag` → C-contiguous `(n,) int64`.
+def check_keys(keys: np.ndarray, where: str) -> np.ndarray:
+    """Validate `keys: (n,) integer` → C-contiguous `(n,) int64`.
 
-    Raises `KeyInputError` naming the tag, the dtype and the shape."""
+    Raises `KeyInputError` naming `where` (e.g. "table hps_et.m.t0"), the dtype and the shape."""
     arr = np.asarray(keys)
     if arr.dtype.kind not in "iu":
-        raise KeyInputError(f"table {tag}: keys must be integers, got dtype {arr.dtype} (shape {arr.shape})")
+        raise KeyInputError(f"{where}: keys must be integers, got dtype {arr.dtype} (shape {arr.shape})")
     if arr.ndim != 1:
-        raise KeyInputError(f"table {tag}: keys must be a 1-D array, got shape {arr.shape}")
+        raise KeyInputError(f"{where}: keys must be a 1-D array, got shape {arr.shape}")
     return np.ascontiguousarray(arr, dtype=np.int64) if arr.dtype != np.int64 else np.ascontiguousarray(arr)
 
 

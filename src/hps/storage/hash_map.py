@@ -277,7 +277,7 @@ class HashMapBackend:
         Returns `(vectors: (n, dim) float32, found: (n,) bool)`; rows of missing keys are zeros.
         Under evict_least_used / evict_oldest, found keys' access count / last access is updated."""
         table = self._table(tag)
-        keys = check_keys(tag, keys)
+        keys = check_keys(keys, f"table {tag}")
         out = np.empty((keys.shape[0], table.dim), dtype=np.float32)
         found = np.empty(keys.shape[0], dtype=np.bool_)
         if keys.shape[0] == 0:
@@ -316,7 +316,7 @@ class HashMapBackend:
         Processed in `max_batch_size` chunks; after each chunk every partition that reached
         `overflow_margin` is shrunk by the overflow policy. Nothing is written if validation fails."""
         table = self._table(tag)
-        keys = check_keys(tag, keys)
+        keys = check_keys(keys, f"table {tag}")
         vectors = check_vectors(tag, vectors, keys.shape[0], table.dim)
         n = keys.shape[0]
         if n == 0:
@@ -338,7 +338,7 @@ class HashMapBackend:
     def erase(self, tag: str, keys: np.ndarray) -> int:
         """Remove `keys: (n,) int64` from table `tag`; returns how many were present."""
         table = self._table(tag)
-        keys = check_keys(tag, keys)
+        keys = check_keys(keys, f"table {tag}")
         if keys.shape[0] == 0:
             return 0
         with table.lock.write():

@@ -212,7 +212,7 @@ class RocksDBBackend:
         Returns `(vectors: (n, dim) float32, found: (n,) bool)`; rows of missing keys are zeros.
         A stored value whose size is not `4 · dim` raises `BackendError` naming the tag."""
         table = self._table(tag)
-        keys = check_keys(tag, keys)
+        keys = check_keys(keys, f"table {tag}")
         n = keys.shape[0]
         # multi-get in RocksDB's key order: neighbouring keys share blocks (measured 1.5x faster)
         order = np.argsort(_byte_order(keys))
@@ -297,7 +297,7 @@ class RocksDBBackend:
         """Upsert `keys: (n,) int64` → `vectors: (n, dim) float32` through `WriteBatch`es of
         `max_batch_size` records (later duplicates win). Nothing is written if validation fails."""
         table = self._table(tag)
-        keys = check_keys(tag, keys)
+        keys = check_keys(keys, f"table {tag}")
         vectors = check_vectors(tag, vectors, keys.shape[0], table.dim)
         self._check_writable(tag, "write to")
         key_bytes, row_bytes = _key_list(keys), _row_list(vectors)
@@ -311,7 +311,7 @@ class RocksDBBackend:
     def erase(self, tag: str, keys: np.ndarray) -> int:
         """Delete `keys: (n,) int64`; returns how many distinct keys were present."""
         table = self._table(tag)
-        keys = check_keys(tag, keys)
+        keys = check_keys(keys, f"table {tag}")
         self._check_writable(tag, "erase from")
         unique = np.unique(keys)
         key_bytes = _key_list(unique)
@@ -339,7 +339,7 @@ class RocksDBBackend:
         later duplicates win, and the file is moved into the column family. Chunks may be loaded by
         several calls; a key loaded again overrides the earlier value."""
         table = self._table(tag)
-        keys = check_keys(tag, keys)
+        keys = check_keys(keys, f"table {tag}")
         vectors = check_vectors(tag, vectors, keys.shape[0], table.dim)
         self._check_writable(tag, "bulk load into")
         if keys.shape[0] == 0:
