@@ -147,29 +147,11 @@ def convert_to_onnx(tf, dense_model_path: str, onnx_path: str, opset: int) -> No
 
 
 def write_ps_json(out: str, sparse_path: str, max_batch_size: int) -> str:
-    """The hps config of the seed's hps_embedding model: hash_map volatile tier, RocksDB under <out>/rocksdb,
-    CPU embedding cache holding the whole table. Returns the path of <out>/ps.json."""
-    config = {
-        "supportlonglong": True,
-        "volatile_db": {"type": "hash_map", "num_partitions": 2},
-        "persistent_db": {"type": "rocks_db", "path": os.path.join(os.path.abspath(out), "rocksdb"),
-                          "num_threads": 2},
-        "models": [{
-            "model": MODEL_NAME,
-            "sparse_files": [os.path.abspath(sparse_path)],
-            "num_of_worker_buffer_in_pool": 3,
-            "embedding_table_names": [TABLE_NAME],
-            "embedding_vecsize_per_table": [EMBED_VEC_SIZE],
-            "maxnum_catfeature_query_per_table_per_sample": [SLOT_NUM],
-            "default_value_for_each_table": [1.0],
-            "deployed_device_list": [0],
-            "max_batch_size": max_batch_size,
-            "cache_refresh_percentage_per_iteration": 0.2,
-            "hit_rate_threshold": 1.0,
-            "gpucacheper": 1.0,
-            "gpucache": True,
-        }],
-    }
+    """The hps config of the seed's hps_embedding model (the one `hps demo` uses): hash_map volatile tier,
+    RocksDB under <out>/rocksdb, the embedding cache holding the whole table. Returns <out>/ps.json."""
+    from hps.demo import ps_config
+
+    config = ps_config(os.path.abspath(sparse_path), os.path.join(os.path.abspath(out), "rocksdb"), max_batch_size)
     path = os.path.join(out, "ps.json")
     with open(path, "w") as f:
         json.dump(config, f, indent=2)

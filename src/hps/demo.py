@@ -114,22 +114,23 @@ def export(model, paths: DemoPaths) -> None:
                           dynamic_axes={"input_1": {0: "batch"}, "output_1": {0: "batch"}}, dynamo=False)
 
 
-def ps_config(paths: DemoPaths) -> dict:
-    """The ps.json of the seed's tutorial (notebook 02), on hash_map + rocks_db and the CPU cache."""
+def ps_config(sparse_model: str, rocksdb_path: str, max_batch_size: int = 65536) -> dict:
+    """The ps.json of the seed's tutorial (notebook 02) for one sparse model, on hash_map + rocks_db
+    (at `rocksdb_path`) and the embedding cache (the CPU one without a GPU)."""
     return {
         "supportlonglong": True,
         "volatile_db": {"type": "hash_map", "num_partitions": 4, "update_filters": [".+"]},
-        "persistent_db": {"type": "rocks_db", "path": str(paths.rocksdb), "update_filters": [".+"]},
+        "persistent_db": {"type": "rocks_db", "path": rocksdb_path, "update_filters": [".+"]},
         "models": [{
             "model": MODEL_NAME,
-            "sparse_files": [str(paths.sparse_model)],
+            "sparse_files": [sparse_model],
             "num_of_worker_buffer_in_pool": 3,
             "embedding_table_names": [TABLE_NAME],
             "embedding_vecsize_per_table": [EMBED_VEC_SIZE],
             "maxnum_catfeature_query_per_table_per_sample": [SLOT_NUM],
             "default_value_for_each_table": [1.0],
             "deployed_device_list": [0],
-            "max_batch_size": 65536,
+            "max_batch_size": max_batch_size,
             "cache_refresh_percentage_per_iteration": 0.2,
             "hit_rate_threshold": 1.0,
             "gpucacheper": 1.0,
@@ -154,7 +155,7 @@ def run_demo(out_dir: str | Path | None = None, global_batch_size: int = 8192, i
         model = train(global_batch_size, iter_num, log=log)
         log(f"[2/{steps}] splitting it: {paths.sparse_model.name} (HPS sparse model) + {paths.dense_onnx.name} (ONNX)")
         export(model, paths)
-        paths.ps_json.write_text(json.dumps(ps_config(paths), indent=2))
+        paths.ps_json.write_text(json.dumps(ps_config(str(paths.sparse_model), str(paths.rocksdb)), indent=2))
         log(f"[3/{steps}] serving {num_requests} requests of {request_batch} samples × {SLOT_NUM} keys through hps.HPS "
             "+ onnxruntime")
         session = ort.InferenceSession(str(paths.dense_onnx), providers=["CPUExecutionProvider"])
