@@ -92,3 +92,14 @@ def test_one_replica_per_deployed_device(table):
             out = ps.lookup(query, "m", 0, device_id=device_id)
             assert out.device == torch.device(f"cuda:{device_id}")
             np.testing.assert_array_equal(out.cpu().numpy(), vectors[:6])
+
+
+def test_refresh_rereads_the_gpu_cache_from_the_tiers(table):
+    tmp_path, keys, vectors = table
+    with hps.HPS(config(tmp_path), show_progress=False) as ps:
+        query = keys[:4]
+        ps.lookup(query, "m", 0)  # cached now
+        ps.volatile.insert_or_assign("hps_et.m.sparse_embedding0", query, np.full((4, DIM), 7.0, np.float32))
+        np.testing.assert_array_equal(ps.lookup(query, "m", 0), vectors[:4])  # the cache still holds the old rows
+        assert ps.refresh("m") >= 4
+        np.testing.assert_array_equal(ps.lookup(query, "m", 0), np.full((4, DIM), 7.0, np.float32))
