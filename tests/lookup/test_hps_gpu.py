@@ -103,3 +103,16 @@ def test_refresh_rereads_the_gpu_cache_from_the_tiers(table):
         np.testing.assert_array_equal(ps.lookup(query, "m", 0), vectors[:4])  # the cache still holds the old rows
         assert ps.refresh("m") >= 4
         np.testing.assert_array_equal(ps.lookup(query, "m", 0), np.full((4, DIM), 7.0, np.float32))
+
+
+def test_asynchronous_misses_are_inserted_in_the_background(table):
+    import time
+
+    tmp_path, keys, vectors = table
+    with hps.HPS(config(tmp_path, hit_rate_threshold=0.0), show_progress=False) as ps:
+        query = torch.from_numpy(keys[10:20].copy()).to(DEVICE)
+        assert (ps.lookup(query, "m", 0).cpu().numpy() == -2.0).all()  # this batch: the default value
+        deadline = time.monotonic() + 20
+        while not np.array_equal(ps.lookup(query, "m", 0).cpu().numpy(), vectors[10:20]):
+            assert time.monotonic() < deadline, "the background insert never reached the GPU cache"
+            time.sleep(0.01)

@@ -12,6 +12,7 @@ cache; the tiers always work on host numpy arrays.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -91,7 +92,8 @@ class TableLookup:
         def insert() -> None:
             try:
                 host_vectors, _ = self.tiers.fetch(self.table, keys, self.stats)
-                self.cache.insert_or_assign(_like(keys, miss_keys), _like(host_vectors, miss_keys))
+                with _side_stream(self.cache.device):  # a GPU insert queues behind no lookup
+                    self.cache.insert_or_assign(_like(keys, miss_keys), _like(host_vectors, miss_keys))
             except Exception:  # noqa: BLE001 - a background insert must never break lookups
                 log.exception("background insert of %d keys into the cache of %s failed", len(keys), self.table.tag)
             finally:
@@ -122,6 +124,23 @@ class TableLookup:
             host_vectors, _ = self.tiers.fetch(self.table, _to_numpy(chunk), self.stats)
             self.cache.assign(chunk, _like(host_vectors, chunk))
         return len(cached)
+
+
+_SIDE_STREAMS: dict[str, Any] = {}
+
+
+def _side_stream(device: str) -> Any:
+    """A context running CUDA work on this device's insert stream (created once; lookups keep
+    theirs); a no-op context on the CPU. The seqlock in the GPU cache makes a racing lookup see
+    the old row, the new row or a miss, never a torn row."""
+    if not device.startswith("cuda"):
+        return contextlib.nullcontext()
+    import torch
+
+    stream = _SIDE_STREAMS.get(device)
+    if stream is None:
+        stream = _SIDE_STREAMS.setdefault(device, torch.cuda.Stream(torch.device(device)))
+    return torch.cuda.stream(stream)
 
 
 def _is_torch(x: Any) -> bool:
