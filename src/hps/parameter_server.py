@@ -21,7 +21,7 @@ import numpy as np
 from hps.cache.factory import cuda_available, make_cache
 from hps.config import ModelConfig, PsConfig, TableConfig, load_config, parse_config
 from hps.errors import ClosedError, HpsError, KeyInputError, UnknownModelError
-from hps.lookup.loading import iter_table_rows, load_model_into_tiers, open_sparse_models
+from hps.lookup.loading import drop_tables, iter_table_rows, load_model_into_tiers, open_sparse_models
 from hps.lookup.pipeline import TableLookup
 from hps.lookup.stats import TableStats
 from hps.lookup.tiers import TierChain
@@ -273,20 +273,28 @@ class HPS:
     def _load(self, model: ModelConfig) -> None:
         """Validate the model's files, fill the tiers, build one cache per table and device."""
         sparse_models = open_sparse_models(model)
-        load_model_into_tiers(self.config, model, sparse_models, self.volatile, self.persistent, self._show_progress)
+        created = load_model_into_tiers(self.config, model, sparse_models, self.volatile, self.persistent,
+                                        self._show_progress)
         runtime = _ModelRuntime(model, [TableStats() for _ in model.tables])
         devices = model.deployed_device_list if cuda_available() else model.deployed_device_list[:1]
-        for table, sparse in zip(model.tables, sparse_models):
-            for device_id in devices:
-                cache = make_cache(model, table, sparse.num_rows, device_id,
-                                   lambda s=sparse: iter_table_rows(s))
-                replica = TableLookup(model, table, cache, self._tiers, runtime.stats[table.table_id],
-                                      self._background)
-                self._prefill(model, sparse, replica)
-                runtime.replicas[(table.table_id, device_id)] = replica
-            if not cuda_available():  # one CPU cache serves every deployed device id
-                for device_id in model.deployed_device_list[1:]:
-                    runtime.replicas[(table.table_id, device_id)] = runtime.replicas[(table.table_id, devices[0])]
+        try:
+            for table, sparse in zip(model.tables, sparse_models):
+                for device_id in devices:
+                    cache = make_cache(model, table, sparse.num_rows, device_id,
+                                       lambda s=sparse: iter_table_rows(s))
+                    replica = TableLookup(model, table, cache, self._tiers, runtime.stats[table.table_id],
+                                          self._background)
+                    runtime.replicas[(table.table_id, device_id)] = replica
+                    self._prefill(model, sparse, replica)
+                if not cuda_available():  # one CPU cache serves every deployed device id
+                    for device_id in model.deployed_device_list[1:]:
+                        runtime.replicas[(table.table_id, device_id)] = runtime.replicas[(table.table_id, devices[0])]
+        except BaseException:  # nothing half-loaded: free the caches built so far, drop the new tables
+            for replica in set(runtime.replicas.values()):
+                if replica.cache is not None:
+                    replica.cache.close()
+            drop_tables(created)
+            raise
         self._models[model.name] = runtime
 
     @staticmethod

@@ -274,3 +274,22 @@ def test_concurrent_lookups_and_updates_never_tear_rows(tables, tmp_path):
         for t in threads:
             t.join()
         assert not errors, errors[:3]
+
+
+def test_a_failed_hot_add_leaves_no_table_behind(tables, tmp_path, monkeypatch):
+    import hps.parameter_server as server
+
+    with hps.HPS(make_config(tables, tmp_path), show_progress=False) as ps:
+        before = set(ps.volatile.tables())
+        real_make_cache = server.make_cache
+
+        def make_cache(model, table, *args, **kwargs):
+            if table.table_id == 1:
+                raise HpsError(f"no memory for {table.tag}")
+            return real_make_cache(model, table, *args, **kwargs)
+
+        monkeypatch.setattr(server, "make_cache", make_cache)
+        with pytest.raises(HpsError, match="no memory for hps_et.m2.t1"):
+            ps.add_model(dict(make_config(tables, tmp_path)["models"][0], model="m2"))
+        assert set(ps.volatile.tables()) == before and "m2" not in ps.model_names
+        np.testing.assert_array_equal(ps.lookup([8], "m", 0), expected(tables, [8]))

@@ -46,25 +46,42 @@ def _slot_in_set(slot_keys, base, fill, key) -> np.int64:
     return -1
 
 
+@numba.njit(inline="always")
+def _locate(slot_keys, set_fill, ways, key):
+    """`(set, its first slot, its fill, the slot holding key or -1)`."""
+    s = _set_of(key, np.uint64(set_fill.shape[0]))
+    base = s * ways
+    fill = set_fill[s]
+    return s, base, fill, _slot_in_set(slot_keys, base, fill, key)
+
+
+@numba.njit(inline="always")
+def _find_slot(slot_keys, set_fill, ways, key) -> np.int64:
+    """The slot holding `key`, or -1."""
+    s = _set_of(key, np.uint64(set_fill.shape[0]))
+    return _slot_in_set(slot_keys, s * ways, set_fill[s], key)
+
+
+@numba.njit(inline="always")
+def _copy_row(dst, i, src, j) -> None:
+    for d in range(dst.shape[1]):
+        dst[i, d] = src[j, d]
+
+
 @numba.njit(cache=True, nogil=True)
 def _find_kernel(slot_keys, slot_vectors, slot_stamps, set_fill, clock, ways, keys, out, found):
     """Probe `keys: (n,) int64`; copy hits into `out: (n, dim) float32`, set `found: (n,) bool`,
     stamp hit slots with the clock. Returns the number of hits."""
-    num_sets = np.uint64(set_fill.shape[0])
-    dim = slot_vectors.shape[1]
     tick = clock[0]
     hits = 0
     for i in range(keys.shape[0]):
-        key = keys[i]
-        s = _set_of(key, num_sets)
-        slot = _slot_in_set(slot_keys, s * ways, set_fill[s], key)
+        slot = _find_slot(slot_keys, set_fill, ways, keys[i])
         if slot < 0:
             found[i] = False
             continue
         tick += 1
         slot_stamps[slot] = tick
-        for d in range(dim):
-            out[i, d] = slot_vectors[slot, d]
+        _copy_row(out, i, slot_vectors, slot)
         found[i] = True
         hits += 1
     clock[0] = tick
@@ -76,17 +93,12 @@ def _insert_or_assign_kernel(slot_keys, slot_vectors, slot_stamps, set_fill, clo
     """Upsert `keys: (n,) int64` with `vectors: (n, dim) float32` in order (a repeated key is
     upserted twice, last value wins). A full set evicts its least recently stamped slot.
     Returns `(rows added, rows evicted)`."""
-    num_sets = np.uint64(set_fill.shape[0])
-    dim = slot_vectors.shape[1]
     tick = clock[0]
     added = 0
     evicted = 0
     for i in range(keys.shape[0]):
         key = keys[i]
-        s = _set_of(key, num_sets)
-        base = s * ways
-        fill = set_fill[s]
-        slot = _slot_in_set(slot_keys, base, fill, key)
+        s, base, fill, slot = _locate(slot_keys, set_fill, ways, key)
         if slot < 0:
             if fill < ways:
                 slot = base + fill
@@ -103,8 +115,7 @@ def _insert_or_assign_kernel(slot_keys, slot_vectors, slot_stamps, set_fill, clo
             slot_keys[slot] = key
         tick += 1
         slot_stamps[slot] = tick
-        for d in range(dim):
-            slot_vectors[slot, d] = vectors[i, d]
+        _copy_row(slot_vectors, slot, vectors, i)
     clock[0] = tick
     return added, evicted
 
@@ -112,16 +123,11 @@ def _insert_or_assign_kernel(slot_keys, slot_vectors, slot_stamps, set_fill, clo
 @numba.njit(cache=True, nogil=True)
 def _assign_kernel(slot_keys, slot_vectors, set_fill, ways, keys, vectors):
     """Overwrite the rows of the `keys` already cached; leave stamps alone. Returns the count."""
-    num_sets = np.uint64(set_fill.shape[0])
-    dim = slot_vectors.shape[1]
     assigned = 0
     for i in range(keys.shape[0]):
-        key = keys[i]
-        s = _set_of(key, num_sets)
-        slot = _slot_in_set(slot_keys, s * ways, set_fill[s], key)
+        slot = _find_slot(slot_keys, set_fill, ways, keys[i])
         if slot >= 0:
-            for d in range(dim):
-                slot_vectors[slot, d] = vectors[i, d]
+            _copy_row(slot_vectors, slot, vectors, i)
             assigned += 1
     return assigned
 
@@ -129,23 +135,16 @@ def _assign_kernel(slot_keys, slot_vectors, set_fill, ways, keys, vectors):
 @numba.njit(cache=True, nogil=True)
 def _erase_kernel(slot_keys, slot_vectors, slot_stamps, set_fill, ways, keys):
     """Remove the cached `keys`, moving each set's last row into the hole. Returns the count."""
-    num_sets = np.uint64(set_fill.shape[0])
-    dim = slot_vectors.shape[1]
     erased = 0
     for i in range(keys.shape[0]):
-        key = keys[i]
-        s = _set_of(key, num_sets)
-        base = s * ways
-        fill = set_fill[s]
-        slot = _slot_in_set(slot_keys, base, fill, key)
+        s, base, fill, slot = _locate(slot_keys, set_fill, ways, keys[i])
         if slot < 0:
             continue
         last = base + fill - 1
         if slot != last:
             slot_keys[slot] = slot_keys[last]
             slot_stamps[slot] = slot_stamps[last]
-            for d in range(dim):
-                slot_vectors[slot, d] = slot_vectors[last, d]
+            _copy_row(slot_vectors, slot, slot_vectors, last)
         slot_stamps[last] = 0
         set_fill[s] = fill - 1
         erased += 1

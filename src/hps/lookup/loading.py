@@ -29,11 +29,12 @@ def open_sparse_models(model: ModelConfig) -> list[SparseModel]:
 
 def load_model_into_tiers(config: PsConfig, model: ModelConfig, sparse_models: list[SparseModel],
                           volatile: KeyValueBackend | None, persistent: KeyValueBackend | None,
-                          show_progress: bool = True) -> None:
+                          show_progress: bool = True) -> list[tuple[KeyValueBackend, str]]:
     """Create the model's tables in the tiers and fill them from `sparse_models` (one per table).
 
-    Static and uvm tables live whole in their cache and skip the tiers (as in HugeCTR). On any
-    error, the tables this call created are dropped and the error is re-raised."""
+    Static and uvm tables live whole in their cache and skip the tiers (as in HugeCTR). Returns the
+    `(backend, tag)` tables this call created, for `drop_tables` if a later step fails. On any
+    error, those tables are dropped and the error is re-raised."""
     targets: list[KeyValueBackend] = []
     if volatile is not None and config.volatile_db.initialize_after_startup:
         targets.append(volatile)
@@ -48,7 +49,7 @@ def load_model_into_tiers(config: PsConfig, model: ModelConfig, sparse_models: l
                     created.append((backend, table.tag))
                 backend.create_table(table.tag, table.dim)
         if model.cache_type != "dynamic" or not targets:
-            return
+            return created
         with _progress(show_progress) as progress:
             for table, sparse in zip(model.tables, sparse_models):
                 for backend in targets:  # size the hash map once instead of growing it chunk by chunk
@@ -61,15 +62,21 @@ def load_model_into_tiers(config: PsConfig, model: ModelConfig, sparse_models: l
                         getattr(backend, "bulk_load", backend.insert_or_assign)(table.tag, keys, vectors)
                     if progress:
                         progress.advance(task, len(keys))
+        return created
     except BaseException as exc:
-        for backend, tag in created:
-            try:
-                backend.drop_table(tag)
-            except Exception:  # noqa: BLE001 - keep the original error
-                pass
+        drop_tables(created)
         if isinstance(exc, HpsError) or not isinstance(exc, Exception):
             raise
         raise HpsError(f"loading model {model.name!r} failed, nothing was kept: {exc}") from exc
+
+
+def drop_tables(created: list[tuple[KeyValueBackend, str]]) -> None:
+    """Drop the `(backend, tag)` tables a failed load created (best effort: the load's error wins)."""
+    for backend, tag in created:
+        try:
+            backend.drop_table(tag)
+        except Exception:  # noqa: BLE001 - keep the original error
+            pass
 
 
 def iter_table_rows(sparse: SparseModel, limit_rows: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:

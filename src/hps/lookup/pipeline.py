@@ -43,6 +43,7 @@ class TableLookup:
         self._insert_in_flight = threading.Lock()
         #: Static / uvm tables hold the whole table: a miss is a miss, no tier is consulted.
         self._complete_table = model.cache_type in ("static", "uvm")
+        self._find_counted = getattr(cache, "find_counted", None)
 
     def lookup(self, keys: Any) -> Any:
         """Vectors for flat `keys: (n,) int64` (numpy, or torch on the cache's device).
@@ -53,9 +54,8 @@ class TableLookup:
             vectors, source = self.tiers.fetch(self.table, _to_numpy(keys), self.stats)
             self.stats.record(np.bincount(source, minlength=len(LEVELS)), time.perf_counter() - start)
             return _like(vectors, keys)
-        find_counted = getattr(self.cache, "find_counted", None)
-        if find_counted is not None:  # GPU cache: probe and count in one graph replay
-            vectors, found, num_hits = find_counted(keys)
+        if self._find_counted is not None:  # GPU cache: probe and count in one graph replay
+            vectors, found, num_hits = self._find_counted(keys)
         else:
             vectors, found = self.cache.find(keys)
             num_hits = int(found.sum())
@@ -108,11 +108,7 @@ class TableLookup:
 
     def to_cache_kind(self, host: np.ndarray) -> Any:
         """`host` (numpy) as an array the cache takes: numpy, or a torch tensor on its device."""
-        if not self.takes_torch:
-            return host
-        import torch
-
-        return torch.from_numpy(np.ascontiguousarray(host)).to(self.cache.device)
+        return _to_device(host, self.cache.device) if self.takes_torch else host
 
     def refresh(self, chunk_rows: int = 65536) -> int:
         """Re-read every cached key from the tiers and assign it in the cache; returns rows refreshed."""
@@ -169,8 +165,11 @@ def _to_numpy(x: Any) -> np.ndarray:
 
 def _like(host: np.ndarray, like: Any) -> Any:
     """`host` as an array of the same kind and device as `like`."""
-    if _is_torch(like):
-        import torch
+    return _to_device(host, like.device) if _is_torch(like) else host
 
-        return torch.from_numpy(np.ascontiguousarray(host)).to(like.device, non_blocking=False)
-    return host
+
+def _to_device(host: np.ndarray, device: Any) -> Any:
+    """`host` (numpy) as a torch tensor on `device`."""
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(host)).to(device)

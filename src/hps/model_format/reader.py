@@ -63,6 +63,12 @@ def duplicate_key_report(keys: np.ndarray) -> tuple[int, int, int] | None:
     return extra_rows, distinct, example
 
 
+def _dim_hint(vector_bytes: int, num_keys: int) -> str:
+    """" (the sizes agree for dim D)" when the file sizes fit a whole dim, else ""."""
+    row_bytes, rest = divmod(vector_bytes, VECTOR_DTYPE.itemsize * num_keys)
+    return f" (the sizes agree for dim {row_bytes})" if rest == 0 and row_bytes else ""
+
+
 class SparseModel:
     """One embedding table in the HugeCTR sparse model format, opened read-only.
 
@@ -102,22 +108,18 @@ class SparseModel:
         num_keys = key_bytes // KEY_DTYPE.itemsize
         row_bytes = VECTOR_DTYPE.itemsize * self.dim
         if vector_bytes % row_bytes:
-            hint = ""
-            if vector_bytes % (VECTOR_DTYPE.itemsize * num_keys) == 0:
-                hint = f" ({vector_bytes} bytes / {num_keys} keys / 4 = dim {vector_bytes // (4 * num_keys)})"
             raise ModelFormatError(
                 f"{self.vector_path} holds {vector_bytes} bytes, not a multiple of 4 x dim {self.dim} = "
-                f"{row_bytes} bytes per row; {self.key_path} holds {num_keys} keys{hint}; "
+                f"{row_bytes} bytes per row; {self.key_path} holds {num_keys} keys"
+                f"{_dim_hint(vector_bytes, num_keys)}; "
                 f"is embedding_vecsize_per_table right?"
             )
         num_vectors = vector_bytes // row_bytes
         if num_vectors != num_keys:
-            hint = ""
-            if vector_bytes % (VECTOR_DTYPE.itemsize * num_keys) == 0:
-                hint = f" (the sizes agree for dim {vector_bytes // (4 * num_keys)})"
             raise ModelFormatError(
                 f"{self.vector_path} holds {vector_bytes} bytes = {num_vectors} rows of dim {self.dim}, "
-                f"but {self.key_path} holds {num_keys} keys{hint}; is embedding_vecsize_per_table right?"
+                f"but {self.key_path} holds {num_keys} keys{_dim_hint(vector_bytes, num_keys)}; "
+                f"is embedding_vecsize_per_table right?"
             )
         slot_path = self.path / SLOT_ID_FILE
         if slot_path.exists():

@@ -48,6 +48,16 @@ def embedding_config(name: str, parameters: Mapping[str, str], *, instance_count
     )
 
 
+#: The seed's ensemble I/O (reference §4): EMB_KEY, EMB_N_KEY → DENSE_OUTPUT.
+ENSEMBLE_IO = (
+    "input [\n"
+    '  { name: "EMB_KEY" data_type: TYPE_INT64 dims: [ -1, -1 ] },\n'
+    '  { name: "EMB_N_KEY" data_type: TYPE_INT32 dims: [ -1, -1 ] }\n'
+    "]\n"
+    'output [ { name: "DENSE_OUTPUT" data_type: TYPE_FP32 dims: [ -1, 1 ] } ]\n'
+)
+
+
 def fused_config(name: str, parameters: Mapping[str, str], *, instance_count: int = 1) -> str:
     """config.pbtxt of the fused python model: the ensemble's I/O (EMB_KEY, EMB_N_KEY → DENSE_OUTPUT),
     lookup and dense model in one stub process (one IPC hop instead of two, no intermediate copy)."""
@@ -55,12 +65,8 @@ def fused_config(name: str, parameters: Mapping[str, str], *, instance_count: in
         f"name: {quote(name)}\n"
         'backend: "python"\n'
         "max_batch_size: 0\n"
-        "input [\n"
-        '  { name: "EMB_KEY" data_type: TYPE_INT64 dims: [ -1, -1 ] },\n'
-        '  { name: "EMB_N_KEY" data_type: TYPE_INT32 dims: [ -1, -1 ] }\n'
-        "]\n"
-        'output [ { name: "DENSE_OUTPUT" data_type: TYPE_FP32 dims: [ -1, 1 ] } ]\n'
-        "version_policy: { specific: { versions: [ 1 ] } }\n"
+        + ENSEMBLE_IO
+        + "version_policy: { specific: { versions: [ 1 ] } }\n"
         f"instance_group [ {{ count: {int(instance_count)} kind: KIND_CPU }} ]\n"
         + parameters_block(parameters)
     )
@@ -104,12 +110,8 @@ def ensemble_config(name: str, embedding_name: str, dense_name: str, *, dense_in
         f"name: {quote(name)}\n"
         'platform: "ensemble"\n'
         "max_batch_size: 0\n"
-        "input [\n"
-        '  { name: "EMB_KEY" data_type: TYPE_INT64 dims: [ -1, -1 ] },\n'
-        '  { name: "EMB_N_KEY" data_type: TYPE_INT32 dims: [ -1, -1 ] }\n'
-        "]\n"
-        'output [ { name: "DENSE_OUTPUT" data_type: TYPE_FP32 dims: [ -1, 1 ] } ]\n'
-        "ensemble_scheduling {\n"
+        + ENSEMBLE_IO
+        + "ensemble_scheduling {\n"
         "  step [\n"
         f"    {{ model_name: {quote(embedding_name)} model_version: -1\n"
         '      input_map { key: "KEYS" value: "EMB_KEY" }\n'

@@ -58,9 +58,7 @@ def build_repository(ps_json: str | os.PathLike, dense_model: str | os.PathLike,
     Returns the repository path. Raises `RepositoryError` / `ConfigError` naming the file.
     """
     out = Path(out_dir)
-    config = load_config(ps_json)
-    model = _pick_model(config, model_name, ps_json)
-    _check_instances(config, instance_count, ps_json)
+    config, model = _open_model(ps_json, model_name, instance_count)
     dense_path = Path(dense_model)
     if not dense_path.is_file():
         raise RepositoryError(f"{dense_path}: dense model file not found")
@@ -118,9 +116,7 @@ def add_model_to_repository(repo: str | os.PathLike, ps_json: str | os.PathLike,
     then load it with `TritonServer.load_model(name)` (model-control mode explicit); it runs in its
     own python stub process with its own `hps.HPS`. Returns the new model directory.
     """
-    config = load_config(ps_json)
-    model = _pick_model(config, model_name, ps_json)
-    _check_instances(config, instance_count, ps_json)
+    config, model = _open_model(ps_json, model_name, instance_count)
     repo = Path(repo)
     if not repo.is_dir():
         raise RepositoryError(f"{repo}: model repository not found")
@@ -181,6 +177,14 @@ def convert_hugectr_repository(repo_in: str | os.PathLike, repo_out: str | os.Pa
 
 
 # --- internals --------------------------------------------------------------------------------
+
+
+def _open_model(ps_json: Any, model_name: str | None, instance_count: int) -> tuple[PsConfig, ModelConfig]:
+    """The parsed ps.json and the model it serves, checked for `instance_count` model instances."""
+    config = load_config(ps_json)
+    model = _pick_model(config, model_name, ps_json)
+    _check_instances(config, instance_count, ps_json)
+    return config, model
 
 
 def _pick_model(config: PsConfig, model_name: str | None, ps_json: Any) -> ModelConfig:
