@@ -99,6 +99,11 @@ class HPS:
             runtime.config.table(table_id)  # raises for a table_id out of range
             replica = runtime.replica(table_id, device_id)  # raises for a device not deployed
         table = replica.table
+        if not replica.takes_torch and _is_cpu_int_tensor(keys):
+            # host cache, CPU tensor keys: the numpy path on a zero-copy view (torch ops cost µs each)
+            import torch
+
+            return torch.from_numpy(self.lookup(keys.numpy(), model_name, table_id, device_id))
         flat, shape, is_torch, keys_device = self._validate_keys(keys, runtime.config, table)
         if is_torch:
             if replica.takes_torch:
@@ -360,6 +365,15 @@ class HPS:
 
         self._refresher = threading.Thread(target=run, name="hps-refresh", daemon=True)
         self._refresher.start()
+
+
+def _is_cpu_int_tensor(keys: Any) -> bool:
+    """A strided int32 / int64 torch tensor in host memory (viewable as numpy without a copy)."""
+    if not type(keys).__module__.startswith("torch"):
+        return False
+    import torch
+
+    return keys.device.type == "cpu" and keys.dtype in (torch.int64, torch.int32) and keys.layout == torch.strided
 
 
 def _where(model: ModelConfig, table: TableConfig) -> str:

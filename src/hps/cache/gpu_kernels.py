@@ -24,7 +24,7 @@ copies loaded at different moments can differ while a writer runs. So per-key de
 column threads must share (the slot and version a find reads; the slot a writer writes) go through a
 `scratch` record: written once, read back by all after a barrier.
 
-Reader ordering uses no fences: the row and second reads bypass L1 (.cg / volatile, so L2, the
+Reader ordering uses no fences: the row and second reads bypass L1 (.cv / volatile, so L2, the
 coherence point, answers them), the row reads are issued after the first version read has returned
 (they wait on the barrier that follows the record written from it), and the second reads' addresses
 depend on every column of the row. Writers use `fence.acq_rel.gpu` (inline PTX) around their
@@ -95,7 +95,9 @@ def find_kernel(q_ptr, n, keys_ptr, ver_ptr, scores_ptr, rows_ptr, special_ptr, 
     b = tl.where(is_sp, num_buckets, _bucket_of(k, num_buckets))
     ways = tl.arange(0, W)
     is_ver = ways == W - 1
-    line = tl.load(keys_ptr + (b * W)[:, None] + ways[None, :], mask=inb[:, None], other=_EMPTY)
+    # evict_last: the second reads below come back to this line
+    line = tl.load(keys_ptr + (b * W)[:, None] + ways[None, :], mask=inb[:, None], other=_EMPTY,
+                   eviction_policy="evict_last")
     eq = (line == k[:, None]) & ~is_ver[None, :] & ~is_sp[:, None]
     hit = tl.max(eq.to(tl.int32), axis=1) > 0
     way = tl.argmax(eq.to(tl.int32), axis=1).to(tl.int64)
@@ -126,7 +128,7 @@ def find_kernel(q_ptr, n, keys_ptr, ver_ptr, scores_ptr, rows_ptr, special_ptr, 
         out_mask = inb[:, None] & (cols < DIM)[None, :]
     row_of = slot - slot // W  # rows skip the version word of each bucket line
     row = tl.load(rows_ptr + (row_of * DIM)[:, None] + cols[None, :], mask=row_mask, other=0.0,
-                  cache_modifier=".cg")
+                  cache_modifier=".cv")
     row = row.to(tl.float32)
     if CHECK:
         # The second reads must not start before every column has arrived: their addresses depend on
@@ -138,8 +140,9 @@ def find_kernel(q_ptr, n, keys_ptr, ver_ptr, scores_ptr, rows_ptr, special_ptr, 
         sp2 = tl.load(special_ptr + slot2 * 0, mask=ok & is_sp, other=1, volatile=True)
         k2 = tl.where(is_sp, k, k2)
         ok = ok & ((v2 & 0xFFFFFF) == (v1 & 0xFFFFFF)) & (k2 == k) & (sp2 != 0)
-    tl.store(out_ptr + (offs * DIM)[:, None] + cols[None, :], row, mask=out_mask)
-    tl.store(found_ptr + offs, ok.to(tl.int8), mask=inb)
+    # .cs (streaming): the output is written once and must not push bucket lines out of L2
+    tl.store(out_ptr + (offs * DIM)[:, None] + cols[None, :], row, mask=out_mask, cache_modifier=".cs")
+    tl.store(found_ptr + offs, ok.to(tl.int8), mask=inb, cache_modifier=".cs")
     if TOUCH:
         if LFU:
             tl.atomic_add(scores_ptr + slot, 1, mask=ok, sem="relaxed")

@@ -58,24 +58,26 @@ class TableLookup:
             vectors, found, num_hits = self._find_counted(keys)
         else:
             vectors, found = self.cache.find(keys)
-            num_hits = int(found.sum())
+            num_hits = int(np.count_nonzero(found))
+        if num_hits == len(keys):
+            self.stats.record_cache_hits(num_hits, time.perf_counter() - start)
+            return vectors
         level_hits = np.zeros(len(LEVELS), dtype=np.int64)
         level_hits[CACHE] = num_hits
-        if num_hits < len(keys):
-            miss_positions = _nonzero(~found)
-            num_misses = len(keys) - num_hits
-            if self._complete_table or level_hits[CACHE] >= self.model.hit_rate_threshold * len(keys):
-                vectors[miss_positions] = self.table.default_value
-                level_hits[DEFAULT] = num_misses
-                if not self._complete_table:
-                    self._insert_in_background(keys[miss_positions])
-            else:
-                miss_keys, inverse = _unique_inverse(keys[miss_positions])
-                host_vectors, source = self.tiers.fetch(self.table, _to_numpy(miss_keys), self.stats)
-                fetched = _like(host_vectors, vectors)
-                self.cache.insert_or_assign(miss_keys, fetched)
-                vectors[miss_positions] = fetched[inverse]
-                level_hits += np.bincount(source[_to_numpy(inverse)], minlength=len(LEVELS))
+        miss_positions = _nonzero(~found)
+        num_misses = len(keys) - num_hits
+        if self._complete_table or num_hits >= self.model.hit_rate_threshold * len(keys):
+            vectors[miss_positions] = self.table.default_value
+            level_hits[DEFAULT] = num_misses
+            if not self._complete_table:
+                self._insert_in_background(keys[miss_positions])
+        else:
+            miss_keys, inverse = _unique_inverse(keys[miss_positions])
+            host_vectors, source = self.tiers.fetch(self.table, _to_numpy(miss_keys), self.stats)
+            fetched = _like(host_vectors, vectors)
+            self.cache.insert_or_assign(miss_keys, fetched)
+            vectors[miss_positions] = fetched[inverse]
+            level_hits += np.bincount(source[_to_numpy(inverse)], minlength=len(LEVELS))
         self.stats.record(level_hits, time.perf_counter() - start)
         return vectors
 

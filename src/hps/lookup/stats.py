@@ -38,6 +38,14 @@ class TableStats:
             self._latencies_s[self._latency_count % LATENCY_WINDOW] = seconds
             self._latency_count += 1
 
+    def record_cache_hits(self, count: int, seconds: float) -> None:
+        """Count one lookup of `count` keys, all answered by the cache (the hot path: no arrays)."""
+        with self._lock:
+            self.lookups += 1
+            self.level_hits[CACHE] += count
+            self._latencies_s[self._latency_count % LATENCY_WINDOW] = seconds
+            self._latency_count += 1
+
     def record_tier(self, tier: str, seconds: float) -> None:
         """Count one call into storage tier `tier` ("volatile" | "persistent") that took `seconds`."""
         with self._lock:
