@@ -105,14 +105,18 @@ class HPS:
 
             return torch.from_numpy(self.lookup(keys.numpy(), model_name, table_id, device_id))
         flat, shape, is_torch, keys_device = self._validate_keys(keys, runtime.config, table)
-        if is_torch:
+        if is_torch:  # each torch call costs microseconds: skip the ones with nothing to do
             if replica.takes_torch:
-                vectors = replica.lookup(flat.to(replica.cache.device))
+                if flat.device != replica.torch_device:
+                    flat = flat.to(replica.torch_device)
+                vectors = replica.lookup(flat)
             else:
                 import torch
 
                 vectors = torch.from_numpy(replica.lookup(flat.cpu().numpy()))
-            return vectors.to(keys_device).reshape(*shape, table.dim)
+            if vectors.device != keys_device:
+                vectors = vectors.to(keys_device)
+            return vectors if len(shape) == 1 else vectors.view(*shape, table.dim)
         if replica.takes_torch:
             vectors = replica.lookup(replica.to_cache_kind(flat)).cpu().numpy()
         else:
@@ -318,10 +322,13 @@ class HPS:
         if is_torch:
             import torch
 
-            if keys.dtype in (torch.bool,) or keys.is_floating_point() or keys.is_complex():
-                raise KeyInputError(f"{_where(model, table)}: keys must be int64 or int32, got {keys.dtype}")
+            dtype = keys.dtype
+            if dtype is not torch.int64 and (dtype is torch.bool or keys.is_floating_point() or keys.is_complex()):
+                raise KeyInputError(f"{_where(model, table)}: keys must be int64 or int32, got {dtype}")
             shape, device = tuple(keys.shape), keys.device
-            flat = keys.reshape(-1).to(torch.int64)
+            flat = keys.reshape(-1) if len(shape) != 1 else keys
+            if dtype is not torch.int64:
+                flat = flat.to(torch.int64)
         else:
             arr = np.asarray(keys)
             if arr.dtype.kind not in "iu":

@@ -65,3 +65,13 @@ def test_kinds(tmp_path):
         dense_kind("model.savedmodel")
     with pytest.raises(RepositoryError, match="not found"):
         DenseRunner(tmp_path / "missing.onnx")
+
+
+def test_onnx_session_never_spins(tmp_path):
+    from hps.serving.triton.dense_runner import ORT_SESSION_CONFIG
+
+    runner = DenseRunner(write_dense_onnx(tmp_path / "d.onnx", 48), threads=2)
+    options = runner._session.get_session_options()
+    assert options.intra_op_num_threads == 2 and options.inter_op_num_threads == 1
+    for key, value in ORT_SESSION_CONFIG.items():
+        assert options.get_session_config_entry(key) == value

@@ -51,3 +51,14 @@ def test_num_samples_rounds_up():
 def test_bad_requests_name_the_problem(keys, numkeys, message):
     with pytest.raises(RequestError, match=message):
         split_keys(keys, numkeys, SPEC)
+
+
+def test_single_table_answers_the_lookup_flat():
+    spec = EmbeddingSpec("seed", dims=(16,), maxnum_keys_per_sample=(3,), max_batch_size=1024)
+    keys = np.arange(12, dtype=np.int64).reshape(4, 3)  # the seed's EMB_KEY (samples, 3)
+    lookup = lambda k, t: (k[:, None] * 100 + np.arange(16)).astype(np.float64)  # noqa: E731 (converted to FP32)
+    out = lookup_request(keys, np.array([[12]], np.int32), spec, lookup)
+    assert out.dtype == np.float32 and out.shape == (12 * 16,) and out.flags.c_contiguous
+    np.testing.assert_array_equal(out, lookup(keys.reshape(-1), 0).ravel())
+    empty = lookup_request(np.empty((1, 0), np.int64), np.array([[0]], np.int32), spec, lookup)
+    assert empty.dtype == np.float32 and empty.shape == (0,)

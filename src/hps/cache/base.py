@@ -19,7 +19,8 @@ class EmbeddingCache(Protocol):
     capacity_rows: int
     #: "cpu" or "cuda:<i>": where keys must be and where vectors are returned.
     device: str
-    #: "numpy" or "torch": the array kind `find` and the writers take and return.
+    #: "numpy" or "torch": the array kind `find` and the writers take and return (torch caches
+    #: also have `torch_device`: `device` as a `torch.device`).
     array_module: str
 
     def find(self, keys: Any) -> tuple[Any, Any]:

@@ -57,8 +57,8 @@ class _FindGraph:
 
     def __init__(self, graph: Any, keys: Any, out: Any, found: Any, num_found: Any) -> None:
         self.graph, self.keys, self.out, self.found, self.num_found = graph, keys, out, found, num_found
-        #: Recorded after the last caller's copies out of the static buffers.
-        self.released: Any = None
+        #: The stream of the last caller: its copies out of the static buffers are queued there.
+        self.stream: Any = None
 
 
 class GpuEmbeddingCache:
@@ -83,7 +83,7 @@ class GpuEmbeddingCache:
         if touch_every_calls < 0:
             raise ConfigError(f"GpuEmbeddingCache: touch_every_calls must be >= 0, got {touch_every_calls!r}")
         self.device = normalize_device(device, "GpuEmbeddingCache")
-        self._torch_device = torch.device(self.device)
+        self.torch_device = torch.device(self.device)
         self.dim = dim
         self.ways = ways
         self.eviction = eviction
@@ -131,14 +131,14 @@ class GpuEmbeddingCache:
             raise KeyInputError(f"GpuEmbeddingCache.{op}: keys must be 1-D, got shape {tuple(keys.shape)}")
         if keys.dtype not in (torch.int64, torch.int32):
             raise KeyInputError(f"GpuEmbeddingCache.{op}: keys must be int64 or int32, got {keys.dtype}")
-        if keys.device != self._torch_device:
+        if keys.device != self.torch_device:
             raise KeyInputError(f"GpuEmbeddingCache.{op}: keys are on {keys.device}, the cache is on {self.device}")
         if keys.dtype != torch.int64 or not keys.is_contiguous():
             keys = keys.to(torch.int64).contiguous()
         return keys
 
     def _check_vectors(self, vectors: Any, n: int, op: str) -> Any:
-        if not isinstance(vectors, torch.Tensor) or vectors.device != self._torch_device:
+        if not isinstance(vectors, torch.Tensor) or vectors.device != self.torch_device:
             raise KeyInputError(f"GpuEmbeddingCache.{op}: vectors must be a torch tensor on {self.device}")
         if tuple(vectors.shape) != (n, self.dim):
             raise KeyInputError(f"GpuEmbeddingCache.{op}: vectors have shape {tuple(vectors.shape)}, "
@@ -151,10 +151,10 @@ class GpuEmbeddingCache:
         if self._interpret:
             with INTERPRET_LOCK:
                 kernel[grid](*args, **kw)
-        elif torch.cuda.current_device() == self._torch_device.index:
+        elif torch.cuda.current_device() == self.torch_device.index:
             kernel[grid](*args, **kw)
         else:
-            with torch.cuda.device(self._torch_device):
+            with torch.cuda.device(self.torch_device):
                 kernel[grid](*args, **kw)
 
     # ---- the protocol ----
@@ -190,7 +190,7 @@ class GpuEmbeddingCache:
         is most of the all-hit path's time (DESIGN.md: launch ≈ 45 µs, replay ≈ 19 µs)."""
         keys = self._check_keys(keys, "find")
         n = keys.shape[0]
-        if self._interpret or n == 0 or self.touch_every_calls != 1 or not self._torch_device.type == "cuda":
+        if self._interpret or n == 0 or self.touch_every_calls != 1 or not self.torch_device.type == "cuda":
             out, found = self.find(keys)
             num_found = int(found.sum())
             return out, (found if num_found < n else None), num_found
@@ -200,27 +200,28 @@ class GpuEmbeddingCache:
                 if len(self._graphs) >= MAX_GRAPHS:
                     self._graphs.pop(next(iter(self._graphs)))
                 graph = self._graphs[n] = self._capture_find(n)
-            stream = torch.cuda.current_stream(self._torch_device)
-            if graph.released is not None:  # the previous caller's copies out, maybe on another stream
-                stream.wait_event(graph.released)
+            stream = torch.cuda.current_stream(self.torch_device)
+            if graph.stream is not None and graph.stream != stream:
+                stream.wait_stream(graph.stream)  # the previous caller's copies out, on its stream
+            graph.stream = stream
             graph.keys.copy_(keys)
             graph.graph.replay()
             num_found = int(graph.num_found.item())
             out = graph.out.clone()
             found = graph.found.clone().view(torch.bool) if num_found < n else None
-            graph.released = stream.record_event()
         return out, found, num_found
 
     def _capture_find(self, n: int) -> "_FindGraph":
         """Capture `find` of `n` keys and its hit count into a CUDA graph with static buffers."""
         keys = torch.zeros(n, dtype=torch.int64, device=self.device)
-        stream = torch.cuda.Stream(self._torch_device)
-        stream.wait_stream(torch.cuda.current_stream(self._torch_device))
+        stream = torch.cuda.Stream(self.torch_device)
+        stream.wait_stream(torch.cuda.current_stream(self.torch_device))
         with torch.cuda.stream(stream):
             self.find(keys)  # compiles and warms the kernel outside the capture
-        torch.cuda.current_stream(self._torch_device).wait_stream(stream)
+        torch.cuda.current_stream(self.torch_device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # thread_local: other threads may launch work (inserts, updates) while this one captures
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             out, found = self.find(keys)
             num_found = found.view(torch.int8).sum()
         return _FindGraph(graph, keys, out, found.view(torch.int8), num_found)

@@ -84,6 +84,7 @@ class _WholeTable:
     def __init__(self, keys: np.ndarray, vectors: np.ndarray, device: str, hot_rows: int,
                  default_value: float, storage_dtype: Any, who: str) -> None:
         self.device = normalize_device(device, who)
+        self.torch_device = torch.device(self.device)
         self._who = who
         keys = np.ascontiguousarray(np.asarray(keys, dtype=np.int64).reshape(-1))
         vectors = np.asarray(vectors)

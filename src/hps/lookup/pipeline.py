@@ -58,7 +58,7 @@ class TableLookup:
             vectors, found, num_hits = self._find_counted(keys)
         else:
             vectors, found = self.cache.find(keys)
-            num_hits = int(np.count_nonzero(found))
+            num_hits = int(found.sum()) if _is_torch(found) else int(np.count_nonzero(found))
         if num_hits == len(keys):
             self.stats.record_cache_hits(num_hits, time.perf_counter() - start)
             return vectors
@@ -102,6 +102,11 @@ class TableLookup:
                 self._insert_in_flight.release()
 
         self._background.submit(insert)
+
+    @property
+    def torch_device(self) -> Any:
+        """The cache's device as a `torch.device` (a torch-array cache only)."""
+        return self.cache.torch_device
 
     @property
     def takes_torch(self) -> bool:

@@ -21,6 +21,13 @@ ONNX_SUFFIXES = (".onnx",)
 TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".torchscript")
 TENSORRT_SUFFIXES = (".plan", ".trt", ".engine")
 
+#: onnxruntime session settings used everywhere a dense model runs (the Triton stub and the in-process
+#: benchmark baseline alike): worker threads block instead of spinning when they run out of work. With
+#: more than one intra-op thread a spinning pool keeps cores busy between requests, and on a small
+#: machine those are the cores tritonserver's frontend threads and the other python stubs need.
+#: Execution is sequential (one inter-op thread): the dense towers served here are chains of layers.
+ORT_SESSION_CONFIG = {"session.intra_op.allow_spinning": "0", "session.inter_op.allow_spinning": "0"}
+
 
 def dense_kind(path: str | os.PathLike) -> str:
     """"onnx", "torchscript" or "tensorrt" from the file suffix; `RepositoryError` otherwise."""
@@ -39,7 +46,8 @@ class DenseRunner:
     """A dense model on flat inputs: `runner(flat (samples × width,) float32) -> (samples, 1) float32`.
 
     path: .onnx or TorchScript .pt file; width: floats per sample, or None to take it from the
-    model's input shape; threads: intra-op threads (0 = the runtime's default).
+    model's input shape; threads: intra-op threads (0 = the runtime's default: one per core).
+    ONNX sessions use `ORT_SESSION_CONFIG` (no spin-waiting), sequential execution, all graph optimizations.
     """
 
     def __init__(self, path: str | os.PathLike, width: int | None = None, threads: int = 0):
@@ -67,9 +75,13 @@ class DenseRunner:
     def _init_onnx(self, threads: int) -> None:
         ort = require("onnxruntime", "onnx")
         options = ort.SessionOptions()
+        for key, value in ORT_SESSION_CONFIG.items():
+            options.add_session_config_entry(key, value)
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.inter_op_num_threads = 1
         if threads:
             options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
         try:
             self._session = ort.InferenceSession(str(self.path), sess_options=options,
                                                  providers=["CPUExecutionProvider"])
