@@ -25,6 +25,7 @@ import numpy as np
 
 from hps.errors import ClosedError, KeyInputError
 from hps.storage.base import check_keys
+from hps.storage.hash_map_kernels import prefetch
 from hps.storage.partition import rrxmrrxmsx_0_scalar
 
 #: Slots per set. HugeCTR's GPU sets hold 64 (2 slabs x 32, one warp compare each); on a CPU a probe
@@ -68,22 +69,50 @@ def _copy_row(dst, i, src, j) -> None:
         dst[i, d] = src[j, d]
 
 
+#: Keys per prefetch block of `_find_kernel`.
+_FIND_BLOCK = 64
+
+
 @numba.njit(cache=True, nogil=True)
 def _find_kernel(slot_keys, slot_vectors, slot_stamps, set_fill, clock, ways, keys, out, found):
     """Probe `keys: (n,) int64`; copy hits into `out: (n, dim) float32`, set `found: (n,) bool`,
-    stamp hit slots with the clock. Returns the number of hits."""
+    stamp hit slots with the clock. Returns the number of hits.
+
+    Keys go in blocks: the block's sets are prefetched (fill count and slot keys), then probed
+    (prefetching the rows and stamps found), then copied, so a block's cache misses overlap."""
+    n = keys.shape[0]
+    num_sets = np.uint64(set_fill.shape[0])
+    dim = slot_vectors.shape[1]
+    flat_vectors = slot_vectors.reshape(-1)
+    sets = np.empty(_FIND_BLOCK, np.int64)
+    slots = np.empty(_FIND_BLOCK, np.int64)
     tick = clock[0]
     hits = 0
-    for i in range(keys.shape[0]):
-        slot = _find_slot(slot_keys, set_fill, ways, keys[i])
-        if slot < 0:
-            found[i] = False
-            continue
-        tick += 1
-        slot_stamps[slot] = tick
-        _copy_row(out, i, slot_vectors, slot)
-        found[i] = True
-        hits += 1
+    for start in range(0, n, _FIND_BLOCK):
+        stop = min(n, start + _FIND_BLOCK)
+        for i in range(start, stop):
+            s = _set_of(keys[i], num_sets)
+            sets[i - start] = s
+            prefetch(set_fill, s)
+            prefetch(slot_keys, s * ways)
+            prefetch(slot_keys, s * ways + ways - 1)  # a set of 16 keys spans two lines
+        for i in range(start, stop):
+            s = sets[i - start]
+            slot = _slot_in_set(slot_keys, s * ways, set_fill[s], keys[i])
+            slots[i - start] = slot
+            if slot >= 0:
+                prefetch(flat_vectors, slot * dim)
+                prefetch(slot_stamps, slot)
+        for i in range(start, stop):
+            slot = slots[i - start]
+            if slot < 0:
+                found[i] = False
+                continue
+            tick += 1
+            slot_stamps[slot] = tick
+            _copy_row(out, i, slot_vectors, slot)
+            found[i] = True
+            hits += 1
     clock[0] = tick
     return hits
 

@@ -51,7 +51,7 @@ _FIND_BLOCK = 256
 
 
 @intrinsic
-def _prefetch(typingctx, arr, idx):
+def prefetch(typingctx, arr, idx):
     """Emit `llvm.prefetch` (read, high locality) for the address of `arr[idx]` (1-D array)."""
     sig = types.void(arr, idx)
 
@@ -122,7 +122,7 @@ def _prefetch_homes(slots, num_slots, keys, start, stop, homes):
     for i in range(start, stop):
         jh = _home(rrxmrrxmsx_0_scalar(np.uint64(keys[i])), num_slots)
         homes[i - start] = jh
-        _prefetch(slots, 2 * jh)
+        prefetch(slots, 2 * jh)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -146,7 +146,7 @@ def find_rows(slots, num_slots, values, keys, out, found, meta_mode, clock):
             j = _find_slot(slots, num_slots, np.uint64(keys[i]), homes[i - s])
             hits[i - s] = j
             if j >= 0:
-                _prefetch(flat, np.int64(slots[2 * j + 1] & LOW32) * dim)
+                prefetch(flat, np.int64(slots[2 * j + 1] & LOW32) * dim)
         for i in range(s, e):
             j = hits[i - s]
             if j < 0:
