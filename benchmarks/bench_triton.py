@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import gc
 import json
 import os
 import shutil
@@ -33,11 +34,15 @@ from harness import percentile, write_results  # noqa: E402
 import hps  # noqa: E402
 from hps.model_format.writer import write_sparse_model  # noqa: E402
 from hps.serving.triton import build_repository, serve  # noqa: E402
-from hps.serving.triton.dense_runner import DenseRunner  # noqa: E402
+from hps.serving.triton.dense_runner import ORT_SESSION_CONFIG, DenseRunner  # noqa: E402
 from hps.serving.triton.install import CACHE_DIR  # noqa: E402
 
 VOCAB, DIM, KEYS_PER_SAMPLE = 30_000, 16, 3
 PA_VERSION = "2.51.0"
+DENSE_THREADS = 1  # onnxruntime intra-op threads, in the served models and in the in-process baseline alike
+#: perf_analyzer's split of a Triton request (averages, ms): network + frontend, then per model queue,
+#: compute input (copy into the stub's shared memory), infer (stub round trip incl. execute), output
+BREAKDOWN = ("net_ms", "srv_queue_ms", "srv_input_ms", "srv_infer_ms", "srv_output_ms")
 
 
 def perf_analyzer_binary() -> tuple[Path, dict[str, str]]:
@@ -125,15 +130,17 @@ def run_perf_analyzer(binary: Path, env: dict[str, str], url: str, protocol: str
     else:
         raise RuntimeError(f"perf_analyzer failed:\n{result.stdout[-3000:]}\n{result.stderr[-2000:]}")
     row = next(csv.DictReader(report.open()))
-    return {"throughput_infer_s": float(row["Inferences/Second"]), "p50_ms": float(row["p50 latency"]) / 1e3,
-            "p99_ms": float(row["p99 latency"]) / 1e3,
-            "server_queue_ms": float(row.get("Server Queue", 0) or 0) / 1e3,
-            "server_compute_ms": (float(row.get("Server Compute Input", 0) or 0) + float(row.get("Server Compute Infer", 0) or 0)
-                                  + float(row.get("Server Compute Output", 0) or 0)) / 1e3}
+    ms = lambda key: float(row.get(key, 0) or 0) / 1e3  # noqa: E731 (perf_analyzer reports µs averages)
+    return {"throughput_infer_s": float(row["Inferences/Second"]), "p50_ms": ms("p50 latency"),
+            "p99_ms": ms("p99 latency"), "net_ms": ms("Network+Server Send/Recv"),
+            "srv_queue_ms": ms("Server Queue"), "srv_input_ms": ms("Server Compute Input"),
+            "srv_infer_ms": ms("Server Compute Infer"), "srv_output_ms": ms("Server Compute Output")}
 
 
-def in_process(ps: "hps.HPS", runner: DenseRunner, samples: int, concurrency: int, seconds: float) -> dict[str, float]:
-    """HPS.lookup + onnxruntime (1 thread) on the same keys, in this process, from `concurrency` threads."""
+def in_process(ps: "hps.HPS", runner: DenseRunner, samples: int, concurrency: int, seconds: float,
+               pause_s: float = 0.0) -> dict[str, float]:
+    """HPS.lookup + onnxruntime (1 thread) on the same keys, in this process, from `concurrency` threads;
+    with `pause_s`, each thread sleeps that long before every (timed) call, as a client waiting on the network does."""
     batches = key_batches(samples)
 
     def step(keys: np.ndarray) -> np.ndarray:
@@ -146,6 +153,8 @@ def in_process(ps: "hps.HPS", runner: DenseRunner, samples: int, concurrency: in
         times, i = [], w
         t_end = time.perf_counter() + seconds
         while time.perf_counter() < t_end:
+            if pause_s:
+                time.sleep(pause_s)
             t0 = time.perf_counter()
             step(batches[i % len(batches)])
             times.append(time.perf_counter() - t0)
@@ -169,16 +178,19 @@ def main() -> None:
     interval_ms = 1000 if args.quick else 3000
     window_s = 1.0 if args.quick else 2.0
     binary, pa_env = perf_analyzer_binary()
+    load_start = os.getloadavg()[0]
     pin_client = ["taskset", "-c", "0"] if args.pin and (os.cpu_count() or 1) >= 2 else []
     work = Path(tempfile.mkdtemp(prefix="hps-bench-triton-"))
     rows = []
     try:
         ps_json, dense = make_setup(work)
-        repo = build_repository(ps_json, dense, work / "repo", dense_threads=1)
-        build_repository(ps_json, dense, repo, layout="fused", ensemble_name="fused_model", dense_threads=1)
+        repo = build_repository(ps_json, dense, work / "repo", dense_threads=DENSE_THREADS)
+        build_repository(ps_json, dense, repo, layout="fused", ensemble_name="fused_model", dense_threads=DENSE_THREADS)
         server = serve(repo, http_port=0, grpc_port=0, metrics_port=0, ready_timeout_s=300)
         ps = hps.HPS(ps_json, show_progress=False)
-        runner = DenseRunner(dense, threads=1)
+        # the served models build exactly this DenseRunner (same threads, same ORT_SESSION_CONFIG)
+        runner = DenseRunner(dense, width=DIM * KEYS_PER_SAMPLE, threads=DENSE_THREADS)
+        gc.freeze()  # as the served models do after initialize (hps.serving.triton.model)
         try:
             if pin_client:
                 for pid in [server.process.pid] + _descendants(server.process.pid):
@@ -208,28 +220,57 @@ def main() -> None:
                                  "concurrency": concurrency,
                                  **{k: float(np.median([r[k] for r in local_runs])) for k in local_runs[0]},
                                  "baseline_p50_ms": float(np.median([r["p50_ms"] for r in local_runs])),
-                                 "overhead_p50_ms": 0.0})
+                                 "overhead_p50_ms": 0.0, **{k: "-" for k in BREAKDOWN}})
                     rows += triton_rows
+                    if concurrency == 1:
+                        # diagnostic: the baseline runs back to back, while a served request at concurrency 1
+                        # always follows a pause (the client waits on the network). The same loop with a pause of
+                        # the measured overhead before each call shows what that pause alone costs (caches, clocks
+                        # and scheduling gone cold). Hot and paced windows alternate so both see the same load.
+                        pause_ms = float(np.median([r["overhead_p50_ms"] for r in triton_rows]))
+                        hot, paced = [], []
+                        for _ in range(2):
+                            hot.append(in_process(ps, runner, samples, 1, seconds=window_s))
+                            paced.append(in_process(ps, runner, samples, 1, seconds=window_s,
+                                                    pause_s=max(pause_ms, 0) / 1e3))
+                        hot_p50 = float(np.median([r["p50_ms"] for r in hot]))
+                        rows.append({"path": f"in-process, {pause_ms:.2f} ms pause before each call (diagnostic)",
+                                     "protocol": "-", "samples": samples, "concurrency": 1,
+                                     **{k: float(np.median([r[k] for r in paced])) for k in paced[0]},
+                                     "baseline_p50_ms": hot_p50,
+                                     "overhead_p50_ms": float(np.median([r["p50_ms"] for r in paced])) - hot_p50,
+                                     **{k: "-" for k in BREAKDOWN}})
         finally:
             ps.close()
             server.stop()
     finally:
         shutil.rmtree(work, ignore_errors=True)
     for row in rows:
-        row.pop("server_queue_ms", None)
-        row.pop("server_compute_ms", None)
+        for key in BREAKDOWN:  # after the headline columns
+            row[key] = row.pop(key)
         row["keys_per_s"] = row["throughput_infer_s"] * row["samples"] * KEYS_PER_SAMPLE
     load = os.getloadavg()
-    notes = (f"Seed setup: 1 table {VOCAB:,} × {DIM} float32 (hash_map volatile tier, CPU only), {KEYS_PER_SAMPLE} keys "
-             "per sample, dense MLP 48→256→128→1 in ONNX (onnxruntime, 1 thread). Triton 2.51 (nvidia-pytriton "
-             "0.7.0 binary, python backend) serving the seed's ensemble_model (hps_embedding → dense_model) and "
-             "the same pipeline as one python model (fused_model, `build_repository(..., layout='fused')`); "
+    ort_config = ", ".join(f"{k}={v}" for k, v in ORT_SESSION_CONFIG.items())
+    notes = (f"This 2-core VM was shared with other work during the run (1-min load "
+             f"average {load_start:.1f} at the start, {load[0]:.1f} at the end, this benchmark included): expect "
+             f"large noise. Seed setup: 1 table {VOCAB:,} × {DIM} float32 (hash_map volatile tier, CPU only), "
+             f"{KEYS_PER_SAMPLE} keys per sample, dense MLP 48→256→128→1 in ONNX (onnxruntime, {DENSE_THREADS} "
+             f"intra-op thread, sequential, {ort_config}: the same DenseRunner settings in the served models "
+             "and in-process). Triton 2.51 "
+             "(nvidia-pytriton 0.7.0 binary, python backend) serving the seed's ensemble_model (hps_embedding → "
+             "dense_model) and the same pipeline as one python model (fused_model, "
+             "`build_repository(..., layout='fused')`); "
              f"perf_analyzer {PA_VERSION}, {interval_ms} ms windows, random keys from 16 prepared requests. "
              "In-process rows: the same HPS.lookup + DenseRunner from 1 or 4 Python threads (4 threads share one "
              "GIL), measured right before and after every Triton run; baseline_p50_ms = the mean of those two "
-             "p50s, overhead_p50_ms = Triton p50 − baseline_p50_ms. "
-             + ("Server pinned to core 1, perf_analyzer to core 0. " if pin_client else "Nothing pinned. ")
-             + f"2-core VM shared with other work (load average {load[0]:.1f} at the end): expect large noise.")
+             "p50s, overhead_p50_ms = Triton p50 − baseline_p50_ms. The diagnostic rows run the in-process "
+             "loop with a pause (the median Triton overhead of that block) before each call, in windows alternating "
+             "with unpaced ones (their baseline_p50_ms): their overhead_p50_ms is what the pause alone costs the "
+             "same work (caches, clocks, scheduling gone cold), which every served request at concurrency 1 pays "
+             "and the back-to-back baseline does not. net_ms and srv_*_ms are perf_analyzer's averages (not p50s): "
+             "network + frontend, then queue, compute input / infer / output summed over the models a request "
+             "runs (two for ensemble_model); srv_infer_ms includes the python stub round trip. "
+             + ("Server pinned to core 1, perf_analyzer to core 0." if pin_client else "Nothing pinned."))
     write_results("triton-cpu", "ensemble", rows, notes)
 
 
