@@ -41,6 +41,12 @@ class CpuStaticTable:
         """`keys: (n,) int64` → `(vectors: (n, dim) float32, found: (n,) bool)`."""
         return self._map.find(_TAG, keys)
 
+    def find_counted(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, int]:
+        """`find` plus the number of hits, as `(vectors, found, num_found)`; `found` is None when
+        every key was found (the lookup pipeline's all-hit path)."""
+        vectors, found, num_found = self._map.find_counted(_TAG, keys)
+        return vectors, (found if num_found < len(found) else None), num_found
+
     def insert_or_assign(self, keys: np.ndarray, vectors: np.ndarray) -> None:
         """Add or overwrite rows (start-up fill)."""
         self._map.insert_or_assign(_TAG, keys, vectors)

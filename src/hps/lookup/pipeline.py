@@ -54,7 +54,7 @@ class TableLookup:
             vectors, source = self.tiers.fetch(self.table, _to_numpy(keys), self.stats)
             self.stats.record(np.bincount(source, minlength=len(LEVELS)), time.perf_counter() - start)
             return _like(vectors, keys)
-        if self._find_counted is not None:  # GPU cache: probe and count in one graph replay
+        if self._find_counted is not None:  # probe and count in one call (GPU graph replay, whole-table CPU cache)
             vectors, found, num_hits = self._find_counted(keys)
         else:
             vectors, found = self.cache.find(keys)

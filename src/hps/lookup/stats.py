@@ -18,8 +18,8 @@ class TableStats:
     """Counters of one (model, table); updated by the pipeline under a lock, read by `snapshot`."""
 
     lookups: int = 0
-    #: Keys answered per level, indexed by the level codes above.
-    level_hits: np.ndarray = field(default_factory=lambda: np.zeros(len(LEVELS), dtype=np.int64))
+    #: Keys answered per level, indexed by the level codes above (Python ints: cheaper to bump).
+    level_hits: list[int] = field(default_factory=lambda: [0] * len(LEVELS))
     volatile_errors: int = 0
     async_inserts: int = 0
     _latencies_s: np.ndarray = field(default_factory=lambda: np.zeros(LATENCY_WINDOW))
@@ -32,9 +32,11 @@ class TableStats:
 
     def record(self, level_hits: np.ndarray, seconds: float) -> None:
         """Count one lookup whose keys were answered `level_hits[i]` times by level `LEVELS[i]`."""
+        counts = level_hits.tolist()
         with self._lock:
             self.lookups += 1
-            self.level_hits += level_hits
+            for level, count in enumerate(counts):
+                self.level_hits[level] += count
             self._latencies_s[self._latency_count % LATENCY_WINDOW] = seconds
             self._latency_count += 1
 
@@ -67,7 +69,7 @@ class TableStats:
             window = self._latencies_s[: min(self._latency_count, LATENCY_WINDOW)].copy()
             tier_windows = {t: w[: min(self._tier_counts[t], LATENCY_WINDOW)].copy()
                             for t, w in self._tier_latencies_s.items()}
-            hits = dict(zip(LEVELS, self.level_hits.tolist()))
+            hits = dict(zip(LEVELS, self.level_hits))
             out = {"lookups": self.lookups, "keys": sum(hits.values()), "hits": hits,
                    "volatile_errors": self.volatile_errors, "async_inserts": self.async_inserts}
         out["hit_rate"] = {level: (n / out["keys"] if out["keys"] else 0.0) for level, n in hits.items()}

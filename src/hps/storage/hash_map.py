@@ -51,63 +51,66 @@ _ALIGN_BYTES = 64
 class _ReadWriteLock:
     """Many readers or one writer; a waiting writer blocks new readers (no writer starvation).
 
-    `with lock.read():` / `with lock.write():`."""
+    `with lock.read():` / `with lock.write():`. The reader's way in and out is a plain mutex
+    round trip when no writer is around (a find pays it twice per call, so it is kept lean)."""
 
     def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
+        self._mutex = threading.Lock()
+        self._cond = threading.Condition(self._mutex)
         self._readers = 0
         self._writer = False
         self._writers_waiting = 0
-        self._read = _HeldLock(self._acquire_read, self._release_read)
-        self._write = _HeldLock(self._acquire_write, self._release_write)
+        self._read = _ReadSide(self)
+        self._write = _WriteSide(self)
 
-    def read(self) -> "_HeldLock":
+    def read(self) -> "_ReadSide":
         return self._read
 
-    def write(self) -> "_HeldLock":
+    def write(self) -> "_WriteSide":
         return self._write
 
-    def _acquire_read(self) -> None:
-        with self._cond:
-            while self._writer or self._writers_waiting:
-                self._cond.wait()
-            self._readers += 1
 
-    def _release_read(self) -> None:
-        with self._cond:
-            self._readers -= 1
-            if self._readers == 0 and self._writers_waiting:
-                self._cond.notify_all()
+class _ReadSide:
+    __slots__ = ("_rw",)
 
-    def _acquire_write(self) -> None:
-        with self._cond:
-            self._writers_waiting += 1
-            while self._writer or self._readers:
-                self._cond.wait()
-            self._writers_waiting -= 1
-            self._writer = True
-
-    def _release_write(self) -> None:
-        with self._cond:
-            self._writer = False
-            self._cond.notify_all()
-
-
-class _HeldLock:
-    """The object a `with` statement enters: calls `acquire` on entry and `release` on exit
-    (cheaper than a generator context manager, which costs microseconds per find)."""
-
-    __slots__ = ("_acquire", "_release")
-
-    def __init__(self, acquire, release) -> None:
-        self._acquire = acquire
-        self._release = release
+    def __init__(self, rw: _ReadWriteLock) -> None:
+        self._rw = rw
 
     def __enter__(self) -> None:
-        self._acquire()
+        rw = self._rw
+        with rw._mutex:
+            while rw._writer or rw._writers_waiting:
+                rw._cond.wait()
+            rw._readers += 1
 
     def __exit__(self, *exc: object) -> None:
-        self._release()
+        rw = self._rw
+        with rw._mutex:
+            rw._readers -= 1
+            if rw._readers == 0 and rw._writers_waiting:
+                rw._cond.notify_all()
+
+
+class _WriteSide:
+    __slots__ = ("_rw",)
+
+    def __init__(self, rw: _ReadWriteLock) -> None:
+        self._rw = rw
+
+    def __enter__(self) -> None:
+        rw = self._rw
+        with rw._mutex:
+            rw._writers_waiting += 1
+            while rw._writer or rw._readers:
+                rw._cond.wait()
+            rw._writers_waiting -= 1
+            rw._writer = True
+
+    def __exit__(self, *exc: object) -> None:
+        rw = self._rw
+        with rw._mutex:
+            rw._writer = False
+            rw._cond.notify_all()
 
 
 def _aligned_empty(count: int, dtype: type) -> tuple[np.ndarray, np.ndarray]:
@@ -298,16 +301,22 @@ class HashMapBackend:
 
         Returns `(vectors: (n, dim) float32, found: (n,) bool)`; rows of missing keys are zeros.
         Under evict_least_used / evict_oldest, found keys' access count / last access is updated."""
+        vectors, found, _ = self.find_counted(tag, keys)
+        return vectors, found
+
+    def find_counted(self, tag: str, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+        """`find`, plus the number of keys found: `(vectors, found, num_found)`."""
         table = self._table(tag)
         keys = check_keys(keys, f"table {tag}")
         out = np.empty((keys.shape[0], table.dim), dtype=np.float32)
         found = np.empty(keys.shape[0], dtype=np.bool_)
         if keys.shape[0] == 0:
-            return out, found
+            return out, found, 0
         with table.lock.read():
             clock = table.tick() if self._meta_mode == K.META_CLOCK else 0
-            K.find_rows(table.slots, table.num_slots, table.values, keys, out, found, self._meta_mode, clock)
-        return out, found
+            num_found = K.find_rows(table.slots, table.num_slots, table.values, keys, out, found, self._meta_mode,
+                                    clock)
+        return out, found, num_found
 
     def items(self, tag: str, batch_rows: int = 65536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Iterate table `tag` as `(keys: (m,) int64, vectors: (m, dim) float32)` batches, m ≤ batch_rows.

@@ -132,13 +132,15 @@ def find_rows(slots, num_slots, values, keys, out, found, meta_mode, clock):
     Missing rows are zero-filled. `meta_mode` 1 increments the access count (saturating),
     2 stores `clock` (uint32) as last access. Keys go in blocks of `_FIND_BLOCK`: first every home slot
     of the block is prefetched, then the block is probed (prefetching the value rows found), then
-    its rows are copied, so up to a block's worth of cache misses are in flight at once."""
+    its rows are copied, so up to a block's worth of cache misses are in flight at once.
+    Returns the number of keys found."""
     n = keys.shape[0]
     dim = values.shape[1]
     flat = values.reshape(-1)
     homes = np.empty(_FIND_BLOCK, np.int64)
     hits = np.empty(_FIND_BLOCK, np.int64)
     clock_word = np.uint64(clock) << _S32
+    num_found = 0
     for s in range(0, n, _FIND_BLOCK):
         e = min(n, s + _FIND_BLOCK)
         _prefetch_homes(slots, num_slots, keys, s, e, homes)
@@ -155,6 +157,7 @@ def find_rows(slots, num_slots, values, keys, out, found, meta_mode, clock):
                     out[i, d] = 0.0
                 continue
             found[i] = True
+            num_found += 1
             w = slots[2 * j + 1]
             r = np.int64(w & LOW32)
             for d in range(dim):
@@ -164,6 +167,7 @@ def find_rows(slots, num_slots, values, keys, out, found, meta_mode, clock):
                     slots[2 * j + 1] = w + _ONE_META
             elif meta_mode == META_CLOCK:
                 slots[2 * j + 1] = clock_word | (w & LOW32)
+    return num_found
 
 
 @numba.njit(cache=True, nogil=True)
