@@ -99,11 +99,9 @@ class HPS:
             runtime.config.table(table_id)  # raises for a table_id out of range
             replica = runtime.replica(table_id, device_id)  # raises for a device not deployed
         table = replica.table
-        if not replica.takes_torch and _is_cpu_int_tensor(keys):
-            # host cache, CPU tensor keys: the numpy path on a zero-copy view (torch ops cost µs each)
-            import torch
-
-            return torch.from_numpy(self.lookup(keys.numpy(), model_name, table_id, device_id))
+        host_tensor = not replica.takes_torch and _is_cpu_int_tensor(keys)
+        if host_tensor:  # host cache, CPU tensor keys: the numpy path on zero-copy views (torch ops cost µs each)
+            keys = keys.numpy()
         flat, shape, is_torch, keys_device = self._validate_keys(keys, runtime.config, table)
         if is_torch:  # each torch call costs microseconds: skip the ones with nothing to do
             if replica.takes_torch:
@@ -121,7 +119,12 @@ class HPS:
             vectors = replica.lookup(replica.to_cache_kind(flat)).cpu().numpy()
         else:
             vectors = replica.lookup(flat)
-        return vectors.reshape(*shape, table.dim)
+        vectors = vectors.reshape(*shape, table.dim)
+        if host_tensor:
+            import torch
+
+            return torch.from_numpy(vectors)
+        return vectors
 
     def lookup_fromdlpack(self, keys: Any, out: Any, model_name: str, table_id: int, device_id: int = 0) -> None:
         """Look up DLPack-capable `keys` and write the vectors into DLPack-capable `out` in place.
@@ -330,11 +333,13 @@ class HPS:
             if dtype is not torch.int64:
                 flat = flat.to(torch.int64)
         else:
-            arr = np.asarray(keys)
+            arr = keys if type(keys) is np.ndarray else np.asarray(keys)
             if arr.dtype.kind not in "iu":
                 raise KeyInputError(f"{_where(model, table)}: keys must be int64 or int32, got {arr.dtype}")
             shape, device = arr.shape, "cpu"
-            flat = np.ascontiguousarray(arr.reshape(-1), dtype=np.int64)
+            flat = arr.reshape(-1)
+            if flat.dtype != np.int64 or not flat.flags.c_contiguous:
+                flat = np.ascontiguousarray(flat, dtype=np.int64)
         if len(shape) == 0:
             raise KeyInputError(f"{_where(model, table)}: keys must have at least one dimension, got a scalar")
         limit = model.max_keys_per_call(table.table_id)

@@ -52,6 +52,11 @@ def _lookup_eager(keys: torch.Tensor, ps_config_file: str, model_name: str, tabl
                   emb_vec_size: int) -> torch.Tensor:
     """The lookup itself (what the custom op runs on real tensors)."""
     _check(keys, ps_config_file, model_name, table_id, emb_vec_size)
+    return _hps_lookup(keys, ps_config_file, model_name, table_id)
+
+
+def _hps_lookup(keys: torch.Tensor, ps_config_file: str, model_name: str, table_id: int) -> torch.Tensor:
+    """The process-wide HPS's lookup on the keys' device; never an alias of `keys`."""
     device_id = (keys.device.index or 0) if keys.is_cuda else 0
     vectors = shared_hps(ps_config_file).lookup(keys, model_name, table_id, device_id=device_id)
     if vectors.data_ptr() == keys.data_ptr() and keys.numel():  # an op's output may not alias its input
@@ -94,17 +99,23 @@ class LookupLayer(torch.nn.Module):
         self.model_name = model_name
         self.table_id = table_id
         self.emb_vec_size = emb_vec_size
-        table = shared_config(self.ps_config_file).model(model_name).table(table_id)
+        config = shared_config(self.ps_config_file)
+        table = config.model(model_name).table(table_id)
         if table.dim != emb_vec_size:
             raise ConfigError(f"hps.torch.LookupLayer({model_name!r}, table_id={table_id}): emb_vec_size "
                               f"{emb_vec_size} does not match the table {table.name!r} dim {table.dim}")
+        #: The key dtype the ps.json takes (supportlonglong): keys of it, 2-D, need no other check.
+        self._key_dtype = torch.int64 if config.supportlonglong else torch.int32
 
     def forward(self, keys: torch.Tensor) -> torch.Tensor:
         """keys: (B, N) int64|int32 → (B, N, emb_vec_size) float32 on keys.device."""
-        args = (keys, self.ps_config_file, self.model_name, self.table_id, self.emb_vec_size)
         if type(keys) is torch.Tensor and not torch.compiler.is_compiling():
-            return _lookup_eager(*args)  # eager: skip the custom-op dispatcher (~0.2 ms per call on a CPU)
-        return lookup(*args)
+            # eager: skip the custom-op dispatcher (~0.2 ms per call on a CPU); the model, table and dim
+            # were checked at construction, so keys of the right dtype and rank go straight to the HPS
+            if keys.dtype is self._key_dtype and keys.dim() == 2:
+                return _hps_lookup(keys, self.ps_config_file, self.model_name, self.table_id)
+            return _lookup_eager(keys, self.ps_config_file, self.model_name, self.table_id, self.emb_vec_size)
+        return lookup(keys, self.ps_config_file, self.model_name, self.table_id, self.emb_vec_size)
 
     def extra_repr(self) -> str:
         return (f"ps_config_file={self.ps_config_file!r}, model_name={self.model_name!r}, "
