@@ -46,6 +46,8 @@ MAX_ROWS = 2**31 - 1
 _CLOCK_MAX = 2**32 - 2
 _NO_MARGIN = 2**62
 _ALIGN_BYTES = 64
+#: Tables up to this size (slots + rows) are probed in long blocks: they stay in the CPU caches.
+_CACHE_RESIDENT_BYTES = 4 << 20
 
 
 class _ReadWriteLock:
@@ -314,8 +316,9 @@ class HashMapBackend:
             return out, found, 0
         with table.lock.read():
             clock = table.tick() if self._meta_mode == K.META_CLOCK else 0
+            block = K.BLOCK_CACHE_RESIDENT if table.memory_bytes() <= _CACHE_RESIDENT_BYTES else K.BLOCK_DRAM
             num_found = K.find_rows(table.slots, table.num_slots, table.values, keys, out, found, self._meta_mode,
-                                    clock)
+                                    clock, block)
         return out, found, num_found
 
     def items(self, tag: str, batch_rows: int = 65536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -333,7 +336,7 @@ class HashMapBackend:
             out = np.empty((keys.shape[0], table.dim), dtype=np.float32)
             found = np.empty(keys.shape[0], dtype=np.bool_)
             with table.lock.read():
-                K.find_rows(table.slots, table.num_slots, table.values, keys, out, found, K.META_NONE, 0)
+                K.find_rows(table.slots, table.num_slots, table.values, keys, out, found, K.META_NONE, 0, K.BLOCK_DRAM)
             if found.all():
                 yield keys, out
             elif found.any():

@@ -43,11 +43,11 @@ ST_SIZE, ST_HWM, ST_FREE_HEAD, ST_FREE_COUNT = 0, 1, 2, 3
 
 #: Slots per probe group (16-byte slots: one 64-byte line); `num_slots` is a multiple of it.
 GROUP = 4
-#: Keys per prefetch block of the other batch probes (insert, erase, count).
-_BLOCK = 32
-#: Keys per block of `find_rows`: long simple loops (256 measured 20–30 % faster than 32 on tables
-#: that fit in the CPU caches, and alike on a 10M-row table, whose rows are DRAM misses).
-_FIND_BLOCK = 256
+#: Keys per prefetch block (the cache misses in flight at once) for tables in DRAM.
+BLOCK_DRAM = _BLOCK = 32
+#: `find_rows` block for tables that fit in the CPU caches: longer simple loops, 20-30 % faster there
+#: (and 10-25 % slower than 32 on tables whose rows are DRAM misses).
+BLOCK_CACHE_RESIDENT = 256
 
 
 @intrinsic
@@ -126,23 +126,23 @@ def _prefetch_homes(slots, num_slots, keys, start, stop, homes):
 
 
 @numba.njit(cache=True, nogil=True)
-def find_rows(slots, num_slots, values, keys, out, found, meta_mode, clock):
+def find_rows(slots, num_slots, values, keys, out, found, meta_mode, clock, block):
     """Gather `values` rows of `keys: (n,) int64` into `out: (n, dim) float32` and `found: (n,) bool`.
 
     Missing rows are zero-filled. `meta_mode` 1 increments the access count (saturating),
-    2 stores `clock` (uint32) as last access. Keys go in blocks of `_FIND_BLOCK`: first every home slot
+    2 stores `clock` (uint32) as last access. Keys go in blocks of `block`: first every home slot
     of the block is prefetched, then the block is probed (prefetching the value rows found), then
     its rows are copied, so up to a block's worth of cache misses are in flight at once.
     Returns the number of keys found."""
     n = keys.shape[0]
     dim = values.shape[1]
     flat = values.reshape(-1)
-    homes = np.empty(_FIND_BLOCK, np.int64)
-    hits = np.empty(_FIND_BLOCK, np.int64)
+    homes = np.empty(block, np.int64)
+    hits = np.empty(block, np.int64)
     clock_word = np.uint64(clock) << _S32
     num_found = 0
-    for s in range(0, n, _FIND_BLOCK):
-        e = min(n, s + _FIND_BLOCK)
+    for s in range(0, n, block):
+        e = min(n, s + block)
         _prefetch_homes(slots, num_slots, keys, s, e, homes)
         for i in range(s, e):
             j = _find_slot(slots, num_slots, np.uint64(keys[i]), homes[i - s])
