@@ -56,7 +56,8 @@ def main() -> None:
                              "all cache hits": all_hits if "HPS" in name else ""})
     notes = (f"{NUM_TABLES} tables × {SAMPLES} samples × 1 key (one HPS.lookup per table per batch), int64 keys, "
              f"dim {DIM} float32, {rows:,} rows per table, cache warmed with the timed keys; one core "
-             f"(sched_setaffinity); {repeat} timed batches. Target p50 ≤ 2 ms.")
+             f"(sched_setaffinity); {repeat} timed batches. Target p50 ≤ 2 ms. This 2-core VM's memory speed varies "
+             f"from run to run (the numpy baseline took 4.1-7.7 ms in runs minutes apart): compare within a run.")
     write_results("cpu", "hps_lookup", rows_out, notes)
 
 

@@ -35,7 +35,8 @@ from hps.storage.hash_map import HashMapBackend  # noqa: E402
 from hps.storage.rocksdb import RocksDBBackend  # noqa: E402
 
 TAG = "hps_et.bench.t0"
-LOAD_NOTE = "Taken on a shared 2-core VM while ~6 other engineers were working (under load): treat as lower bounds."
+LOAD_NOTE = ("Taken on a 2-core VM whose memory speed varies from run to run (baselines moved up to 2x between runs "
+             "minutes apart, with nothing else running here): compare within a run.")
 
 
 def _queries(rng: np.random.Generator, keys: np.ndarray, n: int, count: int, hit_rate: float = 0.9) -> list[np.ndarray]:
