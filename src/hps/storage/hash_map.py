@@ -72,11 +72,17 @@ class _ReadWriteLock:
         return self._write
 
 
-class _ReadSide:
+class _Side:
+    """What `with` enters: one side (read or write) of a `_ReadWriteLock`."""
+
     __slots__ = ("_rw",)
 
     def __init__(self, rw: _ReadWriteLock) -> None:
         self._rw = rw
+
+
+class _ReadSide(_Side):
+    __slots__ = ()
 
     def __enter__(self) -> None:
         rw = self._rw
@@ -93,11 +99,8 @@ class _ReadSide:
                 rw._cond.notify_all()
 
 
-class _WriteSide:
-    __slots__ = ("_rw",)
-
-    def __init__(self, rw: _ReadWriteLock) -> None:
-        self._rw = rw
+class _WriteSide(_Side):
+    __slots__ = ()
 
     def __enter__(self) -> None:
         rw = self._rw

@@ -44,7 +44,7 @@ ST_SIZE, ST_HWM, ST_FREE_HEAD, ST_FREE_COUNT = 0, 1, 2, 3
 #: Slots per probe group (16-byte slots: one 64-byte line); `num_slots` is a multiple of it.
 GROUP = 4
 #: Keys per prefetch block (the cache misses in flight at once) for tables in DRAM.
-BLOCK_DRAM = _BLOCK = 32
+BLOCK_DRAM = 32
 #: `find_rows` block for tables that fit in the CPU caches: longer simple loops, 20-30 % faster there
 #: (and 10-25 % slower than 32 on tables whose rows are DRAM misses).
 BLOCK_CACHE_RESIDENT = 256
@@ -174,10 +174,10 @@ def find_rows(slots, num_slots, values, keys, out, found, meta_mode, clock, bloc
 def count_absent(slots, num_slots, keys):
     """How many of `keys: (n,) int64` are not in the table (duplicates counted each time)."""
     n = keys.shape[0]
-    homes = np.empty(_BLOCK, np.int64)
+    homes = np.empty(BLOCK_DRAM, np.int64)
     absent = 0
-    for s in range(0, n, _BLOCK):
-        e = min(n, s + _BLOCK)
+    for s in range(0, n, BLOCK_DRAM):
+        e = min(n, s + BLOCK_DRAM)
         _prefetch_homes(slots, num_slots, keys, s, e, homes)
         for i in range(s, e):
             if _probe(slots, num_slots, np.uint64(keys[i]), homes[i - s]) < 0:
@@ -195,11 +195,11 @@ def insert_rows(slots, num_slots, values, values_i32, state, part_counts, keys, 
     dim = values.shape[1]
     num_partitions = np.uint64(part_counts.shape[0])
     meta_word = np.uint64(clock) << _S32 if meta_mode == META_CLOCK else np.uint64(0)
-    homes = np.empty(_BLOCK, np.int64)
+    homes = np.empty(BLOCK_DRAM, np.int64)
     added = 0
     for i in range(n):
-        if i % _BLOCK == 0:  # the probes below only read hints: slots may move meanwhile
-            _prefetch_homes(slots, num_slots, keys, i, min(n, i + _BLOCK), homes)
+        if i % BLOCK_DRAM == 0:  # the probes below only read hints: slots may move meanwhile
+            _prefetch_homes(slots, num_slots, keys, i, min(n, i + BLOCK_DRAM), homes)
         k = np.uint64(keys[i])
         h = rrxmrrxmsx_0_scalar(k)
         j = _probe(slots, num_slots, k, _home(h, num_slots))
