@@ -271,3 +271,50 @@ def test_random_operations_match_a_dict_reference():
             if f:
                 np.testing.assert_array_equal(v, reference[k])
         assert b.size(TAG) == len(reference) == b.partition_sizes(TAG).sum()
+
+
+def test_direct_index_for_contiguous_keys_matches_a_dict_reference():
+    """Tables whose keys are one range get a direct index after a few quiet finds; inserts, overwrites,
+    erases and keys far outside the range keep every find exact."""
+    b = _backend(num_partitions=2)
+    b.create_table(TAG, 3)
+    rng = np.random.default_rng(5)
+    keys = np.arange(1000, 1600, dtype=np.int64)
+    vecs = rng.random((keys.shape[0], 3), dtype=np.float32)
+    b.insert_or_assign(TAG, keys, vecs)
+    reference = {k: v for k, v in zip(keys.tolist(), vecs)}
+    query = np.concatenate([np.arange(990, 1610, dtype=np.int64), [-(2**63), 2**63 - 1, 10**15]])
+    for step in range(40):
+        for _ in range(5):  # enough quiet finds to (re)build the index
+            vectors, found = b.find(TAG, query)
+            assert found.tolist() == [k in reference for k in query.tolist()], step
+            for k, v, f in zip(query.tolist(), vectors, found):
+                if f:
+                    np.testing.assert_array_equal(v, reference[k])
+        if step == 0:
+            assert b._tables[TAG].dense is not None  # the direct index is what answered
+        change = rng.integers(990, 1610, size=8)
+        if step % 3 == 0:
+            change[:2] = [10**15, -(2**63)]  # far outside the range: found through the slots
+        if rng.random() < 0.6:
+            new = rng.random((change.shape[0], 3), dtype=np.float32)
+            b.insert_or_assign(TAG, change, new)
+            reference.update({k: v for k, v in zip(change.tolist(), new)})
+        else:
+            b.erase(TAG, change)
+            for k in change.tolist():
+                reference.pop(k, None)
+    b.erase(TAG, np.array([10**15, -(2**63)]))  # without the far keys the range is dense again
+    for _ in range(5):
+        b.find(TAG, query)
+    assert b._tables[TAG].dense is not None
+
+
+def test_no_direct_index_for_scattered_keys():
+    b = _backend(num_partitions=1)
+    b.create_table(TAG, 2)
+    keys = np.random.default_rng(6).choice(2**62, size=500, replace=False).astype(np.int64)
+    b.insert_or_assign(TAG, keys, np.ones((500, 2), dtype=np.float32))
+    for _ in range(8):
+        assert b.find(TAG, keys)[1].all()
+    assert b._tables[TAG].dense is None

@@ -3,8 +3,10 @@
 A set-associative cache drops rows on set collisions even when it is as large as the table
 (HugeCTR issue #278: gpucacheper 1.0 and still misses). A static / uvm table must hold every
 row, and a dynamic cache sized for the whole table should too, so both sit on `HashMapBackend`;
-the dynamic one is bounded (least recently used rows go first) so that keys missing from every
-tier cannot grow it without limit.
+the dynamic one is bounded so that keys missing from every tier cannot grow it without limit.
+Its overflow evicts random rows: it only overflows once more keys than the table holds were
+cached, a random victim costs at most one re-fetch from the tiers, and no lookup then writes
+access metadata, which also lets tables with contiguous keys use the hash map's direct index.
 """
 
 from __future__ import annotations
@@ -24,11 +26,11 @@ class CpuStaticTable:
     array_module = "numpy"
 
     def __init__(self, dim: int, capacity_rows: int | None = None) -> None:
-        """`capacity_rows` None: unbounded (static); else evict the least recently used rows
-        beyond it, down to 80 % (HugeCTR's overflow_resolution_target)."""
+        """`capacity_rows` None: unbounded (static); else evict random rows beyond it, down to
+        80 % (HugeCTR's overflow_resolution_target)."""
         self.dim = dim
         bounded = {} if capacity_rows is None else {"overflow_margin": capacity_rows,
-                                                    "overflow_policy": "evict_oldest"}
+                                                    "overflow_policy": "evict_random"}
         self._capacity_rows = capacity_rows
         self._map = HashMapBackend(HashMapConfig(num_partitions=1, **bounded))
         self._map.create_table(_TAG, dim)

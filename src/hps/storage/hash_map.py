@@ -11,7 +11,10 @@ Memory: slots at load 0.5–0.75 (21–32 B per row) plus the slab (4·dim B per
 1/8 at a time or to the exact batch size), so at most ~1.45× the raw 8 + 4·dim bytes at dim 16
 and ~1.2× at dim 128 (HugeCTR's per-entry overhead reached 10×, issue #412). That is per row of
 capacity: rows freed by erase or eviction stay allocated for reuse (the table never shrinks).
-Below dim ~8 the 16-byte slot alone passes 1.5× the raw size.
+Below dim ~8 the 16-byte slot alone passes 1.5× the raw size. A table whose keys form one
+near-contiguous range (at most 2 keys of range per row) also gets a direct index once its keys
+stop changing: 4 bytes per key of the range (≤ 8 B per row), one array read per find instead of
+a hash probe (`_DenseIndex`).
 
 Thread safety: one readers–writer lock per table; finds share it (the kernels release the GIL
 and run in parallel), inserts / erases / evictions take it exclusively, so no reader ever sees a
@@ -48,6 +51,10 @@ _NO_MARGIN = 2**62
 _ALIGN_BYTES = 64
 #: Tables up to this size (slots + rows) are probed in long blocks: they stay in the CPU caches.
 _CACHE_RESIDENT_BYTES = 4 << 20
+#: A table whose keys span at most this many values per row gets a direct index (see `_DenseIndex`)
+#: once this many finds in a row saw no key added or removed.
+_DENSE_SPAN_PER_ROW = 2
+_DENSE_QUIET_FINDS = 4
 
 
 class _ReadWriteLock:
@@ -155,6 +162,16 @@ class _Table:
         self.state = np.array([0, 0, -1, 0], dtype=np.int64)
         self.part_counts = np.zeros(num_partitions, dtype=np.int64)
         self.clock = 1
+        #: Bounds of the keys, for the direct index's cheap pre-check; loose after erases.
+        self.key_min: int | None = None
+        self.key_max: int | None = None
+        self.bounds_loose = False
+        #: Bumped by every write that adds or removes keys; `dense` is valid for `dense_changes`.
+        self.key_changes = 0
+        self.quiet_finds = 0
+        self.dense: _DenseIndex | None = None
+        self.dense_changes = -1
+        self.dense_lock = threading.Lock()
 
     @property
     def size(self) -> int:
@@ -168,7 +185,35 @@ class _Table:
         return self.capacity_rows - int(self.state[K.ST_HWM]) + int(self.state[K.ST_FREE_COUNT])
 
     def memory_bytes(self) -> int:
-        return self.slots_buf.nbytes + self.buf.nbytes + self.part_counts.nbytes + self.state.nbytes
+        dense = self.dense.index.nbytes if self.dense is not None else 0
+        return self.slots_buf.nbytes + self.buf.nbytes + self.part_counts.nbytes + self.state.nbytes + dense
+
+    def note_inserted(self, keys: np.ndarray) -> None:
+        """Widen the key bounds to `keys` (a batch about to be inserted)."""
+        low, high = int(keys.min()), int(keys.max())
+        self.key_min = low if self.key_min is None else min(self.key_min, low)
+        self.key_max = high if self.key_max is None else max(self.key_max, high)
+
+    def note_key_change(self, removed: bool = False) -> None:
+        """Keys were added or removed: the direct index is stale (writers hold the write lock)."""
+        self.bounds_loose |= removed
+        self.key_changes += 1
+        self.quiet_finds = 0
+        self.dense = None
+
+    def dense_index(self) -> "_DenseIndex | None":
+        """The direct index, (re)built once the keys have been stable for a few finds; None for
+        tables whose keys are not a near-contiguous range. Callers hold the read lock."""
+        if self.dense_changes == self.key_changes:
+            return self.dense
+        self.quiet_finds += 1
+        if self.quiet_finds < _DENSE_QUIET_FINDS:
+            return None
+        with self.dense_lock:
+            if self.dense_changes != self.key_changes:
+                self.dense = _DenseIndex.build(self)
+                self.dense_changes = self.key_changes
+        return self.dense
 
     def tick(self) -> int:
         """Advance and return the logical clock (LRU 'last access')."""
@@ -206,6 +251,33 @@ class _Table:
             slots_buf, slots = _empty_slots(new_slots)
             K.rehash(self.slots, self.num_slots, slots, new_slots)
             self.slots_buf, self.slots, self.num_slots = slots_buf, slots, new_slots
+
+
+class _DenseIndex:
+    """A direct index for a table whose keys are (nearly) one contiguous range, as in tables
+    converted from `nn.Embedding` or the seed's per-slot vocabularies: `index[k - lo]` is key k's
+    value row (-1: absent). A find then reads one small int32 array instead of hashing and probing
+    the slots. 4 bytes per key of the range; built only when the range is at most
+    `_DENSE_SPAN_PER_ROW` times the row count."""
+
+    def __init__(self, lo: int, index: np.ndarray) -> None:
+        self.lo = lo
+        self.index = index
+
+    @classmethod
+    def build(cls, table: _Table) -> "_DenseIndex | None":
+        size = table.size
+        if not size or (table.key_max - table.key_min >= _DENSE_SPAN_PER_ROW * size and not table.bounds_loose):
+            return None
+        keys, rows = K.live_entries(table.slots, table.num_slots, size)
+        lo, hi = int(keys.min()), int(keys.max())
+        table.key_min, table.key_max, table.bounds_loose = lo, hi, False
+        span = hi - lo + 1
+        if span > _DENSE_SPAN_PER_ROW * size:
+            return None
+        index = np.full(span, -1, dtype=np.int32)
+        index[keys - lo] = rows
+        return cls(lo, index)
 
 
 class HashMapBackend:
@@ -318,6 +390,12 @@ class HashMapBackend:
         if keys.shape[0] == 0:
             return out, found, 0
         with table.lock.read():
+            # the direct index writes no access metadata: tables that track it always probe
+            dense = table.dense_index() if self._meta_mode == K.META_NONE else None
+            if dense is not None:
+                num_found = K.find_rows_dense(dense.index, dense.lo, table.slots, table.num_slots, table.values,
+                                              keys, out, found)
+                return out, found, num_found
             clock = table.tick() if self._meta_mode == K.META_CLOCK else 0
             block = K.BLOCK_CACHE_RESIDENT if table.memory_bytes() <= _CACHE_RESIDENT_BYTES else K.BLOCK_DRAM
             num_found = K.find_rows(table.slots, table.num_slots, table.values, keys, out, found, self._meta_mode,
@@ -333,7 +411,7 @@ class HashMapBackend:
         if batch_rows < 1:
             raise BackendError(f"hash map: table {tag}: batch_rows must be ≥ 1, got {batch_rows}")
         with table.lock.read():
-            snapshot = K.live_keys(table.slots, table.num_slots, table.size)
+            snapshot, _ = K.live_entries(table.slots, table.num_slots, table.size)
         for start in range(0, snapshot.shape[0], batch_rows):
             keys = snapshot[start:start + batch_rows]
             out = np.empty((keys.shape[0], table.dim), dtype=np.float32)
@@ -365,11 +443,15 @@ class HashMapBackend:
             clock = table.tick() if self._meta_mode == K.META_CLOCK else 0
             if n > self._batch_rows:
                 self._reserve_for(table, keys, limit_rows=self._overflow_cap_rows())
+            table.note_inserted(keys)
             for start in range(0, n, self._batch_rows):
                 chunk = slice(start, start + self._batch_rows)
                 self._reserve_for(table, keys[chunk])
+                size = table.size
                 K.insert_rows(table.slots, table.num_slots, table.values, table.values_i32, table.state,
                               table.part_counts, keys[chunk], vectors[chunk], self._meta_mode, clock)
+                if table.size != size:  # new keys (overwrites keep their rows: the index stays valid)
+                    table.note_key_change()
                 self._resolve_overflow(table)
 
     def erase(self, tag: str, keys: np.ndarray) -> int:
@@ -379,8 +461,11 @@ class HashMapBackend:
         if keys.shape[0] == 0:
             return 0
         with table.lock.write():
-            return int(K.erase_keys(table.slots, table.num_slots, table.values_i32, table.state,
-                                    table.part_counts, keys))
+            erased = int(K.erase_keys(table.slots, table.num_slots, table.values_i32, table.state,
+                                      table.part_counts, keys))
+            if erased:
+                table.note_key_change(removed=True)
+            return erased
 
     def _overflow_cap_rows(self) -> int | None:
         if self._margin is None:
@@ -418,6 +503,7 @@ class HashMapBackend:
                 victims = part_keys
             else:
                 victims = part_keys[np.argpartition(metas[members], excess - 1)[:excess]]
+            table.note_key_change(removed=True)
             for start in range(0, victims.shape[0], self._batch_rows):
                 K.erase_keys(table.slots, table.num_slots, table.values_i32, table.state, table.part_counts,
                              victims[start:start + self._batch_rows])

@@ -171,6 +171,35 @@ def find_rows(slots, num_slots, values, keys, out, found, meta_mode, clock, bloc
 
 
 @numba.njit(cache=True, nogil=True)
+def find_rows_dense(index, lo, slots, num_slots, values, keys, out, found):
+    """`find_rows` (no metadata) through a direct index: key k in [lo, lo + len(index)) has its value
+    row at `index[k - lo]` (int32, -1: absent), one array read instead of a hash probe; other keys
+    are probed in the slots. Returns the number of keys found."""
+    n = keys.shape[0]
+    dim = values.shape[1]
+    span = np.uint64(index.shape[0])
+    num_found = 0
+    for i in range(n):
+        k = keys[i]
+        offset = np.uint64(k) - np.uint64(lo)  # wraps for k < lo: out of range too
+        if offset < span:
+            r = np.int64(index[offset])
+        else:
+            j = _find_slot(slots, num_slots, np.uint64(k), _home(rrxmrrxmsx_0_scalar(np.uint64(k)), num_slots))
+            r = np.int64(slots[2 * j + 1] & LOW32) if j >= 0 else -1
+        if r < 0:
+            found[i] = False
+            for d in range(dim):
+                out[i, d] = 0.0
+        else:
+            found[i] = True
+            num_found += 1
+            for d in range(dim):
+                out[i, d] = values[r, d]
+    return num_found
+
+
+@numba.njit(cache=True, nogil=True)
 def count_absent(slots, num_slots, keys):
     """How many of `keys: (n,) int64` are not in the table (duplicates counted each time)."""
     n = keys.shape[0]
@@ -285,15 +314,18 @@ def rehash(old_slots, old_num_slots, new_slots, new_num_slots):
 
 
 @numba.njit(cache=True, nogil=True)
-def live_keys(slots, num_slots, size):
-    """Keys of all live slots: `(size,) int64`, in slot order."""
-    out = np.empty(size, np.int64)
+def live_entries(slots, num_slots, size):
+    """Keys and value rows of all live slots, in slot order: `(keys: (size,) int64, rows: (size,) int64)`."""
+    keys = np.empty(size, np.int64)
+    rows = np.empty(size, np.int64)
     c = 0
     for j in range(num_slots):
-        if (slots[2 * j + 1] & LOW32) != EMPTY_ROW and c < size:
-            out[c] = np.int64(slots[2 * j])
+        w = slots[2 * j + 1]
+        if (w & LOW32) != EMPTY_ROW and c < size:
+            keys[c] = np.int64(slots[2 * j])
+            rows[c] = np.int64(w & LOW32)
             c += 1
-    return out[:c]
+    return keys[:c], rows[:c]
 
 
 @numba.njit(cache=True, nogil=True)
