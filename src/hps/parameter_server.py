@@ -321,7 +321,7 @@ class HPS:
 
     def _validate_keys(self, keys: Any, model: ModelConfig, table: TableConfig) -> tuple[Any, tuple, bool, Any]:
         """Flat int64 keys, the original shape, whether they are torch, and their device."""
-        is_torch = type(keys).__module__.startswith("torch")
+        is_torch = _is_torch(keys)
         if is_torch:
             import torch
 
@@ -379,9 +379,14 @@ class HPS:
         self._refresher.start()
 
 
+def _is_torch(x: Any) -> bool:
+    """A torch tensor (checked without importing torch)."""
+    return type(x).__module__.startswith("torch")
+
+
 def _is_cpu_int_tensor(keys: Any) -> bool:
     """A strided int32 / int64 torch tensor in host memory (viewable as numpy without a copy)."""
-    if not type(keys).__module__.startswith("torch"):
+    if not _is_torch(keys):
         return False
     import torch
 
@@ -394,7 +399,7 @@ def _where(model: ModelConfig, table: TableConfig) -> str:
 
 def _from_dlpack(x: Any) -> Any:
     """A numpy array or torch tensor viewing the DLPack-capable `x` (no copy)."""
-    if isinstance(x, np.ndarray) or type(x).__module__.startswith("torch"):
+    if isinstance(x, np.ndarray) or _is_torch(x):
         return x
     import importlib.util
 
