@@ -111,8 +111,16 @@ def bench_hash_map(rows: int, quick: bool) -> None:
     pd_index.get_indexer(keys[:10])  # builds the hash table lazily
     pd_build_s = time.perf_counter() - t0
 
+    buffers: dict[int, np.ndarray] = {}  # one reused result buffer per batch size, as a server keeps
+
+    def buffer(n: int) -> np.ndarray:
+        return buffers.setdefault(n, np.zeros((n, dim), np.float32))
+
     def ours(q):
         return backend.find(TAG, q)
+
+    def ours_into_buffer(q):
+        return backend.find(TAG, q, out=buffer(q.shape[0]))
 
     def with_dict(q):
         get = index.get
@@ -125,6 +133,13 @@ def bench_hash_map(rows: int, quick: bool) -> None:
         found = rows_ >= 0
         return vectors[np.where(found, rows_, 0)], found
 
+    def with_pandas_into_buffer(q):
+        rows_ = pd_index.get_indexer(q)
+        found = rows_ >= 0
+        out = np.take(vectors, np.where(found, rows_, 0), axis=0, out=buffer(q.shape[0]))
+        out[~found] = 0.0
+        return out, found
+
     # correctness on one query set
     q = _queries(rng, keys, 10_000, 1)[0]
     v_ours, f_ours = ours(q)
@@ -134,18 +149,25 @@ def bench_hash_map(rows: int, quick: bool) -> None:
     for batch, calls in ((1_000_000, 4 if quick else 6), (2_000, 200 if quick else 1000)):
         queries = _queries(rng, keys, batch, calls)
         dict_queries = _queries(rng, keys[:dict_rows], batch, min(calls, 3 if batch > 10_000 else calls))
-        measured = _compare({"ours": (ours, queries), "pandas": (with_pandas, queries),
+        measured = _compare({"ours": (ours, queries), "ours into buffer": (ours_into_buffer, queries),
+                             "pandas": (with_pandas, queries),
+                             "pandas into buffer": (with_pandas_into_buffer, queries),
                              "dict": (with_dict, dict_queries)})
-        mine = measured["ours"]
+        mine, mine_buffered = measured["ours"], measured["ours into buffer"]
         base = {"keys per call": batch, "table rows": rows, "dim": dim}
         result_rows += [
-            _row(base, "HashMapBackend.find", mine, mine),
-            _row(base, "pandas get_indexer + gather", measured["pandas"], mine),
-            _row({**base, "table rows": dict_rows}, "dict + gather", measured["dict"], mine),
+            _row(base, "HashMapBackend.find(out=buffer)", mine_buffered, mine_buffered),
+            _row(base, "pandas get_indexer + take(out=buffer)", measured["pandas into buffer"], mine_buffered),
+            _row(base, "HashMapBackend.find (new result array)", mine, mine),
+            _row(base, "pandas get_indexer + gather (new array)", measured["pandas"], mine),
+            _row({**base, "table rows": dict_rows}, "dict + gather (new array)", measured["dict"], mine),
         ]
     notes = (f"int64 keys (random 62-bit), float32 vectors dim {dim}; {rows:,} rows; 90 % hits / 10 % misses, "
              f"fresh random keys every call; one core (sched_setaffinity, NUMBA_NUM_THREADS=1); "
-             f"policy evict_random (find writes no metadata). Fill: one insert_or_assign of {rows:,} rows "
+             f"policy evict_random (find writes no metadata). Rows with out=buffer write into one result buffer reused "
+             "call after call (HugeCTR's fetch also fills a caller's buffer); rows with a new array allocate the result "
+             "each call, whose page faults cost ~13 ms per 64 MB here. "
+             f"Fill: one insert_or_assign of {rows:,} rows "
              f"in {fill_s:.2f} s ({rows / fill_s / 1e6:.2f} M rows/s); pandas Index build {pd_build_s:.2f} s; "
              f"dict build on {dict_rows:,} rows {dict_build_s:.2f} s. Target ≥ 15 M keys/s at 1M keys per call. "
              "M keys/s is the median call, best M keys/s the fastest call; M keys/CPU-s divides by the "

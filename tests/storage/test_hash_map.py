@@ -183,6 +183,19 @@ def test_validation_names_tag_and_counts_and_writes_nothing():
     assert b.find(TAG, np.array([2], dtype=np.int32))[1].all()
 
 
+def test_find_into_a_callers_buffer():
+    b = _backend()
+    b.create_table(TAG, 4)
+    b.insert_or_assign(TAG, np.array([7, 9], np.int64), np.arange(8, dtype=np.float32).reshape(2, 4))
+    out = np.full((3, 4), -1.0, np.float32)
+    vectors, found = b.find(TAG, np.array([9, 5, 7], np.int64), out=out)
+    assert vectors is out and found.tolist() == [True, False, True]
+    assert out.tolist() == [[4, 5, 6, 7], [0, 0, 0, 0], [0, 1, 2, 3]]
+    for bad in (np.zeros((3, 4), np.float64), np.zeros((2, 4), np.float32), np.zeros((4, 3), np.float32).T):
+        with pytest.raises(BackendError, match=r"hps_et.hm.t0: out must be .*\(3, 4\) float32 .* 3 keys"):
+            b.find(TAG, np.array([9, 5, 7], np.int64), out=bad)
+
+
 def test_close_then_calls_raise_closed_error():
     b = _backend()
     b.create_table(TAG, 3)

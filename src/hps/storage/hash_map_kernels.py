@@ -171,31 +171,29 @@ def find_rows(slots, num_slots, values, keys, out, found, meta_mode, clock, bloc
 
 
 @numba.njit(cache=True, nogil=True)
-def find_rows_dense(index, lo, slots, num_slots, values, keys, out, found):
-    """`find_rows` (no metadata) through a direct index: key k in [lo, lo + len(index)) has its value
-    row at `index[k - lo]` (int32, -1: absent), one array read instead of a hash probe; other keys
-    are probed in the slots. Returns the number of keys found."""
+def dense_rows(index, lo, slots, num_slots, keys, rows, found):
+    """The value rows of `keys: (n,) int64` through a direct index, into `rows: (n,) int64` (-1:
+    absent) and `found: (n,) bool`: key k in [lo, lo + len(index)) has its row at `index[k - lo]`
+    (int32, -1: absent), one array read instead of a hash probe; other keys are probed in the slots.
+    No access metadata is written. Returns the number of keys found.
+
+    The rows are then copied by `numpy.take(..., mode="clip")`: faster than a compiled row loop
+    (3,072 dim-16 keys from cache-resident rows: ~20 µs against ~30 µs)."""
     n = keys.shape[0]
-    dim = values.shape[1]
     span = np.uint64(index.shape[0])
     num_found = 0
     for i in range(n):
         k = keys[i]
         offset = np.uint64(k) - np.uint64(lo)  # wraps for k < lo: out of range too
         if offset < span:
-            r = np.int64(index[offset])
+            r = np.int64(index[np.int64(offset)])
         else:
             j = _find_slot(slots, num_slots, np.uint64(k), _home(rrxmrrxmsx_0_scalar(np.uint64(k)), num_slots))
             r = np.int64(slots[2 * j + 1] & LOW32) if j >= 0 else -1
-        if r < 0:
-            found[i] = False
-            for d in range(dim):
-                out[i, d] = 0.0
-        else:
-            found[i] = True
-            num_found += 1
-            for d in range(dim):
-                out[i, d] = values[r, d]
+        rows[i] = r
+        hit = r >= 0
+        found[i] = hit
+        num_found += hit
     return num_found
 
 
