@@ -189,6 +189,17 @@ def bench_torch(ps_json: str, table: np.ndarray, keys: list[np.ndarray], repeat:
             t_ours, t_base = time_pair(timed(m_ours), timed(m_base), repeat)
             rows.append(row(f"{name}, eager, {device}", "hps.torch.LookupLayer", t_ours, t_base,
                             "torch.nn.Embedding", batch))
+        if device == "cpu":
+            # hps looks up on the calling thread; nn.Embedding's gather splits over torch's intra-op threads
+            # (2 here). One thread each, as a server running one worker per core would:
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                t_ours, t_base = time_pair(timed(ours), timed(base), repeat)
+            finally:
+                torch.set_num_threads(threads)
+            rows.append(row("torch lookup only, eager, cpu, 1 intra-op thread", "hps.torch.LookupLayer", t_ours,
+                            t_base, "torch.nn.Embedding", batch))
     return rows
 
 

@@ -118,10 +118,11 @@ def run_perf_analyzer(binary: Path, env: dict[str, str], url: str, protocol: str
                       "EMB_N_KEY": {"content": [k.size], "shape": [1, 1]}} for k in key_batches(samples)]}
     data_path = work / f"input_{samples}.json"
     data_path.write_text(json.dumps(data))
-    report = work / f"pa_{model}_{protocol}_{samples}_{concurrency}.csv"
-    cmd = pin + [str(binary), "-m", model, "-u", url, "-i", protocol, "--input-data", str(data_path),
+    transport, _, shm = protocol.partition("+")  # "http+shm": inputs and outputs in system shared memory
+    report = work / f"pa_{model}_{transport}{'_shm' if shm else ''}_{samples}_{concurrency}.csv"
+    cmd = pin + [str(binary), "-m", model, "-u", url, "-i", transport, "--input-data", str(data_path),
                  "--concurrency-range", f"{concurrency}:{concurrency}", "--measurement-interval", str(interval_ms),
-                 "--max-trials", "10", "-f", str(report), "--verbose-csv"]
+                 "--max-trials", "10", "-f", str(report), "--verbose-csv"] + (["--shared-memory", "system"] if shm else [])
     for stability in (20, 50, 100):  # a shared 2-core VM is noisy: widen the stability band if needed
         result = subprocess.run(cmd + ["--stability-percentage", str(stability)], env={**os.environ, **env},
                                 capture_output=True, text=True, timeout=300)
@@ -199,13 +200,13 @@ def main() -> None:
                 for concurrency in (1, 4):
                     runs = [(m, "grpc") for m in ("ensemble_model", "fused_model")]
                     if concurrency == 1:
-                        runs += [(m, "http") for m in ("ensemble_model", "fused_model")]
+                        runs += [(m, p) for p in ("http", "http+shm") for m in ("ensemble_model", "fused_model")]
                     # the in-process baseline is measured right before and after every Triton run, so both
                     # see the same load on this shared machine; its row is the median of those windows
                     local_runs = [in_process(ps, runner, samples, concurrency, seconds=window_s)]
                     triton_rows = []
                     for model, protocol in runs:
-                        url = server.url_grpc if protocol == "grpc" else server.url_http
+                        url = server.url_grpc if protocol.startswith("grpc") else server.url_http
                         measured = run_perf_analyzer(binary, pa_env, url, protocol, model, samples, concurrency,
                                                      work, interval_ms, pin_client)
                         local_runs.append(in_process(ps, runner, samples, concurrency, seconds=window_s))
@@ -269,7 +270,9 @@ def main() -> None:
              "same work (caches, clocks, scheduling gone cold), which every served request at concurrency 1 pays "
              "and the back-to-back baseline does not. net_ms and srv_*_ms are perf_analyzer's averages (not p50s): "
              "network + frontend, then queue, compute input / infer / output summed over the models a request "
-             "runs (two for ensemble_model); srv_infer_ms includes the python stub round trip. "
+             "runs (two for ensemble_model); srv_infer_ms includes the python stub round trip. Protocol http+shm: "
+             "perf_analyzer --shared-memory system (inputs and outputs in POSIX shared memory registered with "
+             "the server, for a client on the same host; the request itself still goes over HTTP). "
              + ("Server pinned to core 1, perf_analyzer to core 0." if pin_client else "Nothing pinned."))
     write_results("triton-cpu", "ensemble", rows, notes)
 

@@ -30,8 +30,10 @@ from __future__ import annotations
 import threading
 from typing import Any, Callable
 
+from hps.cache.gpu_graphs import FindGraphs
 from hps.cache.gpu_static import (INTERPRET_LOCK, GpuStaticTable, GpuUvmTable, interpreting, load_whole_table,
                                   normalize_device, pow2)
+from hps.cache.gpu_whole import GpuWholeTableCache
 from hps.config.schema import ModelConfig, TableConfig
 from hps.errors import ClosedError, ConfigError, KeyInputError, require
 
@@ -46,19 +48,6 @@ def _storage_dtype(dtype: Any) -> Any:
     if dtype not in (torch.float32, torch.float16):
         raise ConfigError(f"GpuEmbeddingCache: storage_dtype must be torch.float32 or torch.float16, got {dtype!r}")
     return dtype
-
-
-#: Batch sizes with a captured find graph per cache (the oldest capture is dropped first).
-MAX_GRAPHS = 8
-
-
-class _FindGraph:
-    """A captured find of a fixed number of keys: the graph and its static buffers."""
-
-    def __init__(self, graph: Any, keys: Any, out: Any, found: Any, num_found: Any) -> None:
-        self.graph, self.keys, self.out, self.found, self.num_found = graph, keys, out, found, num_found
-        #: The stream of the last caller: its copies out of the static buffers are queued there.
-        self.stream: Any = None
 
 
 class GpuEmbeddingCache:
@@ -109,8 +98,7 @@ class GpuEmbeddingCache:
         self._closed = False
         self._interpret = interpreting()
         self._dim_p2 = pow2(dim)
-        self._graphs: dict[int, _FindGraph] = {}
-        self._graph_lock = threading.Lock()
+        self._graphs = FindGraphs(self.find, self.torch_device)
         # Launch geometry (benchmarks may override these attributes).
         self.find_block = 32  # H200: 32 keys and 1 warp per program was fastest at dims 16, 32 and 128
         self.find_warps = 1
@@ -194,37 +182,7 @@ class GpuEmbeddingCache:
             out, found = self.find(keys)
             num_found = int(found.sum())
             return out, (found if num_found < n else None), num_found
-        with self._graph_lock:
-            graph = self._graphs.get(n)
-            if graph is None:
-                if len(self._graphs) >= MAX_GRAPHS:
-                    self._graphs.pop(next(iter(self._graphs)))
-                graph = self._graphs[n] = self._capture_find(n)
-            stream = torch.cuda.current_stream(self.torch_device)
-            if graph.stream is not None and graph.stream != stream:
-                stream.wait_stream(graph.stream)  # the previous caller's copies out, on its stream
-            graph.stream = stream
-            graph.keys.copy_(keys)
-            graph.graph.replay()
-            num_found = int(graph.num_found.item())
-            out = graph.out.clone()
-            found = graph.found.clone().view(torch.bool) if num_found < n else None
-        return out, found, num_found
-
-    def _capture_find(self, n: int) -> "_FindGraph":
-        """Capture `find` of `n` keys and its hit count into a CUDA graph with static buffers."""
-        keys = torch.zeros(n, dtype=torch.int64, device=self.device)
-        stream = torch.cuda.Stream(self.torch_device)
-        stream.wait_stream(torch.cuda.current_stream(self.torch_device))
-        with torch.cuda.stream(stream):
-            self.find(keys)  # compiles and warms the kernel outside the capture
-        torch.cuda.current_stream(self.torch_device).wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        # thread_local: other threads may launch work (inserts, updates) while this one captures
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-            out, found = self.find(keys)
-            num_found = found.view(torch.int8).sum()
-        return _FindGraph(graph, keys, out, found.view(torch.int8), num_found)
+        return self._graphs(keys)
 
     def _write(self, keys: Any, vectors: Any, mode: int, op: str) -> None:
         keys = self._check_keys(keys, op)
@@ -297,7 +255,8 @@ def make_gpu_cache(model: ModelConfig, table: TableConfig, rows: int, device_id:
                    keys_vectors_loader: Callable[[], Any] | None = None, *, device: str | None = None) -> Any:
     """The GPU cache of one table replica, by `model.cache_type`.
 
-    - "dynamic": `GpuEmbeddingCache(max(64, floor(gpucacheper × rows)), dim)`.
+    - "dynamic": `GpuEmbeddingCache(max(64, floor(gpucacheper × rows)), dim)`, or `GpuWholeTableCache` of
+      that many rows when they cover the whole table.
     - "static": `GpuStaticTable` with every row (in pinned host memory when `enable_pagelock`).
     - "uvm": `GpuUvmTable`, the first floor(gpucacheper × rows) rows (file order) on the device.
 
@@ -307,7 +266,10 @@ def make_gpu_cache(model: ModelConfig, table: TableConfig, rows: int, device_id:
     dev = device or f"cuda:{device_id}"
     kind = model.cache_type
     if kind == "dynamic":
-        return GpuEmbeddingCache(max(MIN_CAPACITY_ROWS, int(model.gpucacheper * rows)), table.dim, dev)
+        capacity = max(MIN_CAPACITY_ROWS, int(model.gpucacheper * rows))
+        if capacity >= rows:  # the whole table fits: an exact index, no set collisions (HugeCTR #278)
+            return GpuWholeTableCache(capacity, table.dim, dev)
+        return GpuEmbeddingCache(capacity, table.dim, dev)
     if keys_vectors_loader is None:
         raise ConfigError(f"model {model.name!r} table {table.name!r}: embedding_cache_type {kind!r} holds the "
                           "whole table and needs a row loader")
@@ -320,4 +282,5 @@ def make_gpu_cache(model: ModelConfig, table: TableConfig, rows: int, device_id:
     raise ConfigError(f"model {model.name!r}: unknown embedding_cache_type {kind!r}")
 
 
-__all__ = ["GpuEmbeddingCache", "GpuStaticTable", "GpuUvmTable", "make_gpu_cache", "MIN_CAPACITY_ROWS"]
+__all__ = ["GpuEmbeddingCache", "GpuStaticTable", "GpuUvmTable", "GpuWholeTableCache", "make_gpu_cache",
+           "MIN_CAPACITY_ROWS"]
