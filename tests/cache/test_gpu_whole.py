@@ -4,18 +4,11 @@ Runs on CUDA, or on the CPU with TRITON_INTERPRET=1 (the Triton kernels in the i
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("triton")
-
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-if not INTERPRET and not torch.cuda.is_available():
-    pytest.skip("needs CUDA, or TRITON_INTERPRET=1 for the CPU interpreter", allow_module_level=True)
-DEVICE = "cpu" if INTERPRET else "cuda:0"
+# skips this module as well without CUDA or TRITON_INTERPRET=1
+from .test_gpu_cache import DEVICE, _TorchArrays, tkeys, tvec  # isort: skip
 
 from hps.cache import gpu_kernels as K  # noqa: E402
 from hps.cache.gpu import make_gpu_cache  # noqa: E402
@@ -24,7 +17,6 @@ from hps.config.schema import ModelConfig  # noqa: E402
 from hps.errors import ConfigError, KeyInputError  # noqa: E402
 
 from .cache_contract import CacheContract, rows  # noqa: E402
-from .test_gpu_cache import _TorchArrays, tkeys, tvec  # noqa: E402
 
 
 class TestGpuWholeTableCache(_TorchArrays, CacheContract):

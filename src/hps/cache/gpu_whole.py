@@ -97,7 +97,14 @@ class GpuWholeTableCache(_WholeTable):
     def insert_or_assign(self, keys: Any, vectors: Any) -> None:
         """Insert or overwrite `keys: (n,) int64` with `vectors: (n, dim)`; for repeated keys the last
         row wins. New keys beyond `capacity_rows` live keys are not cached."""
-        keys, vectors = self._checked(keys, vectors, "insert_or_assign")
+        self._write(keys, vectors, "insert_or_assign", insert=True)
+
+    def assign(self, keys: Any, vectors: Any) -> None:
+        """Overwrite present `keys: (n,) int64` with `vectors: (n, dim)`; absent keys are ignored."""
+        self._write(keys, vectors, "assign", insert=False)
+
+    def _write(self, keys: Any, vectors: Any, op: str, insert: bool) -> None:
+        keys, vectors = self._checked(keys, vectors, op)
         if keys.shape[0] == 0:
             return
         with self._lock:
@@ -106,10 +113,9 @@ class GpuWholeTableCache(_WholeTable):
             rows = self._row_numbers(keys)
             present = rows >= 0
             self._dev_rows[rows[present]] = vectors[present].to(self._dev_rows.dtype)
-            new_keys, new_vectors = keys[~present], vectors[~present]
-            take = min(new_keys.shape[0], self.capacity_rows - self._live)
+            take = min(int((~present).sum()), self.capacity_rows - self._live) if insert else 0
             if take > 0:
-                self._add(new_keys[:take], new_vectors[:take])
+                self._add(keys[~present][:take], vectors[~present][:take])
             self._sync()
 
     def _add(self, keys: Any, vectors: Any) -> None:
@@ -147,19 +153,6 @@ class GpuWholeTableCache(_WholeTable):
         self._sidx.fill_(-1)
         self._place(keys, rows)
         self._index_used = int(keys.shape[0])
-
-    def assign(self, keys: Any, vectors: Any) -> None:
-        """Overwrite present `keys: (n,) int64` with `vectors: (n, dim)`; absent keys are ignored."""
-        keys, vectors = self._checked(keys, vectors, "assign")
-        if keys.shape[0] == 0:
-            return
-        with self._lock:
-            self._sync()
-            keys, vectors = _last_occurrences(keys, vectors)
-            rows = self._row_numbers(keys)
-            present = rows >= 0
-            self._dev_rows[rows[present]] = vectors[present].to(self._dev_rows.dtype)
-            self._sync()
 
     def erase(self, keys: Any) -> None:
         """Remove `keys: (n,) int64` if present; their rows are reused by later inserts."""
