@@ -4,8 +4,9 @@ Figures are estimates from each structure's layout, not measurements:
 - hash_map: 16-byte slots at a load of 0.5–0.75 plus a float32 slab with ≤ 12.5 % slack;
 - redis_cluster: the raw field and value plus Redis's per-field hash overhead (~64 B, listpack → hashtable);
 - rocks_db: the raw key and value plus ~16 B of block and index overhead per entry, before compression;
-- cache: capacity × (8 B key + 8 B score + 4·dim B vector) per device replica (dynamic and uvm),
-  the whole table for static.
+- cache: capacity × (8 B key + 8 B score + 4·dim B vector) per device replica (dynamic and uvm);
+  a cache holding the whole table (static, or dynamic with gpucacheper × rows ≥ rows) uses a
+  linear-probing index instead: 2 × (8 B key + 4 B row number) + 4·dim B per row.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ HASH_MAP_SLAB_SLACK = 1.125
 REDIS_FIELD_OVERHEAD_BYTES = 64
 ROCKSDB_ENTRY_OVERHEAD_BYTES = 16
 CACHE_SLOT_OVERHEAD_BYTES = 16
+WHOLE_TABLE_INDEX_BYTES = 24
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,9 @@ def estimate_memory(config: PsConfig) -> list[TableEstimate]:
             else:
                 cache_kind = f"{model.cache_type} {model.gpucacheper:.0%}"
                 cache_rows = capacity_rows(model, rows)
-            cache_bytes = cache_rows * (row_bytes + CACHE_SLOT_OVERHEAD_BYTES) * replicas
+            whole = cache_kind == "static" or (model.cache_type == "dynamic" and cache_rows >= rows)
+            overhead = WHOLE_TABLE_INDEX_BYTES if whole else CACHE_SLOT_OVERHEAD_BYTES
+            cache_bytes = cache_rows * (row_bytes + overhead) * replicas
             volatile = 0
             if config.volatile_db is not None and model.cache_type == "dynamic":
                 if config.volatile_db.type == "redis_cluster":

@@ -67,3 +67,18 @@ def test_triton_build_writes_the_seed_repository(ps_json, tmp_path, capsys):
     config = (repo / "m" / "config.pbtxt").read_text()
     assert 'name: "KEYS"' in config and "TYPE_INT64" in config and 'name: "OUTPUT0"' in config
     assert "EMB_KEY" in (repo / "ensemble_model" / "config.pbtxt").read_text()
+
+
+@pytest.mark.parametrize("extra, kind, cache_bytes", [
+    ({"gpucacheper": 0.5}, "dynamic 50%", 64 * (16 + 16)),    # buckets (at least 64 rows): key + score per slot
+    ({"gpucacheper": 1.0}, "dynamic 100%", 100 * (16 + 24)),  # whole table: a linear-probing index
+    ({"use_static_table": True}, "static", 100 * (16 + 24)),
+])
+def test_cache_memory_estimate_follows_the_cache_built(ps_json, extra, kind, cache_bytes):
+    from hps.config.parse import parse_config
+    from hps.sizing import estimate_memory
+
+    cfg = json.loads(ps_json.read_text())
+    cfg["models"][0].update(extra)
+    (estimate,) = estimate_memory(parse_config(cfg, base_dir=str(ps_json.parent)))
+    assert (estimate.cache_kind, estimate.cache_bytes) == (kind, cache_bytes)
