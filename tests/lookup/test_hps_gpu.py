@@ -82,16 +82,21 @@ def test_static_table_on_the_gpu(table):
 
 
 @pytest.mark.skipif(not ON_GPU or torch.cuda.device_count() < 2, reason="needs two GPUs")
-def test_one_replica_per_deployed_device(table):
+@pytest.mark.parametrize("gpucacheper", [0.5, 1.0])  # buckets; the whole-table cache
+def test_one_replica_per_deployed_device(table, gpucacheper):
     tmp_path, keys, vectors = table
-    with hps.HPS(config(tmp_path, deployed_device_list=[0, 1]), show_progress=False) as ps:
+    with hps.HPS(config(tmp_path, deployed_device_list=[0, 1], gpucacheper=gpucacheper), show_progress=False) as ps:
         for device_id in (0, 1):
             replica = ps._models["m"].replicas[(0, device_id)]
             assert replica.cache.device == f"cuda:{device_id}"
-            query = torch.from_numpy(keys[:6].copy()).to(f"cuda:{device_id}")
-            out = ps.lookup(query, "m", 0, device_id=device_id)
-            assert out.device == torch.device(f"cuda:{device_id}")
-            np.testing.assert_array_equal(out.cpu().numpy(), vectors[:6])
+            for start in (0, 6):  # two batches of one size: the second replays the graph the first captured
+                query = torch.from_numpy(keys[start:start + 6].copy()).to(f"cuda:{device_id}")
+                for _ in range(2):  # misses filled from the tiers, then hits served by the replica's cache
+                    hits = ps.stats()["models"]["m"]["sparse_embedding0"]["hits"]["cache"]
+                    out = ps.lookup(query, "m", 0, device_id=device_id)
+                    assert out.device == torch.device(f"cuda:{device_id}")
+                    np.testing.assert_array_equal(out.cpu().numpy(), vectors[start:start + 6])
+                assert ps.stats()["models"]["m"]["sparse_embedding0"]["hits"]["cache"] == hits + 6
 
 
 def test_refresh_rereads_the_gpu_cache_from_the_tiers(table):

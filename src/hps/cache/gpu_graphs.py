@@ -18,6 +18,15 @@ torch = require("torch", "gpu")
 
 #: Batch sizes with a captured find graph per cache (the oldest capture is dropped first).
 MAX_GRAPHS = 8
+#: Held while a graph is captured, and by `synchronize`: a whole-device synchronize from another thread
+#: during a capture invalidates it (cudaErrorStreamCaptureInvalidated).
+_CAPTURE_LOCK = threading.Lock()
+
+
+def synchronize(device: Any) -> None:
+    """`torch.cuda.synchronize(device)`, never while this process captures a find graph."""
+    with _CAPTURE_LOCK:
+        torch.cuda.synchronize(device)
 
 
 class _FindGraph:
@@ -42,7 +51,7 @@ class FindGraphs:
 
     def __call__(self, keys: Any) -> tuple[Any, Any, int]:
         n = keys.shape[0]
-        with self._lock:
+        with self._lock, torch.cuda.device(self._device):
             graph = self._graphs.get(n)
             if graph is None:
                 if len(self._graphs) >= MAX_GRAPHS:
@@ -68,8 +77,11 @@ class FindGraphs:
             self._find(keys)  # compiles and warms the kernel outside the capture
         torch.cuda.current_stream(self._device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        # thread_local: other threads may launch work (inserts, updates) while this one captures
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+        # On a stream of the cache's device: torch's default capture stream lives on the device current
+        # when it was first made, and a capture there records nothing of kernels launched on another
+        # device (they run once, eagerly, and every replay would return that first result).
+        # thread_local: other threads may launch work (inserts, updates) while this one captures.
+        with _CAPTURE_LOCK, torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):
             out, found = self._find(keys)
             num_found = found.view(torch.int8).sum()
         return _FindGraph(graph, keys, out, found.view(torch.int8), num_found)

@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from hps.cache.gpu_graphs import synchronize
 from hps.errors import ClosedError, ConfigError, KeyInputError, ModelFormatError, UpdateError, require
 
 torch = require("torch", "gpu")
@@ -228,7 +229,7 @@ class _WholeTable:
     def _assign(self, keys: Any, vectors: Any, must_exist: bool) -> None:
         with self._lock:
             if self.device.startswith("cuda"):
-                torch.cuda.synchronize(self.device)
+                synchronize(self.device)
             idx = self._row_numbers(keys)
             present = idx >= 0
             if must_exist and not bool(present.all()):
@@ -243,7 +244,7 @@ class _WholeTable:
                 rows = (idx[cold] - self.hot_rows).cpu()
                 self._host_rows[rows] = vec[cold].cpu().to(self._host_rows.dtype)
             if self.device.startswith("cuda"):
-                torch.cuda.synchronize(self.device)
+                synchronize(self.device)
 
     def insert_or_assign(self, keys: Any, vectors: Any) -> None:
         """Overwrite present keys; raises `UpdateError` (changing nothing) if any key is absent."""

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from hps.cache.gpu_graphs import FindGraphs
+from hps.cache.gpu_graphs import FindGraphs, synchronize
 from hps.cache.gpu_static import _WholeTable, interpreting, normalize_device, pow2
 from hps.errors import ConfigError, KeyInputError, require
 
@@ -92,7 +92,7 @@ class GpuWholeTableCache(_WholeTable):
 
     def _sync(self) -> None:
         if self.torch_device.type == "cuda":
-            torch.cuda.synchronize(self.torch_device)
+            synchronize(self.torch_device)
 
     def insert_or_assign(self, keys: Any, vectors: Any) -> None:
         """Insert or overwrite `keys: (n,) int64` with `vectors: (n, dim)`; for repeated keys the last
