@@ -31,8 +31,8 @@ import threading
 from typing import Any, Callable
 
 from hps.cache.gpu_graphs import FindGraphs
-from hps.cache.gpu_static import (INTERPRET_LOCK, GpuStaticTable, GpuUvmTable, interpreting, load_whole_table,
-                                  normalize_device, pow2)
+from hps.cache.gpu_static import (GpuStaticTable, GpuUvmTable, interpreting, load_whole_table, normalize_device,
+                                  pow2, run_kernel)
 from hps.cache.gpu_whole import GpuWholeTableCache
 from hps.config.schema import ModelConfig, TableConfig
 from hps.errors import ClosedError, ConfigError, KeyInputError, require
@@ -136,14 +136,7 @@ class GpuEmbeddingCache:
         return vectors.to(torch.float32).contiguous()
 
     def _launch(self, kernel: Any, grid: tuple[int], *args: Any, **kw: Any) -> None:
-        if self._interpret:
-            with INTERPRET_LOCK:
-                kernel[grid](*args, **kw)
-        elif torch.cuda.current_device() == self.torch_device.index:
-            kernel[grid](*args, **kw)
-        else:
-            with torch.cuda.device(self.torch_device):
-                kernel[grid](*args, **kw)
+        run_kernel(kernel, grid, self.torch_device, self._interpret, *args, **kw)
 
     # ---- the protocol ----
     def find(self, keys: Any) -> tuple[Any, Any]:

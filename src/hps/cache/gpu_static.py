@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from hps.cache.gpu_graphs import synchronize
+from hps.cache.gpu_graphs import on_device, synchronize
 from hps.errors import ClosedError, ConfigError, KeyInputError, ModelFormatError, UpdateError, require
 
 torch = require("torch", "gpu")
@@ -37,6 +37,17 @@ INTERPRET_LOCK = threading.Lock()
 def interpreting() -> bool:
     """True when Triton kernels run in the CPU interpreter (TRITON_INTERPRET=1)."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def run_kernel(kernel: Any, grid: tuple[int], device: Any, interpret: bool, *args: Any, **kw: Any) -> None:
+    """Launch Triton `kernel[grid](*args, **kw)` on `device` (a torch.device); in the CPU interpreter,
+    one launch at a time."""
+    if interpret:
+        with INTERPRET_LOCK:
+            kernel[grid](*args, **kw)
+    else:
+        with on_device(device):
+            kernel[grid](*args, **kw)
 
 
 def normalize_device(device: str, who: str) -> str:
@@ -160,12 +171,7 @@ class _WholeTable:
         return out
 
     def _run(self, kernel: Any, grid: tuple[int], *args: Any, **kw: Any) -> None:
-        if self._interpret:
-            with INTERPRET_LOCK:
-                kernel[grid](*args, **kw)
-        else:
-            with torch.cuda.device(self.device):
-                kernel[grid](*args, **kw)
+        run_kernel(kernel, grid, self.torch_device, self._interpret, *args, **kw)
 
     def _check_keys(self, keys: Any, op: str) -> Any:
         if self._closed:
