@@ -22,7 +22,7 @@ from hps.cache.factory import cuda_available, make_cache
 from hps.config import ModelConfig, PsConfig, TableConfig, load_config, parse_config
 from hps.errors import ClosedError, HpsError, KeyInputError, UnknownModelError
 from hps.lookup.loading import drop_tables, iter_table_rows, load_model_into_tiers, open_sparse_models
-from hps.lookup.pipeline import TableLookup
+from hps.lookup.pipeline import TableLookup, is_torch
 from hps.lookup.stats import TableStats
 from hps.lookup.tiers import TierChain
 from hps.storage import make_backend
@@ -102,8 +102,8 @@ class HPS:
         host_tensor = not replica.takes_torch and _is_cpu_int_tensor(keys)
         if host_tensor:  # host cache, CPU tensor keys: the numpy path on zero-copy views (torch ops cost µs each)
             keys = keys.numpy()
-        flat, shape, is_torch, keys_device = self._validate_keys(keys, runtime.config, table)
-        if is_torch:  # each torch call costs microseconds: skip the ones with nothing to do
+        flat, shape, torch_keys, keys_device = self._validate_keys(keys, runtime.config, table)
+        if torch_keys:  # each torch call costs microseconds: skip the ones with nothing to do
             if replica.takes_torch:
                 if flat.device != replica.torch_device:
                     flat = flat.to(replica.torch_device)
@@ -321,8 +321,8 @@ class HPS:
 
     def _validate_keys(self, keys: Any, model: ModelConfig, table: TableConfig) -> tuple[Any, tuple, bool, Any]:
         """Flat int64 keys, the original shape, whether they are torch, and their device."""
-        is_torch = _is_torch(keys)
-        if is_torch:
+        torch_keys = is_torch(keys)
+        if torch_keys:
             import torch
 
             dtype = keys.dtype
@@ -353,7 +353,7 @@ class HPS:
             if low < 0 or high >= UINT32_LIMIT:
                 raise KeyInputError(f"{_where(model, table)}: supportlonglong is false (uint32 keys) but keys span "
                                     f"[{low}, {high}]")
-        return flat, shape, is_torch, device
+        return flat, shape, torch_keys, device
 
     def _start_refresher(self) -> None:
         """Refresh each model's caches every `refresh_interval` s after `refresh_delay` s (0 = off)."""
@@ -379,18 +379,13 @@ class HPS:
         self._refresher.start()
 
 
-def _is_torch(x: Any) -> bool:
-    """A torch tensor (checked without importing torch)."""
-    return type(x).__module__.startswith("torch")
-
-
 def _is_cpu_int_tensor(keys: Any) -> bool:
     """A strided int32 / int64 torch tensor in host memory (viewable as numpy without a copy)."""
-    if not _is_torch(keys):
+    if not is_torch(keys):
         return False
     import torch
 
-    return keys.device.type == "cpu" and keys.dtype in (torch.int64, torch.int32) and keys.layout == torch.strided
+    return keys.is_cpu and keys.dtype in (torch.int64, torch.int32) and keys.layout is torch.strided
 
 
 def _where(model: ModelConfig, table: TableConfig) -> str:
@@ -399,7 +394,7 @@ def _where(model: ModelConfig, table: TableConfig) -> str:
 
 def _from_dlpack(x: Any) -> Any:
     """A numpy array or torch tensor viewing the DLPack-capable `x` (no copy)."""
-    if isinstance(x, np.ndarray) or _is_torch(x):
+    if isinstance(x, np.ndarray) or is_torch(x):
         return x
     import importlib.util
 

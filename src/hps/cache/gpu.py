@@ -30,7 +30,7 @@ from __future__ import annotations
 import threading
 from typing import Any, Callable
 
-from hps.cache.gpu_graphs import FindGraphs
+from hps.cache.gpu_graphs import FindGraphs, find_counted_eager
 from hps.cache.gpu_static import (GpuStaticTable, GpuUvmTable, interpreting, load_whole_table, normalize_device,
                                   pow2, run_kernel)
 from hps.cache.gpu_whole import GpuWholeTableCache
@@ -170,11 +170,8 @@ class GpuEmbeddingCache:
         `MAX_GRAPHS` sizes): one replay instead of a Triton launch from Python plus a reduction, which
         is most of the all-hit path's time (DESIGN.md: launch ≈ 45 µs, replay ≈ 19 µs)."""
         keys = self._check_keys(keys, "find")
-        n = keys.shape[0]
-        if self._interpret or n == 0 or self.touch_every_calls != 1 or not self.torch_device.type == "cuda":
-            out, found = self.find(keys)
-            num_found = int(found.sum())
-            return out, (found if num_found < n else None), num_found
+        if self._interpret or keys.shape[0] == 0 or self.touch_every_calls != 1 or self.torch_device.type != "cuda":
+            return find_counted_eager(self.find, keys)
         return self._graphs(keys)
 
     def _write(self, keys: Any, vectors: Any, mode: int, op: str) -> None:

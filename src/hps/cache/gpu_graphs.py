@@ -38,6 +38,14 @@ def synchronize(device: Any) -> None:
         torch.cuda.synchronize(device)
 
 
+def find_counted_eager(find: Callable[[Any], tuple[Any, Any]], keys: Any) -> tuple[Any, Any, int]:
+    """`find(keys)` plus its hit count, without a graph (the CPU interpreter, empty batches):
+    `(vectors, found | None, num_found)`, `found` None when every key was found."""
+    out, found = find(keys)
+    num_found = int(found.sum())
+    return out, (found if num_found < keys.shape[0] else None), num_found
+
+
 class _FindGraph:
     """A captured find of a fixed number of keys: the graph and its static buffers."""
 

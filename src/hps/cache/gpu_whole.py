@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from hps.cache.gpu_graphs import FindGraphs, synchronize
+from hps.cache.gpu_graphs import FindGraphs, find_counted_eager, synchronize
 from hps.cache.gpu_static import _WholeTable, interpreting, normalize_device, pow2
 from hps.errors import ConfigError, KeyInputError, require
 
@@ -73,9 +73,7 @@ class GpuWholeTableCache(_WholeTable):
         `found` is None when every key was found); a CUDA-graph replay per batch size on a GPU."""
         keys = self._check_keys(keys, "find")
         if self._interpret or keys.shape[0] == 0 or self.torch_device.type != "cuda":
-            out, found = self.find(keys)
-            num_found = int(found.sum())
-            return out, (found if num_found < keys.shape[0] else None), num_found
+            return find_counted_eager(self.find, keys)
         with self._lock:  # no replay while a write runs
             return self._graphs(keys)
 

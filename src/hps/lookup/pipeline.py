@@ -58,7 +58,7 @@ class TableLookup:
             vectors, found, num_hits = self._find_counted(keys)
         else:
             vectors, found = self.cache.find(keys)
-            num_hits = int(found.sum()) if _is_torch(found) else int(np.count_nonzero(found))
+            num_hits = int(found.sum()) if is_torch(found) else int(np.count_nonzero(found))
         if num_hits == len(keys):
             self.stats.record_cache_hits(num_hits, time.perf_counter() - start)
             return vectors
@@ -146,18 +146,19 @@ def _side_stream(device: str) -> Any:
     return torch.cuda.stream(stream)
 
 
-def _is_torch(x: Any) -> bool:
+def is_torch(x: Any) -> bool:
+    """A torch tensor (checked without importing torch)."""
     return type(x).__module__.startswith("torch")
 
 
 def _nonzero(mask: Any) -> Any:
-    if _is_torch(mask):
+    if is_torch(mask):
         return mask.nonzero().squeeze(1)
     return np.flatnonzero(mask)
 
 
 def _unique_inverse(keys: Any) -> tuple[Any, Any]:
-    if _is_torch(keys):
+    if is_torch(keys):
         import torch
 
         return torch.unique(keys, return_inverse=True)
@@ -165,14 +166,14 @@ def _unique_inverse(keys: Any) -> tuple[Any, Any]:
 
 
 def _to_numpy(x: Any) -> np.ndarray:
-    if _is_torch(x):
+    if is_torch(x):
         return x.detach().cpu().numpy()
     return x
 
 
 def _like(host: np.ndarray, like: Any) -> Any:
     """`host` as an array of the same kind and device as `like`."""
-    return _to_device(host, like.device) if _is_torch(like) else host
+    return _to_device(host, like.device) if is_torch(like) else host
 
 
 def _to_device(host: np.ndarray, device: Any) -> Any:
