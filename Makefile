@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.hps-installed
 EXTRAS := torch,onnx,redis,kafka,triton,tf,gpu,dev,bench
 
-.PHONY: demo test install services bench perf-analyzer clean
+.PHONY: demo test test-numpy2 install services bench perf-analyzer clean
 
 demo: $(STAMP)
 	$(VENV)/bin/hps demo
@@ -15,6 +15,19 @@ test: $(STAMP) services
 	$(PY) -m pytest -q
 
 install: $(STAMP)
+
+# The core and every extra but triton on numpy 2 (a venv of its own; the triton extra needs numpy 1.x).
+NP2_VENV  := .venv-numpy2
+NP2_STAMP := $(NP2_VENV)/.hps-installed
+test-numpy2: $(NP2_STAMP) services
+	$(NP2_VENV)/bin/python -m pytest -q -m "not triton"
+
+$(NP2_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(NP2_VENV)
+	$(NP2_VENV)/bin/python -m pip install -q --upgrade pip
+	$(NP2_VENV)/bin/python -m pip install -q "torch==2.13.0" "triton==3.6.0"
+	$(NP2_VENV)/bin/python -m pip install -q -e ".[torch,onnx,redis,kafka,tf,gpu,dev]" "numpy>=2"
+	touch $@
 
 # torch==2.13.0 first: on these machines it is a CPU wheel on disk; an unpinned torch would pull a CUDA build of several GB.
 # triton==3.6.0: the version on the lent H200, so kernels are tested here (TRITON_INTERPRET=1) against the same compiler.
@@ -39,4 +52,4 @@ perf-analyzer: $(STAMP)
 	$(PY) -c "import sys; sys.path.insert(0, 'benchmarks'); import bench_triton; bench_triton.perf_analyzer_binary()"
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(NP2_VENV) build *.egg-info

@@ -46,6 +46,7 @@ def trivial_repo(root: Path, fail: str = "") -> Path:
     return root
 
 
+@pytest.mark.triton
 def test_find_and_prepare_backends(tmp_path):
     install = find_tritonserver()
     assert install.binary.is_file()
@@ -62,6 +63,16 @@ def test_find_and_prepare_backends(tmp_path):
         find_tritonserver(tmp_path / "nope")
 
 
+@pytest.mark.triton
+def test_bundled_server_refuses_numpy_2(monkeypatch):
+    # nvidia-pytriton's python stub returns 0-byte outputs under numpy 2: refuse instead of serving them
+    monkeypatch.setattr("numpy.__version__", "2.0.0")
+    monkeypatch.setenv("PATH", "/nonexistent")  # no tritonserver of the user's: the bundled one
+    with pytest.raises(ServerError, match="numpy 2.0.0"):
+        find_tritonserver()
+
+
+@pytest.mark.triton
 def test_command_line(tmp_path):
     server = TritonServer(trivial_repo(tmp_path), http_port=0, grpc_port=0, metrics_port=0, load_models=["twice"])
     cmd = server.command()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from typing import Sequence
 
@@ -49,7 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the seed pipeline end to end: train, split, serve, compare")
     p.add_argument("--out", help="folder for the artefacts (default: a temporary folder)")
     p.add_argument("--batch-size", type=int, default=8192, help="global training batch (seed: 65536)")
-    p.add_argument("--no-triton", action="store_true", help="skip the Triton Inference Server part")
+    p.add_argument("--no-triton", action="store_true",
+                   help="skip the Triton Inference Server part (skipped anyway without the triton extra)")
     p.set_defaults(run=_demo)
 
     p = sub.add_parser("publish", help="publish a sparse model or .npy files as HCTR Kafka updates")
@@ -165,7 +167,11 @@ def _convert(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from hps.demo import run_demo
 
-    max_diff = run_demo(args.out, global_batch_size=args.batch_size, with_triton=not args.no_triton)
+    with_triton = not args.no_triton
+    if with_triton and importlib.util.find_spec("tritonclient") is None:
+        print("hps demo: the Triton part is skipped: tritonclient is not installed (pip install 'hps[triton]')")
+        with_triton = False
+    max_diff = run_demo(args.out, global_batch_size=args.batch_size, with_triton=with_triton)
     return 0 if max_diff < 1e-4 else 1
 
 

@@ -19,6 +19,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from hps.serving.triton.errors import ServerError
 
 CACHE_DIR = Path(os.environ.get("HPS_CACHE_DIR", Path.home() / ".cache" / "hps"))
@@ -54,6 +56,10 @@ def find_tritonserver(binary: str | os.PathLike | None = None) -> TritonInstall:
     server = root / "bin" / "tritonserver"
     if not server.is_file():
         raise ServerError(f"{server}: the nvidia-pytriton wheel has no tritonserver binary")
+    if int(np.__version__.split(".")[0]) >= 2:
+        raise ServerError(f"the tritonserver of nvidia-pytriton runs its python models on numpy 1.x: with numpy "
+                          f"{np.__version__} every output comes back empty; install numpy<2 in this environment "
+                          "(pip install 'hps[triton]' pins it) or pass your own tritonserver binary")
     site = root.parent.parent
     libs = site / "nvidia_pytriton.libs"
     ld = [str(libs), sysconfig.get_config_var("LIBDIR") or ""]
