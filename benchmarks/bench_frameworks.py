@@ -232,7 +232,7 @@ def bench_hps_lookup(ps_json: str, keys: list[np.ndarray], repeat: int,
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="hps framework layers vs native embeddings")
     parser.add_argument("--batch", type=int, default=1024, help="samples per call (3 keys each)")
-    parser.add_argument("--repeat", type=int, default=200, help="timed calls per measurement")
+    parser.add_argument("--repeat", type=int, default=1000, help="timed calls per measurement")
     parser.add_argument("--skip-tf", action="store_true", help="leave out the TensorFlow part")
     parser.add_argument("--torch-device", default="cpu", help="device of the torch part: cpu | cuda[:i] "
                         "(cuda writes the report frameworks-gpu)")

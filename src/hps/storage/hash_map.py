@@ -410,7 +410,7 @@ class HashMapBackend:
             if dense is not None:
                 rows = np.empty(keys.shape[0], dtype=np.int64)
                 num_found = K.dense_rows(dense.index, dense.lo, table.slots, table.num_slots, keys, rows, found)
-                np.take(table.values, rows, axis=0, out=out, mode="clip")
+                table.values.take(rows, 0, out, "clip")  # the method: numpy.take's wrapper costs ~0.5 µs
                 if num_found < keys.shape[0]:
                     out[~found] = 0.0
                 return out, found, num_found
