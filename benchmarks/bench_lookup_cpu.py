@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import percentile, time_calls, write_results  # noqa: E402
+from harness import VM_NOTE, percentile, time_calls, write_results  # noqa: E402
 
 import hps  # noqa: E402
 from hps.model_format import write_sparse_model  # noqa: E402
@@ -60,8 +60,7 @@ def main() -> None:
              "cache either pre-filled at start-up (cache_refresh_percentage_per_iteration 1.0, HugeCTR's pre-fill: "
              "contiguous keys get the hash map's direct index) or warmed with the 8 × 1,024 timed keys per table "
              "(scattered: hashed probes); one core "
-             f"(sched_setaffinity); {repeat} timed batches. Target p50 ≤ 2 ms. This 2-core VM's memory speed varies "
-             f"from run to run (the numpy baseline took 4.1-7.7 ms in runs minutes apart): compare within a run.")
+             f"(sched_setaffinity); {repeat} timed batches. Target p50 ≤ 2 ms. {VM_NOTE}")
     write_results("cpu", "hps_lookup", rows_out, notes)
 
 

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from harness import percentile, time_calls, write_results  # noqa: E402
+from harness import VM_NOTE, percentile, time_calls, write_results  # noqa: E402
 from hps.config.schema import RedisClusterConfig  # noqa: E402
 from hps.storage.partition import partition_of  # noqa: E402
 from hps.storage.redis_cluster import RedisClusterBackend, hash_key  # noqa: E402
@@ -214,14 +214,12 @@ def main() -> None:
              f"faster redis-py baseline of the same partitions and hit rate (p50 keys/s); the methods run in "
              f"interleaved rounds, {args.repeat} calls each. Default overflow_policy evict_random reads only; "
              f"the evict_least_used / evict_oldest rows also refresh the hits' access metadata (a server-side "
-             f"HINCRBY loop / HSET of time_t) before returning. Taken on a shared 2-core machine "
-             f"under load from other jobs: absolute figures are noisy, ratios from the same run are the point. "
+             f"HINCRBY loop / HSET of time_t) before returning. {VM_NOTE} "
              f"Command: .venv/bin/python benchmarks/bench_redis.py")
     write_results("distributed-cpu", "redis_find", rows, notes)
     write_results("distributed-cpu", "redis_insert", insert_rows,
                   f"insert_or_assign of {args.queries:,} existing keys with new dim-{args.dim} float32 rows "
-                  f"(overflow_policy evict_random, no eviction), same cluster and run as redis_find, {pinning}; "
-                  f"shared 2-core machine under load.")
+                  f"(overflow_policy evict_random, no eviction), same cluster and run as redis_find, {pinning}. {VM_NOTE}")
 
 
 if __name__ == "__main__":

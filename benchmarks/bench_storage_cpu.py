@@ -28,15 +28,13 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import median, percentile, time_calls, write_results  # noqa: E402
+from harness import VM_NOTE, median, percentile, time_calls, write_results  # noqa: E402
 
 from hps.config.schema import HashMapConfig, RocksDBConfig  # noqa: E402
 from hps.storage.hash_map import HashMapBackend  # noqa: E402
 from hps.storage.rocksdb import RocksDBBackend  # noqa: E402
 
 TAG = "hps_et.bench.t0"
-LOAD_NOTE = ("Taken on a 2-core VM whose memory speed varies from run to run (baselines moved up to 2x between runs "
-             "minutes apart, with nothing else running here): compare within a run.")
 
 
 def _queries(rng: np.random.Generator, keys: np.ndarray, n: int, count: int, hit_rate: float = 0.9) -> list[np.ndarray]:
@@ -166,13 +164,13 @@ def bench_hash_map(rows: int, quick: bool) -> None:
              f"fresh random keys every call; one core (sched_setaffinity, NUMBA_NUM_THREADS=1); "
              f"policy evict_random (find writes no metadata). Rows with out=buffer write into one result buffer reused "
              "call after call (HugeCTR's fetch also fills a caller's buffer); rows with a new array allocate the result "
-             "each call, whose page faults cost ~13 ms per 64 MB here. "
+             "each call (the gap between the two rows is mostly that result's page faults). "
              f"Fill: one insert_or_assign of {rows:,} rows "
              f"in {fill_s:.2f} s ({rows / fill_s / 1e6:.2f} M rows/s); pandas Index build {pd_build_s:.2f} s; "
              f"dict build on {dict_rows:,} rows {dict_build_s:.2f} s. Target ≥ 15 M keys/s at 1M keys per call. "
              "M keys/s is the median call, best M keys/s the fastest call; M keys/CPU-s divides by the "
              "CPU time of the calling thread (robust to time-slicing, not to memory contention). "
-             + LOAD_NOTE)
+             + VM_NOTE)
     write_results("cpu", "hash_map", result_rows, notes)
     del index, pd_index
     backend.close()
@@ -223,7 +221,7 @@ def bench_rocksdb(rows: int, lookups: int) -> None:
                  f"building the bytes list with view('V8').tolist() costs {to_bytes_us:.0f} µs per "
                  f"{lookups:,} keys (inside ours). Ours sorts the keys in RocksDB's byte order before the "
                  f"multi-get and scatters the rows back (sort and scatter timed); the last row shows raw "
-                 f"multi-get on pre-sorted keys (sort not timed). Target ours ≥ 0.9× raw. One core. " + LOAD_NOTE)
+                 f"multi-get on pre-sorted keys (sort not timed). Target ours ≥ 0.9× raw. One core. " + VM_NOTE)
         write_results("cpu", "rocksdb", result_rows, notes)
         del cf
         backend.close()

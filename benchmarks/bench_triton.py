@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import percentile, write_results  # noqa: E402
+from harness import VM_NOTE, percentile, write_results  # noqa: E402
 
 import hps  # noqa: E402
 from hps.model_format.writer import write_sparse_model  # noqa: E402
@@ -252,9 +252,8 @@ def main() -> None:
         row["keys_per_s"] = row["throughput_infer_s"] * row["samples"] * KEYS_PER_SAMPLE
     load = os.getloadavg()
     ort_config = ", ".join(f"{k}={v}" for k, v in ORT_SESSION_CONFIG.items())
-    notes = (f"This 2-core VM was shared with other work during the run (1-min load "
-             f"average {load_start:.1f} at the start, {load[0]:.1f} at the end, this benchmark included): expect "
-             f"large noise. Seed setup: 1 table {VOCAB:,} × {DIM} float32 (hash_map volatile tier, CPU only), "
+    notes = (f"1-min load average {load_start:.1f} at the start of the run, {load[0]:.1f} at the end (this benchmark "
+             f"included). {VM_NOTE} Seed setup: 1 table {VOCAB:,} × {DIM} float32 (hash_map volatile tier, CPU only), "
              f"{KEYS_PER_SAMPLE} keys per sample, dense MLP 48→256→128→1 in ONNX (onnxruntime, {DENSE_THREADS} "
              f"intra-op thread, sequential, {ort_config}: the same DenseRunner settings in the served models "
              "and in-process). Triton 2.51 "

@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import hps.storage  # noqa: E402,F401
-from harness import percentile, write_results  # noqa: E402
+from harness import VM_NOTE, percentile, write_results  # noqa: E402
 from hps.config import HashMapConfig, KafkaConfig, RocksDBConfig  # noqa: E402
 from hps.update.message import decode_message  # noqa: E402
 from hps.update.publisher import KafkaPublisher  # noqa: E402
@@ -41,8 +41,7 @@ from tests.kafka_fixture import TEST_CONSUMER_CONFIG, kafka_broker  # noqa: E402
 
 MODEL, TABLE = "bench", "emb"
 TAG = f"hps_et.{MODEL}.{TABLE}"
-LOAD_NOTE = ("Taken on a shared 2-core VM under load (about 6 other engineers' builds and tests running), "
-             "broker = tansu (memory storage) on the same machine; figures are indicative, not peak.")
+LOAD_NOTE = f"Broker = tansu (memory storage) on the same machine. {VM_NOTE}"
 
 
 def ps_config(tmp: Path, brokers: str, dim: int, poll_timeout_ms: int) -> dict:

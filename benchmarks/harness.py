@@ -16,6 +16,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 RESULTS = Path(__file__).resolve().parent / "results"
+#: What every report says of its figures: the 2-core VMs these run on differ in speed between machines
+#: and, on some, between runs (baselines moved up to 2x minutes apart on an AMD EPYC VM in 2026-11).
+VM_NOTE = "Figures move between machines and runs of these 2-core VMs: compare ours with the baseline of the same run."
 
 
 def machine() -> str:
