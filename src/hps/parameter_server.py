@@ -30,6 +30,7 @@ from hps.storage import make_backend
 log = logging.getLogger(__name__)
 
 UINT32_LIMIT = 1 << 32
+_INT64 = np.dtype(np.int64)
 
 
 @dataclass
@@ -58,6 +59,8 @@ class HPS:
         self.config: PsConfig = load_config(config)
         self._lock = threading.RLock()
         self._closed = False
+        #: supportlonglong: int64 keys need no range check against the uint32 key space.
+        self._int64_keys = self.config.supportlonglong
         self._models: dict[str, _ModelRuntime] = {}
         self._show_progress = show_progress
         self._background = ThreadPoolExecutor(max_workers=max(m.thread_pool_size for m in self.config.models),
@@ -93,16 +96,19 @@ class HPS:
         Returns float32 of shape `S + (dim,)`: numpy for numpy / list keys, a torch tensor on
         the keys' device for torch keys. Keys missing from every tier get the table's
         `default_value_for_each_table` in every element."""
-        runtime = self._runtime(model_name)
-        replica = runtime.replicas.get((table_id, device_id))
-        if replica is None:
-            runtime.config.table(table_id)  # raises for a table_id out of range
-            replica = runtime.replica(table_id, device_id)  # raises for a device not deployed
-        table = replica.table
-        host_tensor = not replica.takes_torch and _is_cpu_int_tensor(keys)
-        if host_tensor:  # host cache, CPU tensor keys: the numpy path on zero-copy views (torch ops cost µs each)
+        replica = self._replica(model_name, table_id, device_id)
+        if type(keys) is np.ndarray and keys.dtype is _INT64 and self._int64_keys and not replica.takes_torch:
+            return self._lookup_host(replica, keys)  # the hot path: nothing to convert
+        if not replica.takes_torch and _is_cpu_int_tensor(keys):
+            # host cache, CPU tensor keys: the numpy path on zero-copy views (torch ops cost µs each)
+            import torch
+
             keys = keys.numpy()
-        flat, shape, torch_keys, keys_device = self._validate_keys(keys, runtime.config, table)
+            if keys.dtype is _INT64 and self._int64_keys:
+                return torch.from_numpy(self._lookup_host(replica, keys))
+            return torch.from_numpy(self.lookup(keys, model_name, table_id, device_id))
+        table = replica.table
+        flat, shape, torch_keys, keys_device = self._validate_keys(keys, replica.model, table)
         if torch_keys:  # each torch call costs microseconds: skip the ones with nothing to do
             if replica.takes_torch:
                 if flat.device != replica.torch_device:
@@ -119,12 +125,22 @@ class HPS:
             vectors = replica.lookup(replica.to_cache_kind(flat)).cpu().numpy()
         else:
             vectors = replica.lookup(flat)
-        vectors = vectors.reshape(*shape, table.dim)
-        if host_tensor:
-            import torch
+        return vectors.reshape(*shape, table.dim)
 
-            return torch.from_numpy(vectors)
-        return vectors
+    def _lookup_host(self, replica: TableLookup, keys: np.ndarray) -> np.ndarray:
+        """`lookup` of int64 numpy keys (any shape) on a host cache, 64-bit key space."""
+        if keys.ndim == 0 or keys.size > replica.max_keys:
+            self._validate_keys(keys, replica.model, replica.table)  # raises, naming what is wrong
+        return replica.lookup(keys.reshape(-1)).reshape(*keys.shape, replica.table.dim)
+
+    def _replica(self, model_name: str, table_id: int, device_id: int) -> TableLookup:
+        """The `TableLookup` of one table on one device; raises `UnknownModelError` naming what is unknown."""
+        runtime = self._runtime(model_name)
+        replica = runtime.replicas.get((table_id, device_id))
+        if replica is None:
+            runtime.config.table(table_id)  # raises for a table_id out of range
+            replica = runtime.replica(table_id, device_id)  # raises for a device not deployed
+        return replica
 
     def lookup_fromdlpack(self, keys: Any, out: Any, model_name: str, table_id: int, device_id: int = 0) -> None:
         """Look up DLPack-capable `keys` and write the vectors into DLPack-capable `out` in place.

@@ -113,6 +113,9 @@ class LookupLayer(torch.nn.Module):
             # eager: skip the custom-op dispatcher (~0.2 ms per call on a CPU); the model, table and dim
             # were checked at construction, so keys of the right dtype and rank go straight to the HPS
             if keys.dtype is self._key_dtype and keys.dim() == 2:
+                if keys.is_cpu and keys.layout is torch.strided:  # numpy views both ways: no torch op
+                    return torch.from_numpy(shared_hps(self.ps_config_file).lookup(
+                        keys.numpy(), self.model_name, self.table_id))
                 return _hps_lookup(keys, self.ps_config_file, self.model_name, self.table_id)
             return _lookup_eager(keys, self.ps_config_file, self.model_name, self.table_id, self.emb_vec_size)
         return lookup(keys, self.ps_config_file, self.model_name, self.table_id, self.emb_vec_size)

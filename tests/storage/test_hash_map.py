@@ -304,8 +304,8 @@ def test_direct_index_for_contiguous_keys_matches_a_dict_reference():
             for k, v, f in zip(query.tolist(), vectors, found):
                 if f:
                     np.testing.assert_array_equal(v, reference[k])
-        if step == 0:
-            assert b._tables[TAG].dense is not None  # the direct index is what answered
+        if step == 0:  # keys inserted in order: the row is computed from the key, no index array
+            assert b._tables[TAG].dense is not None and b._tables[TAG].dense.index is None
         change = rng.integers(990, 1610, size=8)
         if step % 3 == 0:
             change[:2] = [10**15, -(2**63)]  # far outside the range: found through the slots
@@ -321,6 +321,31 @@ def test_direct_index_for_contiguous_keys_matches_a_dict_reference():
     for _ in range(5):
         b.find(TAG, query)
     assert b._tables[TAG].dense is not None
+
+
+@pytest.mark.parametrize("dim", [2, 16])
+@pytest.mark.parametrize("in_order", [True, False])
+def test_direct_index_copies_rows_bit_exact(dim, in_order):
+    """Keys of one range inserted in order (row computed from the key) or shuffled with a hole (index
+    array): found rows come back bit for bit (NaN payloads too), absent ones as zeros."""
+    b = _backend(num_partitions=1)
+    b.create_table(TAG, dim)
+    rng = np.random.default_rng(7)
+    keys = np.arange(-300, 300, dtype=np.int64)
+    if not in_order:
+        keys = rng.permutation(keys)[1:]
+    bits = rng.integers(0, 2**32, size=(keys.shape[0], dim), dtype=np.uint32)
+    b.insert_or_assign(TAG, keys, bits.view(np.float32))
+    query = np.concatenate([rng.permutation(np.arange(-310, 310, dtype=np.int64)), [2**63 - 1, -(2**63)]])
+    for _ in range(5):
+        vectors, found = b.find(TAG, query)
+    dense = b._tables[TAG].dense
+    assert dense is not None and (dense.index is None) == in_order
+    position = {k: i for i, k in enumerate(keys.tolist())}
+    expected = np.array([k in position for k in query.tolist()])
+    np.testing.assert_array_equal(found, expected)
+    np.testing.assert_array_equal(vectors.view(np.uint32)[found], bits[[position[k] for k in query[found].tolist()]])
+    assert not vectors[~found].any()
 
 
 def test_no_direct_index_for_scattered_keys():

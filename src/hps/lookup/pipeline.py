@@ -44,6 +44,10 @@ class TableLookup:
         #: Static / uvm tables hold the whole table: a miss is a miss, no tier is consulted.
         self._complete_table = model.cache_type in ("static", "uvm")
         self._find_counted = getattr(cache, "find_counted", None)
+        #: The most keys one lookup may carry (max_batch_size × maxnum_catfeature_query_per_table_per_sample).
+        self.max_keys = model.max_keys_per_call(table.table_id)
+        #: True when the cache works on torch tensors (the GPU cache), False for numpy.
+        self.takes_torch = cache is not None and cache.array_module == "torch"
 
     def lookup(self, keys: Any) -> Any:
         """Vectors for flat `keys: (n,) int64` (numpy, or torch on the cache's device).
@@ -107,11 +111,6 @@ class TableLookup:
     def torch_device(self) -> Any:
         """The cache's device as a `torch.device` (a torch-array cache only)."""
         return self.cache.torch_device
-
-    @property
-    def takes_torch(self) -> bool:
-        """True when the cache works on torch tensors (the GPU cache), False for numpy."""
-        return self.cache is not None and self.cache.array_module == "torch"
 
     def to_cache_kind(self, host: np.ndarray) -> Any:
         """`host` (numpy) as an array the cache takes: numpy, or a torch tensor on its device."""

@@ -197,7 +197,7 @@ class _Table:
         return self.capacity_rows - int(self.state[K.ST_HWM]) + int(self.state[K.ST_FREE_COUNT])
 
     def memory_bytes(self) -> int:
-        dense = self.dense.index.nbytes if self.dense is not None else 0
+        dense = self.dense.nbytes if self.dense is not None else 0
         return self.slots_buf.nbytes + self.buf.nbytes + self.part_counts.nbytes + self.state.nbytes + dense
 
     def note_inserted(self, keys: np.ndarray) -> None:
@@ -270,11 +270,26 @@ class _DenseIndex:
     converted from `nn.Embedding` or the seed's per-slot vocabularies: `index[k - lo]` is key k's
     value row (-1: absent). A find then reads one small int32 array instead of hashing and probing
     the slots. 4 bytes per key of the range; built only when the range is at most
-    `_DENSE_SPAN_PER_ROW` times the row count."""
+    `_DENSE_SPAN_PER_ROW` times the row count. When every key of the range is present and its row
+    is `first_row + k - lo` (a table inserted in key order, the usual converted file), no index is
+    kept at all (`index` is None): the row is computed from the key."""
 
-    def __init__(self, lo: int, index: np.ndarray) -> None:
+    def __init__(self, lo: int, span: int, index: np.ndarray | None, first_row: int = 0) -> None:
         self.lo = lo
+        self.span = span
         self.index = index
+        self.first_row = first_row
+
+    @property
+    def nbytes(self) -> int:
+        return 0 if self.index is None else self.index.nbytes
+
+    def rows(self, table: _Table, keys: np.ndarray, rows: np.ndarray, found: np.ndarray) -> int:
+        """Fill `rows: (n,) int64` (-1: absent) and `found: (n,) bool` for `keys: (n,) int64`;
+        returns the number found."""
+        if self.index is None:
+            return K.span_rows(self.lo, self.span, self.first_row, keys, rows, found)
+        return K.dense_rows(self.index, self.lo, table.slots, table.num_slots, keys, rows, found)
 
     @classmethod
     def build(cls, table: _Table) -> "_DenseIndex | None":
@@ -287,9 +302,12 @@ class _DenseIndex:
         span = hi - lo + 1
         if span > _DENSE_SPAN_PER_ROW * size:
             return None
+        row_minus_offset = rows - (keys - lo)
+        if span == size and (row_minus_offset == row_minus_offset[0]).all():
+            return cls(lo, span, None, int(row_minus_offset[0]))
         index = np.full(span, -1, dtype=np.int32)
         index[keys - lo] = rows
-        return cls(lo, index)
+        return cls(lo, span, index)
 
 
 class HashMapBackend:
@@ -409,7 +427,7 @@ class HashMapBackend:
             dense = table.dense_index() if self._meta_mode == K.META_NONE else None
             if dense is not None:
                 rows = np.empty(keys.shape[0], dtype=np.int64)
-                num_found = K.dense_rows(dense.index, dense.lo, table.slots, table.num_slots, keys, rows, found)
+                num_found = dense.rows(table, keys, rows, found)
                 table.values.take(rows, 0, out, "clip")  # the method: numpy.take's wrapper costs ~0.5 µs
                 if num_found < keys.shape[0]:
                     out[~found] = 0.0

@@ -198,6 +198,22 @@ def dense_rows(index, lo, slots, num_slots, keys, rows, found):
 
 
 @numba.njit(cache=True, nogil=True)
+def span_rows(lo, span, first_row, keys, rows, found):
+    """`dense_rows` for a table whose rows are its keys in order: key k in [lo, lo + span) has its
+    value row at `first_row + k - lo`, any other key is absent. No table memory is read. Returns
+    the number of keys found."""
+    n = keys.shape[0]
+    num_found = 0
+    for i in range(n):
+        offset = np.uint64(keys[i]) - np.uint64(lo)  # wraps for k < lo: out of range too
+        hit = offset < np.uint64(span)
+        rows[i] = np.int64(offset) + first_row if hit else -1
+        found[i] = hit
+        num_found += hit
+    return num_found
+
+
+@numba.njit(cache=True, nogil=True)
 def count_absent(slots, num_slots, keys):
     """How many of `keys: (n,) int64` are not in the table (duplicates counted each time)."""
     n = keys.shape[0]
