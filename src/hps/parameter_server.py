@@ -103,10 +103,7 @@ class HPS:
             # host cache, CPU tensor keys: the numpy path on zero-copy views (torch ops cost µs each)
             import torch
 
-            keys = keys.numpy()
-            if keys.dtype is _INT64 and self._int64_keys:
-                return torch.from_numpy(self._lookup_host(replica, keys))
-            return torch.from_numpy(self.lookup(keys, model_name, table_id, device_id))
+            return torch.from_numpy(self.lookup(keys.numpy(), model_name, table_id, device_id))
         table = replica.table
         flat, shape, torch_keys, keys_device = self._validate_keys(keys, replica.model, table)
         if torch_keys:  # each torch call costs microseconds: skip the ones with nothing to do
