@@ -31,6 +31,8 @@ def test_lookup_matches_the_table(small_model):
     out = hps_torch.LookupLayer(path, "m", 0, DIM)(keys)
     assert out.dtype == torch.float32 and out.shape == (2, 4, DIM) and out.device == keys.device
     np.testing.assert_array_equal(out.numpy(), expected_vectors(table, keys.numpy()))
+    transposed = keys.t().contiguous().t()  # a strided view: same values
+    np.testing.assert_array_equal(hps_torch.LookupLayer(path, "m", 0, DIM)(transposed).numpy(), out.numpy())
 
 
 def test_int32_keys_with_supportlonglong_false(small_model_i32):
