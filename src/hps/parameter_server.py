@@ -26,11 +26,11 @@ from hps.lookup.pipeline import TableLookup, is_torch
 from hps.lookup.stats import TableStats
 from hps.lookup.tiers import TierChain
 from hps.storage import make_backend
+from hps.storage.base import INT64
 
 log = logging.getLogger(__name__)
 
 UINT32_LIMIT = 1 << 32
-_INT64 = np.dtype(np.int64)
 
 
 @dataclass
@@ -97,7 +97,7 @@ class HPS:
         the keys' device for torch keys. Keys missing from every tier get the table's
         `default_value_for_each_table` in every element."""
         replica = self._replica(model_name, table_id, device_id)
-        if type(keys) is np.ndarray and keys.dtype is _INT64 and self._int64_keys and not replica.takes_torch:
+        if type(keys) is np.ndarray and keys.dtype is INT64 and self._int64_keys and not replica.takes_torch:
             return self._lookup_host(replica, keys)  # the hot path: nothing to convert
         if not replica.takes_torch and _is_cpu_int_tensor(keys):
             # host cache, CPU tensor keys: the numpy path on zero-copy views (torch ops cost µs each)

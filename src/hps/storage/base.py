@@ -21,14 +21,15 @@ def make_tag(model_name: str, table_name: str) -> str:
     return f"{TAG_PREFIX}.{model_name}.{table_name}"
 
 
-_INT64 = np.dtype(np.int64)
+#: The key dtype inside hps; `keys.dtype is INT64` is the cheapest exact check.
+INT64 = np.dtype(np.int64)
 
 
 def check_keys(keys: np.ndarray, where: str) -> np.ndarray:
     """Validate `keys: (n,) integer` → C-contiguous `(n,) int64`.
 
     Raises `KeyInputError` naming `where` (e.g. "table hps_et.m.t0"), the dtype and the shape."""
-    if type(keys) is np.ndarray and keys.dtype is _INT64 and keys.ndim == 1 and keys.flags.c_contiguous:
+    if type(keys) is np.ndarray and keys.dtype is INT64 and keys.ndim == 1 and keys.flags.c_contiguous:
         return keys  # what every lookup passes: checked in a fraction of a microsecond
     arr = np.asarray(keys)
     if arr.dtype.kind not in "iu":
