@@ -14,7 +14,8 @@ capacity: rows freed by erase or eviction stay allocated for reuse (the table ne
 Below dim ~8 the 16-byte slot alone passes 1.5× the raw size. A table whose keys form one
 near-contiguous range (at most 2 keys of range per row) also gets a direct index once its keys
 stop changing: 4 bytes per key of the range (≤ 8 B per row), one array read per find instead of
-a hash probe (`_DenseIndex`).
+a hash probe (`_DenseIndex`); none at all when the rows were inserted in key order (the row is
+then computed from the key).
 
 Thread safety: one readers–writer lock per table; finds share it (the kernels release the GIL
 and run in parallel), inserts / erases / evictions take it exclusively, so no reader ever sees a
