@@ -22,6 +22,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -69,15 +70,22 @@ def cycle(batches: list[Any]) -> Callable[[], Any]:
     return next_batch
 
 
+#: A pair is timed for at least this long: a 20 µs call then gets ~50,000 samples a side, and its p50
+#: no longer moves with a few milliseconds of the VM's noise.
+PAIR_SECONDS = 2.0
+
+
 def time_pair(ours: Callable[[], Any], base: Callable[[], Any], repeat: int,
               block: int = 10) -> tuple[list[float], list[float]]:
     """Seconds per call of `ours` and `base`, measured in alternating blocks of `block` calls (after 10
-    warm-up calls each), so that load from other work on a shared machine hits both alike."""
+    warm-up calls each), so that load from other work on a shared machine hits both alike; at least
+    `repeat` calls each and `PAIR_SECONDS` in all."""
     t_ours: list[float] = []
     t_base: list[float] = []
     time_calls(ours, repeat=0, warmup=10)
     time_calls(base, repeat=0, warmup=10)
-    while len(t_ours) < repeat:
+    start = time.perf_counter()
+    while len(t_ours) < repeat or time.perf_counter() - start < PAIR_SECONDS:
         t_ours += time_calls(ours, repeat=block, warmup=0)
         t_base += time_calls(base, repeat=block, warmup=0)
     return t_ours, t_base
@@ -247,8 +255,9 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_tf:
             rows += bench_tensorflow(ps_json, table, keys, args.repeat)
         rows += bench_torch(ps_json, table, keys, args.repeat, args.torch_device)
-    notes = (f"Per-batch latency (host-synchronous, p50/p99 of {args.repeat} calls after 10 warm-up calls, "
-             f"ours and the baseline timed in alternating blocks of 10 calls); "
+    notes = (f"Per-batch latency (host-synchronous, p50/p99 of at least {args.repeat} calls a side and "
+             f"{PAIR_SECONDS:g} s a pair after 10 warm-up calls, ours and the baseline timed in alternating "
+             f"blocks of 10 calls); "
              f"{'torch on ' + args.torch_device + ', ' if on_gpu else 'CPU only, '}"
              f"table {VOCAB} x {DIM} float32, int64 keys uniform over the table; dynamic embedding cache "
              f"(gpucacheper 1.0, pre-filled from the file): cache hit rate {hit_rate:.1%} in the HPS.lookup run, "

@@ -57,8 +57,11 @@ def _lookup_eager(keys: torch.Tensor, ps_config_file: str, model_name: str, tabl
 
 def _hps_lookup(keys: torch.Tensor, ps_config_file: str, model_name: str, table_id: int) -> torch.Tensor:
     """The process-wide HPS's lookup on the keys' device; never an alias of `keys`."""
+    server = shared_hps(ps_config_file)
+    if keys.is_cpu and keys.layout is torch.strided:  # numpy views both ways: no torch op, a new array
+        return torch.from_numpy(server.lookup(keys.numpy(), model_name, table_id))
     device_id = (keys.device.index or 0) if keys.is_cuda else 0
-    vectors = shared_hps(ps_config_file).lookup(keys, model_name, table_id, device_id=device_id)
+    vectors = server.lookup(keys, model_name, table_id, device_id=device_id)
     if vectors.data_ptr() == keys.data_ptr() and keys.numel():  # an op's output may not alias its input
         vectors = vectors.clone()
     return vectors
@@ -113,9 +116,6 @@ class LookupLayer(torch.nn.Module):
             # eager: skip the custom-op dispatcher (~0.2 ms per call on a CPU); the model, table and dim
             # were checked at construction, so keys of the right dtype and rank go straight to the HPS
             if keys.dtype is self._key_dtype and keys.dim() == 2:
-                if keys.is_cpu and keys.layout is torch.strided:  # numpy views both ways: no torch op
-                    return torch.from_numpy(shared_hps(self.ps_config_file).lookup(
-                        keys.numpy(), self.model_name, self.table_id))
                 return _hps_lookup(keys, self.ps_config_file, self.model_name, self.table_id)
             return _lookup_eager(keys, self.ps_config_file, self.model_name, self.table_id, self.emb_vec_size)
         return lookup(keys, self.ps_config_file, self.model_name, self.table_id, self.emb_vec_size)
