@@ -59,8 +59,6 @@ class HPS:
         self.config: PsConfig = load_config(config)
         self._lock = threading.RLock()
         self._closed = False
-        #: supportlonglong: int64 keys need no range check against the uint32 key space.
-        self._int64_keys = self.config.supportlonglong
         self._models: dict[str, _ModelRuntime] = {}
         self._show_progress = show_progress
         self._background = ThreadPoolExecutor(max_workers=max(m.thread_pool_size for m in self.config.models),
@@ -97,8 +95,8 @@ class HPS:
         the keys' device for torch keys. Keys missing from every tier get the table's
         `default_value_for_each_table` in every element."""
         replica = self._replica(model_name, table_id, device_id)
-        if type(keys) is np.ndarray and keys.dtype is INT64 and self._int64_keys and not replica.takes_torch:
-            return self._lookup_host(replica, keys)  # the hot path: nothing to convert
+        if type(keys) is np.ndarray and keys.dtype is INT64 and self.config.supportlonglong and not replica.takes_torch:
+            return self._lookup_host(replica, keys)  # the hot path: nothing to convert or range-check
         if not replica.takes_torch and _is_cpu_int_tensor(keys):
             # host cache, CPU tensor keys: the numpy path on zero-copy views (torch ops cost µs each)
             import torch

@@ -57,11 +57,8 @@ def _lookup_eager(keys: torch.Tensor, ps_config_file: str, model_name: str, tabl
 
 def _hps_lookup(keys: torch.Tensor, ps_config_file: str, model_name: str, table_id: int) -> torch.Tensor:
     """The process-wide HPS's lookup on the keys' device; never an alias of `keys`."""
-    server = shared_hps(ps_config_file)
-    if keys.is_cpu and keys.layout is torch.strided:  # numpy views both ways: no torch op, a new array
-        return torch.from_numpy(server.lookup(keys.numpy(), model_name, table_id))
     device_id = (keys.device.index or 0) if keys.is_cuda else 0
-    vectors = server.lookup(keys, model_name, table_id, device_id=device_id)
+    vectors = shared_hps(ps_config_file).lookup(keys, model_name, table_id, device_id=device_id)
     if vectors.data_ptr() == keys.data_ptr() and keys.numel():  # an op's output may not alias its input
         vectors = vectors.clone()
     return vectors
