@@ -9,7 +9,9 @@ the Kafka update sources and the periodic refresher.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import operator
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +25,7 @@ from hps.config import ModelConfig, PsConfig, TableConfig, load_config, parse_co
 from hps.errors import ClosedError, HpsError, KeyInputError, UnknownModelError
 from hps.lookup.loading import drop_tables, iter_table_rows, load_model_into_tiers, open_sparse_models
 from hps.lookup.pipeline import TableLookup, is_torch
+from hps.lookup.row_home import with_row_home
 from hps.lookup.stats import TableStats
 from hps.lookup.tiers import TierChain
 from hps.storage import make_backend
@@ -31,6 +34,8 @@ from hps.storage.base import INT64
 log = logging.getLogger(__name__)
 
 UINT32_LIMIT = 1 << 32
+#: Keys of up to this many dimensions; the vectors add one (numpy 1.x arrays have at most 32).
+MAX_KEY_DIMS = 16
 
 
 @dataclass
@@ -56,7 +61,8 @@ class HPS:
         """Load `config` (ps.json path, dict or `PsConfig`) and every model's sparse files.
 
         Raises `ConfigError` / `ModelFormatError` / `BackendError`; on failure nothing stays open."""
-        self.config: PsConfig = load_config(config)
+        #: The config served: the ps.json's, plus an in-process hash map for rows no tier would hold.
+        self.config: PsConfig = with_row_home(load_config(config))
         self._lock = threading.RLock()
         self._closed = False
         self._models: dict[str, _ModelRuntime] = {}
@@ -124,13 +130,15 @@ class HPS:
 
     def _lookup_host(self, replica: TableLookup, keys: np.ndarray) -> np.ndarray:
         """`lookup` of int64 numpy keys (any shape) on a host cache, 64-bit key space."""
-        if keys.ndim == 0 or keys.size > replica.max_keys:
+        if not 0 < keys.ndim <= MAX_KEY_DIMS or keys.size > replica.max_keys:
             self._validate_keys(keys, replica.model, replica.table)  # raises, naming what is wrong
         return replica.lookup(keys.reshape(-1)).reshape(*keys.shape, replica.table.dim)
 
     def _replica(self, model_name: str, table_id: int, device_id: int) -> TableLookup:
         """The `TableLookup` of one table on one device; raises `UnknownModelError` naming what is unknown."""
         runtime = self._runtime(model_name)
+        if type(table_id) is not int or type(device_id) is not int:  # True == 1 would find table 1
+            table_id, device_id = _index_arg(table_id, "table_id"), _index_arg(device_id, "device_id")
         replica = runtime.replicas.get((table_id, device_id))
         if replica is None:
             runtime.config.table(table_id)  # raises for a table_id out of range
@@ -188,6 +196,7 @@ class HPS:
         with self._lock:
             if model.name in self._models:
                 raise HpsError(f"add_model: model {model.name!r} is already served")
+            self._ensure_row_home(model)
             self._load(model)
             self._retarget_update_sources()
 
@@ -293,6 +302,15 @@ class HPS:
         except (KeyError, TypeError):
             raise UnknownModelError(f"unknown model {model_name!r}; served models: {list(self._models)}") from None
 
+    def _ensure_row_home(self, model: ModelConfig) -> None:
+        """Give an added model's rows an in-process hash map if no tier of this HPS would hold them."""
+        home = with_row_home(dataclasses.replace(self.config, models=(model,))).volatile_db
+        if home is self.config.volatile_db:
+            return
+        self.config = dataclasses.replace(self.config, volatile_db=home)
+        if self.volatile is None:
+            self.volatile = self._tiers.volatile = make_backend(home)
+
     def _load(self, model: ModelConfig) -> None:
         """Validate the model's files, fill the tiers, build one cache per table and device."""
         sparse_models = open_sparse_models(model)
@@ -339,20 +357,28 @@ class HPS:
             dtype = keys.dtype
             if dtype is not torch.int64 and (dtype is torch.bool or keys.is_floating_point() or keys.is_complex()):
                 raise KeyInputError(f"{_where(model, table)}: keys must be int64 or int32, got {dtype}")
+            if keys.layout is not torch.strided or keys.is_meta:
+                raise KeyInputError(f"{_where(model, table)}: keys must be a dense tensor with data, got "
+                                    f"layout {keys.layout} on device {keys.device}")
+            if dtype == getattr(torch, "uint64", None) and keys.numel() and int(keys.view(torch.int64).min()) < 0:
+                raise KeyInputError(f"{_where(model, table)}: uint64 keys must be below 2**63 (int64 keys)")
             shape, device = tuple(keys.shape), keys.device
             flat = keys.reshape(-1) if len(shape) != 1 else keys
             if dtype is not torch.int64:
                 flat = flat.to(torch.int64)
         else:
-            arr = keys if type(keys) is np.ndarray else np.asarray(keys)
+            arr = keys if type(keys) is np.ndarray else _as_key_array(keys, model, table)
             if arr.dtype.kind not in "iu":
                 raise KeyInputError(f"{_where(model, table)}: keys must be int64 or int32, got {arr.dtype}")
+            if arr.dtype == np.uint64 and arr.size and int(arr.max()) >= 1 << 63:
+                raise KeyInputError(f"{_where(model, table)}: uint64 keys must be below 2**63, got {int(arr.max())}")
             shape, device = arr.shape, "cpu"
             flat = arr.reshape(-1)
             if flat.dtype != np.int64 or not flat.flags.c_contiguous:
                 flat = np.ascontiguousarray(flat, dtype=np.int64)
-        if len(shape) == 0:
-            raise KeyInputError(f"{_where(model, table)}: keys must have at least one dimension, got a scalar")
+        if not 1 <= len(shape) <= MAX_KEY_DIMS:
+            raise KeyInputError(f"{_where(model, table)}: keys must have at least one dimension and at most "
+                                f"{MAX_KEY_DIMS}, got shape {shape}")
         limit = model.max_keys_per_call(table.table_id)
         if flat.shape[0] > limit:
             raise KeyInputError(
@@ -397,6 +423,25 @@ def _is_cpu_int_tensor(keys: Any) -> bool:
     import torch
 
     return keys.is_cpu and keys.dtype in (torch.int64, torch.int32) and keys.layout is torch.strided
+
+
+def _index_arg(value: Any, name: str) -> int:
+    """`table_id` / `device_id` as an int: Python or numpy integers (never a bool, a float or a list)."""
+    if not isinstance(value, (bool, np.bool_)):
+        try:
+            return operator.index(value)
+        except TypeError:
+            pass
+    raise UnknownModelError(f"{name} must be an integer, got {type(value).__name__} {value!r:.60}")
+
+
+def _as_key_array(keys: Any, model: ModelConfig, table: TableConfig) -> np.ndarray:
+    """Keys given as a list / tuple / other sequence → a numpy array; ragged or odd input → `KeyInputError`."""
+    try:
+        return np.asarray(keys)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise KeyInputError(f"{_where(model, table)}: keys must be a rectangular array of integers "
+                            f"({type(keys).__name__} given): {exc}") from None
 
 
 def _where(model: ModelConfig, table: TableConfig) -> str:

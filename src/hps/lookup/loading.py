@@ -13,6 +13,7 @@ import numpy as np
 
 from hps.config.schema import ModelConfig, PsConfig
 from hps.errors import HpsError
+from hps.lookup.row_home import cache_holds_whole_table
 from hps.model_format import SparseModel
 from hps.storage.base import KeyValueBackend
 
@@ -32,7 +33,7 @@ def load_model_into_tiers(config: PsConfig, model: ModelConfig, sparse_models: l
                           show_progress: bool = True) -> list[tuple[KeyValueBackend, str]]:
     """Create the model's tables in the tiers and fill them from `sparse_models` (one per table).
 
-    Static and uvm tables live whole in their cache and skip the tiers (as in HugeCTR). Returns the
+    Static and uvm tables with a cache live whole in it and skip the tiers (as in HugeCTR). Returns the
     `(backend, tag)` tables this call created, for `drop_tables` if a later step fails. On any
     error, those tables are dropped and the error is re-raised."""
     targets: list[KeyValueBackend] = []
@@ -48,7 +49,7 @@ def load_model_into_tiers(config: PsConfig, model: ModelConfig, sparse_models: l
                 if table.tag not in existing:
                     created.append((backend, table.tag))
                 backend.create_table(table.tag, table.dim)
-        if model.cache_type != "dynamic" or not targets:
+        if cache_holds_whole_table(model) or not targets:
             return created
         with _progress(show_progress) as progress:
             for table, sparse in zip(model.tables, sparse_models):
