@@ -21,6 +21,8 @@ pytestmark = [
 
 pytest.importorskip("redis", reason="redis-py is not installed (pip install 'hps[redis]')")
 import hps.storage.redis_cluster as redis_cluster_mod  # noqa: E402
+import hps.storage.redis_protocol as redis_protocol  # noqa: E402
+import hps.storage.redis_topology as redis_topology  # noqa: E402
 
 RedisClusterBackend = redis_cluster_mod.RedisClusterBackend
 TAG = "hps_et.rtest.table0"
@@ -177,7 +179,7 @@ def test_overflow_oldest_evicts_by_hugectr_timestamps(cluster, make_backend):
 
 def test_connection_options_reach_redis_py(cluster, make_backend, tmp_path):
     b = make_backend(num_node_connections=3, timeout_ms=250)
-    for node in b._rc.get_primaries():
+    for node in b._topology.primaries("test"):
         pool = node.redis_connection.connection_pool
         assert pool.max_connections == 3
         assert pool.connection_kwargs["socket_timeout"] == pytest.approx(0.25)
@@ -190,14 +192,14 @@ def test_connection_options_reach_redis_py(cluster, make_backend, tmp_path):
     cfg = RedisClusterConfig(address="10.0.0.1:7000", user_name="svc", password="pw", enable_tls=True,
                              tls_ca_certificate=str(ca_dir), tls_client_certificate=str(cert),
                              tls_client_key=str(key), tls_server_name_identification="redis.example")
-    kw = redis_cluster_mod.connection_kwargs(cfg, timeout_ms=500)
+    kw = redis_topology.connection_kwargs(cfg, timeout_ms=500)
     assert kw["ssl"] is True and kw["ssl_ca_path"] == str(ca_dir) and "ssl_ca_certs" not in kw
     assert kw["ssl_certfile"] == str(cert) and kw["ssl_keyfile"] == str(key)
     assert kw["ssl_check_hostname"] is False and kw["ssl_cert_reqs"] == "required"
     assert kw["username"] == "svc" and kw["password"] == "pw" and kw["socket_timeout"] == 0.5
-    kw = redis_cluster_mod.connection_kwargs(RedisClusterConfig(enable_tls=True, tls_ca_certificate="ca.crt"))
+    kw = redis_topology.connection_kwargs(RedisClusterConfig(enable_tls=True, tls_ca_certificate="ca.crt"))
     assert kw["ssl_ca_certs"] == "ca.crt" and "ssl_certfile" not in kw and "password" not in kw
-    assert "ssl" not in redis_cluster_mod.connection_kwargs(RedisClusterConfig())
+    assert "ssl" not in redis_topology.connection_kwargs(RedisClusterConfig())
 
 
 def _until_ok(fn, timeout_s: float):
@@ -264,7 +266,7 @@ def test_hmget_reply_scanner_resumes_at_any_byte():
     state = np.array([0, 0, -1, 0, 0, 0], np.int64)
     errors, length = [], 0
     while True:
-        status = redis_cluster_mod._consume_hmget(buf, length, state, starts, order, 4, out, found)
+        status = redis_protocol.consume_hmget(buf, length, state, starts, order, 4, out, found)
         if status == 1:
             break
         if status == 2:
@@ -354,7 +356,7 @@ def test_tls_cluster_with_ca_client_certificate_and_sni():
             vectors, found = b.find(TAG, keys)
             assert found.all() and b.size(TAG) == 500
             np.testing.assert_array_equal(vectors, _rows(keys))
-            for node in b._rc.get_primaries():
+            for node in b._topology.primaries("test"):
                 assert node.redis_connection.connection_pool.connection_class.server_name == "redis.localhost"
         wrong_ca = RedisClusterConfig(address=c.address, enable_tls=True, tls_ca_certificate=files["cert"])
         with pytest.raises(BackendError):  # the server certificate does not verify against this "CA"
@@ -383,7 +385,7 @@ def test_sni_connection_sends_the_configured_server_name(tmp_path):
 
     th = threading.Thread(target=serve)
     th.start()
-    cls = redis_cluster_mod.sni_connection_class("redis.example")
+    cls = redis_topology.sni_connection_class("redis.example")
     conn = cls(host="127.0.0.1", port=port, ssl_ca_certs=files["ca"], ssl_check_hostname=False,
                ssl_cert_reqs="none", socket_timeout=2)
     try:

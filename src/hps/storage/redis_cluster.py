@@ -17,6 +17,8 @@ and each node gets one pipelined write holding all its HMGET / HSET / HDEL comma
 `$8\r\n<key>\r\n`, an HSET pair a fixed-width record), so no Python object is made per key on
 the way out. HMGET replies are parsed by a numba scanner straight from the socket bytes into the
 output rows (no bytes object per value either); other replies go through redis-py's parser.
+The wire format lives in `redis_protocol`, the slot map, node connections, the round trip and
+node failures in `redis_topology`; this module holds the layout and the backend's semantics.
 All nodes' pipelines are written before any reply is read, so the nodes work in parallel
 without client threads: the sockets do the waiting, and parsing holds the GIL anyway.
 `num_node_connections` bounds the connections per node, i.e. how many calls (from several
@@ -26,30 +28,32 @@ Failures: a node that refuses, times out (`timeout_ms`, default 2 s, per socket 
 answers an error makes the call raise `BackendError` naming the node(s), the table tag and the
 key count; the slot map is refreshed on the next call, so the backend recovers by itself once
 the node is back. A node that failed to answer is skipped for `retry_after_ms` (default 1 s):
-calls that need it fail at once instead of each waiting out the timeout of a hung node. A MOVED/ASK reply (resharding) refreshes the slot map and retries once.
+calls that need it fail at once instead of each waiting out the timeout of a hung node. A
+MOVED/ASK reply (resharding) refreshes the slot map and retries once.
 Shapes and dtypes are checked before anything is sent; a node failing in the middle of an
 insert can leave the other nodes' rows written (an upsert, so retrying is safe).
 """
 
 from __future__ import annotations
 
-import os
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterator
 
 import numba
 import numpy as np
 
 from hps.errors import BackendError, ClosedError, KeyInputError, require
 from hps.storage.partition import partition_of
+from hps.storage.redis_protocol import KEY_DTYPES, HmgetSink, field_records, flat, pair_records, resp_head
+from hps.storage.redis_topology import ClusterTopology, NodeBatch, connection_kwargs, sni_connection_class
+
+__all__ = ["RedisClusterBackend", "connection_kwargs", "hash_key", "sni_connection_class", "tag_of_hash_key"]
 
 if TYPE_CHECKING:
     from hps.config.schema import RedisClusterConfig
 
-_CRLF = np.frombuffer(b"\r\n", np.uint8)
-_KEY_DTYPES = {8: "<i8", 4: "<u4"}  # HugeCTR's `long long` keys, or `unsigned int` (i64_input_key false)
 _NO_LIMIT = 2**63  # overflow_margin at or above this never triggers (HugeCTR's default is 2^64-1)
 # Server-side loop: one command per partition chunk instead of one HINCRBY per key. A field
 # that holds no count (older HugeCTR wrote a raw time_t for every policy) restarts at 1.
@@ -74,183 +78,6 @@ def tag_of_hash_key(name: bytes | str) -> str | None:
     return tag if sep and tag and part.isdigit() else None
 
 
-def connection_kwargs(config: RedisClusterConfig, timeout_ms: int = 2000) -> dict[str, Any]:
-    """redis-py keyword arguments for every node connection, from the ps.json `volatile_db` keys.
-
-    Credentials are sent only when `password` is set (as HugeCTR's redis++ does); with
-    `enable_tls`, `tls_ca_certificate` is a CA file or directory (`ssl_ca_certs` / `ssl_ca_path`),
-    client certificate and key are used when both files exist, and connections present
-    `tls_server_name_identification` as SNI (`sni_connection_class`, installed by the backend);
-    like hiredis, the peer certificate is verified against the CA but the host name is not."""
-    timeout_s = timeout_ms / 1000.0
-    kw: dict[str, Any] = {
-        "max_connections": int(config.num_node_connections),
-        "socket_timeout": timeout_s,
-        "socket_connect_timeout": timeout_s,
-        "socket_keepalive": True,
-        "protocol": 2,  # RESP2, as HugeCTR's hiredis: no push messages, stale sockets are detected
-    }
-    if config.password:
-        kw["username"] = config.user_name or None
-        kw["password"] = config.password
-    if config.enable_tls:
-        kw["ssl"] = True
-        kw["ssl_cert_reqs"] = "required"
-        kw["ssl_check_hostname"] = False
-        if os.path.isdir(config.tls_ca_certificate):
-            kw["ssl_ca_path"] = config.tls_ca_certificate
-        else:
-            kw["ssl_ca_certs"] = config.tls_ca_certificate
-        if os.path.isfile(config.tls_client_certificate) and os.path.isfile(config.tls_client_key):
-            kw["ssl_certfile"] = config.tls_client_certificate
-            kw["ssl_keyfile"] = config.tls_client_key
-    return kw
-
-
-def sni_connection_class(server_name: str) -> type:
-    """An `SSLConnection` subclass that sends `server_name` as SNI instead of the host it dials.
-
-    redis-py offers no SNI option and its `Redis` client forces `SSLConnection` when `ssl` is
-    set, so the backend installs this class on every node's connection pool."""
-    connection = require("redis.connection", "redis")
-
-    def _wrap_socket_with_ssl(self, sock):
-        host = self.host
-        self.host = server_name
-        try:
-            return connection.SSLConnection._wrap_socket_with_ssl(self, sock)
-        finally:
-            self.host = host
-
-    return type("HpsSniSSLConnection", (connection.SSLConnection,),
-                {"_wrap_socket_with_ssl": _wrap_socket_with_ssl, "server_name": server_name})
-
-
-# -- RESP encoding with numpy -------------------------------------------------------------------
-
-def _resp_head(args: list[bytes], more: int) -> bytes:
-    """RESP array header for `len(args) + more` arguments, followed by `args` as bulk strings."""
-    out = [b"*%d\r\n" % (len(args) + more)]
-    for a in args:
-        out.append(b"$%d\r\n%s\r\n" % (len(a), a))
-    return b"".join(out)
-
-
-def _field_records(keys: np.ndarray, key_bytes: int = 8) -> np.ndarray:
-    """`keys: (n,) int64` → `(n, key_bytes + 6) uint8` RESP bulk strings `$8\\r\\n<LE key>\\r\\n`
-    (`key_bytes` 8: int64 keys; 4: uint32 keys, HugeCTR's 32-bit key mode)."""
-    n = keys.shape[0]
-    rec = np.empty((n, key_bytes + 6), np.uint8)
-    rec[:, :4] = np.frombuffer(b"$%d\r\n" % key_bytes, np.uint8)
-    raw = np.ascontiguousarray(keys).astype(_KEY_DTYPES[key_bytes], copy=False)
-    rec[:, 4:4 + key_bytes] = raw.view(np.uint8).reshape(n, key_bytes)
-    rec[:, 4 + key_bytes:] = _CRLF
-    return rec
-
-
-def _pair_records(keys: np.ndarray, values: np.ndarray, key_bytes: int = 8) -> np.ndarray:
-    """`keys: (n,) int64`, `values: (n, b) uint8` → `(n, w) uint8` RESP field/value pairs."""
-    n, b = values.shape
-    head = np.frombuffer(b"$%d\r\n" % b, np.uint8)
-    f = key_bytes + 6
-    w = f + head.size + b + 2
-    rec = np.empty((n, w), np.uint8)
-    rec[:, :f] = _field_records(keys, key_bytes)
-    rec[:, f:f + head.size] = head
-    rec[:, f + head.size:w - 2] = values
-    rec[:, w - 2:] = _CRLF
-    return rec
-
-
-def _flat(rec: np.ndarray, a: int, b: int) -> memoryview:
-    return memoryview(rec[a:b].reshape(-1))
-
-
-# -- HMGET replies parsed straight from the socket bytes into the output rows --------------------
-
-@numba.njit(cache=True, inline="always")
-def _line_end(buf, pos, length):
-    """Index of the CR of the first CRLF at or after `pos`, or -1 when not all there yet."""
-    for i in range(pos, length - 1):
-        if buf[i] == 13 and buf[i + 1] == 10:
-            return i
-    return -1
-
-
-@numba.njit(cache=True, inline="always")
-def _int_at(buf, a, b):
-    neg = buf[a] == 45
-    v = 0
-    for i in range(a + 1 if neg else a, b):
-        v = v * 10 + (buf[i] - 48)
-    return -v if neg else v
-
-
-@numba.njit(cache=True)
-def _consume_hmget(buf, length, state, starts, order, row_bytes, out, found):
-    """Parse RESP2/RESP3 HMGET replies in `buf[state[0]:length]`, resumable.
-
-    `state` = [pos, command, elements left (-1: header next), sorted row, wrong-size count, eol];
-    command i's elements are sorted rows starts[i], starts[i]+1, ...; a value of `row_bytes` bytes
-    is copied into `out[order[row]]` and marks `found[order[row]]`. Returns 1 when every reply is
-    consumed, 0 when more bytes are needed, 2 at an error reply (line state[0]..state[5]; the
-    caller skips it), 3 on bytes that are not RESP."""
-    pos, cmd, left, row, bad = state[0], state[1], state[2], state[3], state[4]
-    status = 1
-    while cmd < starts.shape[0]:
-        if left < 0:
-            eol = _line_end(buf, pos, length)
-            if eol < 0:
-                status = 0
-                break
-            c = buf[pos]
-            if c == 42:  # '*' array header
-                left = _int_at(buf, pos + 1, eol)
-                pos = eol + 2
-                row = starts[cmd]
-                if left <= 0:
-                    cmd += 1
-                    left = -1
-                continue
-            state[5] = eol
-            status = 2 if c == 45 else 3  # '-' error reply
-            break
-        eol = _line_end(buf, pos, length)
-        if eol < 0:
-            status = 0
-            break
-        c = buf[pos]
-        if c == 36:  # '$' bulk string (or $-1 nil)
-            n = _int_at(buf, pos + 1, eol)
-            if n >= 0:
-                end = eol + 2 + n
-                if end + 2 > length:
-                    status = 0
-                    break
-                if n == row_bytes:
-                    dst = order[row]
-                    out[dst, :] = buf[eol + 2:end]
-                    found[dst] = True
-                else:
-                    bad += 1
-                pos = end + 2
-            else:
-                pos = eol + 2
-        elif c == 95:  # '_' RESP3 null
-            pos = eol + 2
-        else:
-            state[5] = eol
-            status = 3
-            break
-        row += 1
-        left -= 1
-        if left == 0:
-            cmd += 1
-            left = -1
-    state[0], state[1], state[2], state[3], state[4] = pos, cmd, left, row, bad
-    return status
-
-
 @numba.njit(cache=True)
 def _partition_order(parts, num_partitions):
     """Stable counting sort: `order` such that `parts[order]` is ascending, and each partition's end."""
@@ -267,38 +94,6 @@ def _partition_order(parts, num_partitions):
         nxt[parts[i]] += 1
     return order, ends
 
-
-@dataclass
-class _HmgetSink:
-    """Output of one node's HMGET replies: command i fills sorted rows from starts[i]."""
-
-    order: np.ndarray  # (n,) original position of each sorted row
-    out: np.ndarray  # (n, row_bytes) uint8 view of the float32 result
-    found: np.ndarray  # (n,) bool
-    row_bytes: int
-    starts: list = field(default_factory=list)
-    capacity: int = 64
-    bad: int = 0
-
-
-# -- plan of one pipelined round trip ---------------------------------------------------------
-
-@dataclass
-class _NodeBatch:
-    """Commands for one node: RESP pieces to write, and what each reply belongs to."""
-
-    node: Any
-    pieces: list = field(default_factory=list)
-    tickets: list = field(default_factory=list)  # one entry per command, in send order
-    sink: _HmgetSink | None = None  # HMGET-only batch whose replies are parsed by numba
-
-    def add(self, ticket: Any, *pieces: bytes | memoryview) -> None:
-        self.pieces.extend(pieces)
-        self.tickets.append(ticket)
-
-
-class _Redirect(Exception):
-    """Internal: a MOVED / ASK / TRYAGAIN reply; refresh the slot map and retry once."""
 
 
 @dataclass
@@ -324,17 +119,13 @@ class RedisClusterBackend:
 
     def __init__(self, config: RedisClusterConfig, timeout_ms: int = 2000, key_bytes: int = 8,
                  retry_after_ms: int = 1000) -> None:
-        if key_bytes not in _KEY_DTYPES:
+        if key_bytes not in KEY_DTYPES:
             raise BackendError(f"redis_cluster: key_bytes must be 8 or 4, got {key_bytes!r}")
-        cluster = require("redis.cluster", "redis")
         self._crc = require("redis.crc", "redis")
         self._exc = require("redis.exceptions", "redis")
-        retry = require("redis.retry", "redis")
-        backoff = require("redis.backoff", "redis")
         self.config = config
         self.timeout_ms = int(timeout_ms)
         self.retry_after_ms = int(retry_after_ms)
-        self._down: dict[str, tuple[float, str]] = {}  # node name → (retry time, last error)
         self.key_bytes = int(key_bytes)
         self._num_partitions = int(config.num_partitions)
         self._batch = int(config.max_batch_size)
@@ -343,21 +134,9 @@ class RedisClusterBackend:
         self._policy = config.overflow_policy
         self._tables: dict[str, _Table] = {}
         self._lock = threading.Lock()
-        self._gate = threading.BoundedSemaphore(int(config.num_node_connections))
-        self._stale = False
         self._closed = False
         self._rng = np.random.default_rng()
-        self._sni = sni_connection_class(config.tls_server_name_identification) if config.enable_tls else None
-        seeds = [cluster.ClusterNode(h, p) for h, p in config.nodes]
-        if not seeds:
-            raise BackendError(f"redis_cluster: volatile_db.address {config.address!r} names no node")
-        try:
-            self._rc = cluster.RedisCluster(
-                startup_nodes=seeds, require_full_coverage=False,
-                retry=retry.Retry(backoff.NoBackoff(), 0), **connection_kwargs(config, self.timeout_ms))
-        except Exception as exc:  # redis raises several unrelated classes here
-            raise BackendError(f"redis_cluster: cannot reach the cluster at {config.address!r}: {exc}") from exc
-        self._install_sni()
+        self._topology = ClusterTopology(config, self.timeout_ms, self.retry_after_ms)
 
     # -- tables ----------------------------------------------------------------------------------
     def create_table(self, tag: str, dim: int) -> None:
@@ -381,12 +160,12 @@ class RedisClusterBackend:
         """Tags open here plus every tag with a value hash on any master (SCAN `hps_et{*}v`)."""
         self._check_open()
         found = set(self._tables)
-        for node in self._primaries("(tables)"):
+        for node in self._topology.primaries("(tables)"):
             try:
-                with self._gate:
+                with self._topology.gate:
                     names = list(node.redis_connection.scan_iter(match=b"hps_et{*}v", count=1000))
             except self._exc.RedisError as exc:
-                self._stale = True
+                self._topology.stale = True
                 raise BackendError(f"redis_cluster: listing tables: node {node.name} failed: {exc}") from exc
             found.update(tag for tag in map(tag_of_hash_key, names) if tag is not None)
         return sorted(found)
@@ -398,9 +177,9 @@ class RedisClusterBackend:
         def plan(batches):
             for p in range(self._num_partitions):
                 b = self._batch_for(batches, t, p)
-                b.add(p, _resp_head([b"DEL", t.hv[p], t.ht[p]], 0))
+                b.add(p, resp_head([b"DEL", t.hv[p], t.ht[p]], 0))
 
-        self._round_trip(t.tag, 0, plan)
+        self._topology.round_trip(t.tag, 0, plan)
         with self._lock:
             self._tables.pop(tag, None)
 
@@ -415,11 +194,11 @@ class RedisClusterBackend:
         if n == 0:
             return out, found
         g = self._group(keys)
-        rec = _field_records(g.keys, self.key_bytes)
+        rec = field_records(g.keys, self.key_bytes)
         row_bytes = 4 * t.dim
         out_u8 = out.view(np.uint8)
         per_value = 1 + len(str(row_bytes)) + 2 + row_bytes + 2  # "$64\r\n" + row + "\r\n"
-        sinks: list[_HmgetSink] = []
+        sinks: list[HmgetSink] = []
 
         def plan(batches):
             sinks.clear()
@@ -427,13 +206,13 @@ class RedisClusterBackend:
             for p, a, b in g.chunks(self._batch):
                 batch = self._batch_for(batches, t, p)
                 if batch.sink is None:
-                    batch.sink = _HmgetSink(g.order, out_u8, found, row_bytes)
+                    batch.sink = HmgetSink(g.order, out_u8, found, row_bytes)
                     sinks.append(batch.sink)
-                batch.add(a, _resp_head([b"HMGET", t.hv[p]], b - a), _flat(rec, a, b))
+                batch.add(a, resp_head([b"HMGET", t.hv[p]], b - a), flat(rec, a, b))
                 batch.sink.starts.append(a)
                 batch.sink.capacity += 24 + (b - a) * per_value
 
-        self._round_trip(tag, n, plan)
+        self._topology.round_trip(tag, n, plan)
         bad = sum(s.bad for s in sinks)
         if bad:
             raise BackendError(f"redis_cluster: table {tag}: {bad} of {n} values read back do not hold "
@@ -459,19 +238,19 @@ class RedisClusterBackend:
             return
         g = self._group(keys)
         values = np.ascontiguousarray(vectors[g.order], dtype="<f4").view(np.uint8).reshape(n, 4 * t.dim)
-        rec = _pair_records(g.keys, values, self.key_bytes)
+        rec = pair_records(g.keys, values, self.key_bytes)
         meta = self._meta_records(g.keys) if self._policy != "evict_random" else None
         check_size = self._margin < _NO_LIMIT
 
         def plan(batches):
             for p, a, b in g.chunks(self._batch):
                 batch = self._batch_for(batches, t, p)
-                batch.add(None, _resp_head([b"HSET", t.hv[p]], 2 * (b - a)), _flat(rec, a, b))
+                batch.add(None, resp_head([b"HSET", t.hv[p]], 2 * (b - a)), flat(rec, a, b))
                 self._add_meta(batch, t, p, meta, a, b)
                 if check_size and b == g.ends[p]:
-                    batch.add(p, _resp_head([b"HLEN", t.hv[p]], 0))
+                    batch.add(p, resp_head([b"HLEN", t.hv[p]], 0))
 
-        replies = self._round_trip(tag, n, plan)
+        replies = self._topology.round_trip(tag, n, plan)
         if check_size:
             full = [p for p, r in replies if p is not None and int(r) >= self._margin]
             for p in full:
@@ -485,15 +264,15 @@ class RedisClusterBackend:
         if n == 0:
             return 0
         g = self._group(keys)
-        rec = _field_records(g.keys, self.key_bytes)
+        rec = field_records(g.keys, self.key_bytes)
 
         def plan(batches):
             for p, a, b in g.chunks(self._batch):
                 batch = self._batch_for(batches, t, p)
-                batch.add("v", _resp_head([b"HDEL", t.hv[p]], b - a), _flat(rec, a, b))
-                batch.add(None, _resp_head([b"HDEL", t.ht[p]], b - a), _flat(rec, a, b))
+                batch.add("v", resp_head([b"HDEL", t.hv[p]], b - a), flat(rec, a, b))
+                batch.add(None, resp_head([b"HDEL", t.ht[p]], b - a), flat(rec, a, b))
 
-        return sum(int(r) for k, r in self._round_trip(tag, n, plan) if k == "v")
+        return sum(int(r) for k, r in self._topology.round_trip(tag, n, plan) if k == "v")
 
     def size(self, tag: str) -> int:
         """Rows in table `tag`: the sum of HLEN over its value hashes."""
@@ -501,9 +280,9 @@ class RedisClusterBackend:
 
         def plan(batches):
             for p in range(self._num_partitions):
-                self._batch_for(batches, t, p).add(p, _resp_head([b"HLEN", t.hv[p]], 0))
+                self._batch_for(batches, t, p).add(p, resp_head([b"HLEN", t.hv[p]], 0))
 
-        return sum(int(r) for _, r in self._round_trip(tag, 0, plan))
+        return sum(int(r) for _, r in self._topology.round_trip(tag, 0, plan))
 
     def items(self, tag: str, batch_rows: int = 65536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """HSCAN every value hash; yields `(keys: (m,) int64, vectors: (m, dim) float32)`, m ≤ batch_rows.
@@ -533,10 +312,7 @@ class RedisClusterBackend:
         if self._closed:
             return
         self._closed = True
-        try:
-            self._rc.close()
-        except Exception:  # closing a half-dead cluster client must not raise
-            pass
+        self._topology.close()
 
     def __enter__(self) -> "RedisClusterBackend":
         return self
@@ -576,16 +352,16 @@ class RedisClusterBackend:
     def _meta_records(self, keys: np.ndarray) -> np.ndarray:
         if self._policy == "evict_oldest":
             now = np.full((keys.shape[0], 1), int(time.time()), dtype="<i8").view(np.uint8)
-            return _pair_records(keys, now, self.key_bytes)
-        return _field_records(keys, self.key_bytes)
+            return pair_records(keys, now, self.key_bytes)
+        return field_records(keys, self.key_bytes)
 
-    def _add_meta(self, batch: _NodeBatch, t: _Table, p: int, meta: np.ndarray | None, a: int, b: int) -> None:
+    def _add_meta(self, batch: NodeBatch, t: _Table, p: int, meta: np.ndarray | None, a: int, b: int) -> None:
         if meta is None:
             return
         if self._policy == "evict_oldest":
-            batch.add(None, _resp_head([b"HSET", t.ht[p]], 2 * (b - a)), _flat(meta, a, b))
+            batch.add(None, resp_head([b"HSET", t.ht[p]], 2 * (b - a)), flat(meta, a, b))
         else:
-            batch.add(None, _resp_head([b"EVAL", _LFU_INCREMENT, b"1", t.ht[p]], b - a), _flat(meta, a, b))
+            batch.add(None, resp_head([b"EVAL", _LFU_INCREMENT, b"1", t.ht[p]], b - a), flat(meta, a, b))
 
     def _touch(self, t: _Table, keys: np.ndarray, parts: np.ndarray) -> None:
         """Refresh access metadata of found `keys` (sorted by partition `parts`)."""
@@ -597,7 +373,10 @@ class RedisClusterBackend:
             for p, a, b in g.chunks(self._batch):
                 self._add_meta(self._batch_for(batches, t, p), t, p, meta, a, b)
 
-        self._round_trip(t.tag, keys.shape[0], plan)
+        self._topology.round_trip(t.tag, keys.shape[0], plan)
+
+    def _batch_for(self, batches: dict, t: _Table, p: int) -> NodeBatch:
+        return self._topology.batch_for(batches, int(t.slots[p]), f"table {t.tag}: partition {p}")
 
     def _decode_rows(self, t: _Table, ks: list[bytes], vs: list[bytes], row_bytes: int):
         kb, vb = b"".join(ks), b"".join(vs)
@@ -609,208 +388,23 @@ class RedisClusterBackend:
         return (self._decode_keys(kb),
                 np.frombuffer(vb, "<f4").astype(np.float32).reshape(len(vs), t.dim))
 
-    # -- helpers: routing and I/O ---------------------------------------------------------------
-    def _refresh(self, what: str) -> None:
-        with self._lock:
-            if not self._stale:
-                return
-            try:
-                self._rc.nodes_manager.initialize()
-            except Exception as exc:
-                raise BackendError(f"redis_cluster: {what}: cannot refresh the slot map from "
-                                   f"{self.config.address!r}: {exc}") from exc
-            self._install_sni()
-            self._stale = False
-
-    def _install_sni(self) -> None:
-        """Make every node pool open SNI connections (the slot-map bootstrap itself uses the host)."""
-        if self._sni is None:
-            return
-        for node in list(self._rc.nodes_manager.nodes_cache.values()):
-            pool = node.redis_connection.connection_pool
-            if pool.connection_class is not self._sni:
-                pool.connection_class = self._sni
-                pool.disconnect(inuse_connections=False)
-
-    def _primaries(self, what: str) -> list:
-        if self._stale:
-            self._refresh(what)
-        return self._rc.get_primaries()
-
-    def _batch_for(self, batches: dict, t: _Table, p: int) -> _NodeBatch:
-        try:
-            node = self._rc.nodes_manager.get_node_from_slot(int(t.slots[p]))
-        except Exception as exc:
-            self._stale = True
-            raise BackendError(f"redis_cluster: table {t.tag}: no node serves partition {p} "
-                               f"(slot {int(t.slots[p])}): {exc}") from exc
-        batch = batches.get(node.name)
-        if batch is None:
-            batch = batches[node.name] = _NodeBatch(node)
-        return batch
-
-    def _round_trip(self, tag: str, nkeys: int, plan) -> list[tuple[Any, Any]]:
-        """Build per-node batches with `plan(batches)`, write them all, then read all replies.
-
-        Returns `(ticket, reply)` for every command whose ticket is not None."""
-        for attempt in (0, 1):
-            if self._stale:
-                self._refresh(f"table {tag}")
-            batches: dict[str, _NodeBatch] = {}
-            plan(batches)
-            try:
-                return self._exchange(tag, nkeys, batches)
-            except _Redirect as exc:
-                self._stale = True
-                if attempt:
-                    raise BackendError(f"redis_cluster: table {tag}: slots keep moving ({nkeys} keys): "
-                                       f"{exc}") from exc
-        raise AssertionError("unreachable")
-
-    def _exchange(self, tag: str, nkeys: int, batches: dict[str, _NodeBatch]) -> list[tuple[Any, Any]]:
-        exc_mod = self._exc
-        io_errors = (exc_mod.ConnectionError, exc_mod.TimeoutError, OSError)
-        failed: dict[str, str] = {}
-        errors: list[str] = []
-        redirect = None
-        cluster_down = False
-        out: list[tuple[Any, Any]] = []
-        conns: dict[str, Any] = {}
-        completed = False
-        skipped: set[str] = set()
-        with self._gate:
-            try:
-                now = time.monotonic()
-                for name, batch in batches.items():  # write every node's pipeline first
-                    down = self._down.get(name)
-                    if down is not None and now < down[0]:
-                        failed[name] = f"{down[1]} (not retried for another {down[0] - now:.2f} s)"
-                        skipped.add(name)
-                        continue
-                    try:
-                        conn = _checkout(batch.node.redis_connection.connection_pool)
-                    except io_errors as exc:
-                        failed[name] = str(exc)
-                        continue
-                    conns[name] = conn
-                    try:
-                        conn.send_packed_command([b"".join(batch.pieces)], check_health=False)
-                    except io_errors as exc:
-                        failed[name] = str(exc)
-                for name, conn in conns.items():  # then read them all
-                    if name in failed:
-                        continue
-                    if batches[name].sink is not None:
-                        try:
-                            for msg in self._read_hmget(conn, batches[name]):
-                                if msg.startswith(("MOVED", "ASK", "TRYAGAIN")):
-                                    redirect = f"node {name}: {msg}"
-                                else:
-                                    errors.append(f"node {name} answered: {msg}")
-                                    cluster_down = cluster_down or msg.startswith("CLUSTERDOWN")
-                        except io_errors as exc:
-                            failed[name] = str(exc) or type(exc).__name__
-                            conn.disconnect()
-                        continue
-                    for ticket in batches[name].tickets:
-                        try:
-                            reply = conn.read_response()
-                        except exc_mod.ResponseError as exc:
-                            msg = str(exc)
-                            if isinstance(exc, (exc_mod.AskError, exc_mod.TryAgainError)) or \
-                                    msg.startswith(("MOVED", "ASK", "TRYAGAIN")):
-                                redirect = f"node {name}: {msg}"
-                            else:
-                                errors.append(f"node {name} answered: {msg}")
-                                cluster_down = cluster_down or isinstance(exc, exc_mod.ClusterDownError)
-                            continue
-                        except io_errors as exc:
-                            failed[name] = str(exc)
-                            conn.disconnect()
-                            break
-                        if ticket is not None:
-                            out.append((ticket, reply))
-                completed = True
-            finally:
-                for name, conn in conns.items():
-                    pool = batches[name].node.redis_connection.connection_pool
-                    if name in failed or not completed:  # replies may be left unread
-                        conn.disconnect()
-                    pool.release(conn)
-                for name in failed:  # idle sockets to a failed node are stale too
-                    batches[name].node.redis_connection.connection_pool.disconnect(inuse_connections=False)
-        retry_at = time.monotonic() + self.retry_after_ms / 1000.0
-        for name in batches:
-            if name not in failed:
-                self._down.pop(name, None)
-            elif name not in skipped:
-                self._down[name] = (retry_at, failed[name])
-        if failed:
-            self._stale = True
-            detail = "; ".join(f"node {n}: {m}" for n, m in failed.items())
-            raise BackendError(f"redis_cluster: table {tag}: {len(failed)} of {len(batches)} node(s) "
-                               f"failed ({nkeys} keys): {detail}")
-        if errors:
-            self._stale = self._stale or cluster_down
-            raise BackendError(f"redis_cluster: table {tag} ({nkeys} keys): " + "; ".join(errors[:3]))
-        if redirect is not None:
-            raise _Redirect(redirect)
-        return out
-
-    def _read_hmget(self, conn: Any, batch: _NodeBatch) -> list[str]:
-        """Read `batch`'s HMGET replies from the connection's socket with `_consume_hmget`.
-
-        The pool hands out connections with nothing pending (redis-py checks), and exactly
-        these replies are read, so the connection stays in step for redis-py's own parser.
-        Returns the error replies' messages (each skipped)."""
-        sock = getattr(conn, "_sock", None)
-        if sock is None:
-            raise self._exc.ConnectionError("connection lost before reading replies")
-        sink = batch.sink
-        starts = np.asarray(sink.starts, dtype=np.int64)
-        buf = np.empty(sink.capacity, np.uint8)
-        view = memoryview(buf)
-        length = 0
-        state = np.array([0, 0, -1, 0, 0, 0], np.int64)
-        messages: list[str] = []
-        while True:
-            status = _consume_hmget(buf, length, state, starts, sink.order, sink.row_bytes, sink.out, sink.found)
-            if status == 1:
-                break
-            if status == 2:
-                messages.append(bytes(buf[state[0] + 1:state[5]]).decode(errors="replace"))
-                state[0], state[1], state[2] = state[5] + 2, state[1] + 1, -1
-                continue
-            if status == 3:
-                raise self._exc.ConnectionError(f"reply is not RESP at byte {int(state[0])}")
-            if length == buf.shape[0]:
-                bigger = np.empty(2 * buf.shape[0], np.uint8)
-                bigger[:length] = buf[:length]
-                buf, view = bigger, memoryview(bigger)
-            got = sock.recv_into(view[length:])
-            if got == 0:
-                raise self._exc.ConnectionError("connection closed by the server")
-            length += got
-        sink.bad += int(state[4])
-        return messages
-
     def _hscan(self, t: _Table, p: int, cursor: bytes, count: int) -> tuple[bytes, list[bytes]]:
         def plan(batches):
-            self._batch_for(batches, t, p).add(0, _resp_head([b"HSCAN", t.hv[p], cursor, b"COUNT",
+            self._batch_for(batches, t, p).add(0, resp_head([b"HSCAN", t.hv[p], cursor, b"COUNT",
                                                                b"%d" % count], 0))
 
-        (_, reply), = self._round_trip(t.tag, 0, plan)
+        (_, reply), = self._topology.round_trip(t.tag, 0, plan)
         return reply[0], reply[1]
 
     def _partition_dump(self, t: _Table, p: int) -> tuple[list[bytes], list[bytes]]:
         """(HKEYS of the value hash, HGETALL of the metadata hash) of partition `p`."""
         def plan(batches):
             b = self._batch_for(batches, t, p)
-            b.add("k", _resp_head([b"HKEYS", t.hv[p]], 0))
+            b.add("k", resp_head([b"HKEYS", t.hv[p]], 0))
             if self._policy != "evict_random":
-                b.add("m", _resp_head([b"HGETALL", t.ht[p]], 0))
+                b.add("m", resp_head([b"HGETALL", t.ht[p]], 0))
 
-        got = dict(self._round_trip(t.tag, 0, plan))
+        got = dict(self._topology.round_trip(t.tag, 0, plan))
         return got["k"], got.get("m", [])
 
     def _resolve_overflow(self, t: _Table, p: int) -> None:
@@ -839,23 +433,23 @@ class RedisClusterBackend:
                 hit = mkeys[srt][pos] == keys
                 score[hit] = mval[srt][pos][hit]
             victims = keys[np.argsort(score, kind="stable")[:excess]]
-        rec = _field_records(victims, self.key_bytes)
+        rec = field_records(victims, self.key_bytes)
         for a in range(0, victims.shape[0], self._batch):
             b = min(a + self._batch, victims.shape[0])
 
             def plan(batches, a=a, b=b):
                 nb = self._batch_for(batches, t, p)
-                nb.add(None, _resp_head([b"HDEL", t.hv[p]], b - a), _flat(rec, a, b))
-                nb.add(None, _resp_head([b"HDEL", t.ht[p]], b - a), _flat(rec, a, b))
-                nb.add("n", _resp_head([b"HLEN", t.hv[p]], 0))
+                nb.add(None, resp_head([b"HDEL", t.hv[p]], b - a), flat(rec, a, b))
+                nb.add(None, resp_head([b"HDEL", t.ht[p]], b - a), flat(rec, a, b))
+                nb.add("n", resp_head([b"HLEN", t.hv[p]], 0))
 
-            (_, left), = self._round_trip(t.tag, b - a, plan)
+            (_, left), = self._topology.round_trip(t.tag, b - a, plan)
             if int(left) <= self._target:
                 break
 
     def _decode_keys(self, raw: bytes) -> np.ndarray:
         """Concatenated hash fields → `(m,) int64` keys."""
-        return np.frombuffer(raw, _KEY_DTYPES[self.key_bytes]).astype(np.int64)
+        return np.frombuffer(raw, KEY_DTYPES[self.key_bytes]).astype(np.int64)
 
     def _parse_meta(self, values: list[bytes]) -> np.ndarray:
         """Metadata values → int64 scores: 8-byte LE time_t (oldest) or decimal counts (least used)."""
@@ -869,13 +463,6 @@ class RedisClusterBackend:
         except ValueError:
             return np.array([int(v) if v.strip(b"-").isdigit() else 0 for v in values], dtype=np.int64)
 
-
-def _checkout(pool: Any) -> Any:
-    """A connection from a redis-py pool (redis-py 5 wants a command name, 6+ takes none)."""
-    try:
-        return pool.get_connection()
-    except TypeError:
-        return pool.get_connection("HMGET")
 
 
 @dataclass
