@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.hps-installed
 EXTRAS := torch,onnx,redis,kafka,triton,tf,gpu,dev,bench
 
-.PHONY: demo test test-numpy2 install services bench perf-analyzer clean
+.PHONY: demo test test-numpy2 install services bench soak perf-analyzer clean
 
 demo: $(STAMP)
 	$(VENV)/bin/hps demo
@@ -48,6 +48,10 @@ services:
 # CPU benchmarks, each beside its baseline; results in benchmarks/results/*.md (GPU ones: benchmarks/gpu_notes.md).
 bench: $(STAMP) services perf-analyzer
 	$(PY) benchmarks/run_all_cpu.py
+
+# 10 minutes of lookups from 4 threads while updates stream in: errors, torn rows, RSS slope (benchmarks/results/soak.md).
+soak: $(STAMP)
+	$(PY) benchmarks/bench_soak.py --seconds 600
 
 # perf_analyzer ships only in tritonclient 2.51.0's wheel: a venv of its own under ~/.cache/hps.
 perf-analyzer: $(STAMP)
