@@ -356,3 +356,24 @@ def test_no_direct_index_for_scattered_keys():
     for _ in range(8):
         assert b.find(TAG, keys)[1].all()
     assert b._tables[TAG].dense is None
+
+
+@pytest.mark.parametrize("keys_kind", ["spread", "dense"])  # hash probes, and the direct index
+@pytest.mark.parametrize("policy", ["evict_random", "evict_least_used"])
+def test_a_large_find_split_over_cores_is_exact(monkeypatch, keys_kind, policy):
+    import hps.storage.hash_map as hash_map
+
+    monkeypatch.setattr(hash_map.os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    rng = np.random.default_rng(5)
+    n_rows = 50_000
+    keys = np.arange(n_rows, dtype=np.int64) * (1 if keys_kind == "dense" else 7_919)
+    vectors = rng.standard_normal((n_rows, 4)).astype(np.float32)
+    backend = HashMapBackend(HashMapConfig(overflow_policy=policy))
+    backend.create_table("t", 4)
+    backend.insert_or_assign("t", keys, vectors)
+    query = np.concatenate([keys[rng.integers(0, n_rows, 3 * hash_map.PARALLEL_FIND_KEYS)], -keys[1:1000] - 1])
+    for _ in range(hash_map._DENSE_QUIET_FINDS + 1):  # the direct index is built after a few quiet finds
+        got, found, num_found = backend.find_counted("t", query)
+    assert num_found == 3 * hash_map.PARALLEL_FIND_KEYS and found[:num_found].all() and not found[num_found:].any()
+    np.testing.assert_array_equal(got[:num_found], vectors[np.searchsorted(keys, query[:num_found])])
+    assert (got[num_found:] == 0).all()

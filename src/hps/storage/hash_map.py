@@ -19,14 +19,17 @@ then computed from the key).
 
 Thread safety: one readers–writer lock per table; finds share it (the kernels release the GIL
 and run in parallel), inserts / erases / evictions take it exclusively, so no reader ever sees a
-torn row.
+torn row. A large find is itself split over every core (`PARALLEL_FIND_KEYS`); under the LFU / LRU
+policies the parts may race on one key's access metadata, which then counts one access too few.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import threading
-from typing import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -56,6 +59,28 @@ _CACHE_RESIDENT_BYTES = 4 << 20
 #: once this many finds in a row saw no key added or removed.
 _DENSE_SPAN_PER_ROW = 2
 _DENSE_QUIET_FINDS = 4
+#: A find of at least this many keys is split over every core (the kernels release the GIL); below it,
+#: handing parts to threads costs more than it saves.
+PARALLEL_FIND_KEYS = 1 << 16
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _on_all_cores(find_part: Callable[[slice], int], n: int) -> int:
+    """Run `find_part` over `n` keys, split into one contiguous part per core for large `n`;
+    returns the sum of what the parts return (keys found)."""
+    global _pool
+    workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if n < PARALLEL_FIND_KEYS or workers < 2:
+        return find_part(slice(0, n))
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="hps-find")
+    parts = min(workers, n // (PARALLEL_FIND_KEYS // 2))
+    bounds = np.linspace(0, n, parts + 1).astype(np.int64)
+    futures = [_pool.submit(find_part, slice(int(a), int(b))) for a, b in zip(bounds[1:-1], bounds[2:])]
+    found = find_part(slice(0, int(bounds[1])))  # the caller's thread takes the first part
+    return found + sum(f.result() for f in futures)
 
 
 class _ReadWriteLock:
@@ -427,16 +452,21 @@ class HashMapBackend:
             # the direct index writes no access metadata: tables that track it always probe
             dense = table.dense_index() if self._meta_mode == K.META_NONE else None
             if dense is not None:
-                rows = np.empty(keys.shape[0], dtype=np.int64)
-                num_found = dense.rows(table, keys, rows, found)
-                table.values.take(rows, 0, out, "clip")  # the method: numpy.take's wrapper costs ~0.5 µs
-                if num_found < keys.shape[0]:
-                    out[~found] = 0.0
-                return out, found, num_found
-            clock = table.tick() if self._meta_mode == K.META_CLOCK else 0
-            block = K.BLOCK_CACHE_RESIDENT if table.memory_bytes() <= _CACHE_RESIDENT_BYTES else K.BLOCK_DRAM
-            num_found = K.find_rows(table.slots, table.num_slots, table.values, keys, out, found, self._meta_mode,
-                                    clock, block)
+                def find_part(part: slice) -> int:
+                    rows = np.empty(part.stop - part.start, dtype=np.int64)
+                    num = dense.rows(table, keys[part], rows, found[part])
+                    table.values.take(rows, 0, out[part], "clip")  # the method: numpy.take's wrapper costs ~0.5 µs
+                    return num
+            else:
+                clock = table.tick() if self._meta_mode == K.META_CLOCK else 0
+                block = K.BLOCK_CACHE_RESIDENT if table.memory_bytes() <= _CACHE_RESIDENT_BYTES else K.BLOCK_DRAM
+
+                def find_part(part: slice) -> int:
+                    return K.find_rows(table.slots, table.num_slots, table.values, keys[part], out[part], found[part],
+                                       self._meta_mode, clock, block)
+            num_found = _on_all_cores(find_part, keys.shape[0])
+        if dense is not None and num_found < keys.shape[0]:
+            out[~found] = 0.0
         return out, found, num_found
 
     def items(self, tag: str, batch_rows: int = 65536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
