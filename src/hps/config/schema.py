@@ -2,7 +2,9 @@
 
 Attribute names are HugeCTR's JSON key names (so users find what they wrote), except
 `ModelConfig.name` for the JSON key `model`. Each field's metadata carries its JSON type,
-aliases and range check; `hps.config.parse` reads it, `to_dict` writes it back.
+aliases, range check and whether it is a secret; `hps.config.parse` reads it, `to_dict`
+writes it back. Secrets (the Redis password) never show in `repr()` / `str()`: they read
+`'***'` there and in `PsConfig.to_dict(redact_secrets=True)`, the form for logs and displays.
 """
 
 from __future__ import annotations
@@ -13,18 +15,31 @@ from dataclasses import dataclass, field, fields
 from functools import cached_property
 from typing import Any
 
-from hps.errors import UnknownModelError
+from hps.errors import ConfigError, UnknownModelError
 from hps.storage.base import make_tag
 
 UINT64_MAX = 2**64 - 1
+INT64_MAX = 2**63 - 1
+INT32_MAX = 2**31 - 1
+#: The longest refresh period / delay accepted, in seconds (about 31 years; `threading` waits
+#: overflow near 2**33 s, and an infinite period would kill the refresher thread).
+MAX_REFRESH_S = 1e9
+#: What `secret` fields show in `repr()` and in `to_dict(redact_secrets=True)`.
+REDACTED = "***"
 
 
 def _f(default: Any = None, *, kind: str, aliases: tuple[str, ...] = (), json: str | None = None,
        check: tuple[str, Any] | None = None, required: bool = False, choices: dict[str, str] | None = None,
-       default_factory: Any = None) -> Any:
-    """A config field: `kind` is bool|int|float|str|list[int]|list[float]|list[str]|enum."""
+       default_factory: Any = None, secret: bool = False, nonempty: bool = False, merge: bool = False) -> Any:
+    """A config field: `kind` is bool|int|float|str|list[int]|list[float]|list[str]|enum.
+
+    `check` is ("min", lo), ("range", (lo, hi)), ("closed01", None) or ("open01", None); an int
+    without an upper bound in `check` must still fit int64. `secret` values never show in
+    `repr()` or error messages; `nonempty` strings (or list items) may not be "". With `merge`,
+    the key and its aliases may be given together (see `hps.config.parse._merge_names`);
+    otherwise that is an error."""
     meta = {"kind": kind, "aliases": aliases, "json": json, "check": check, "required": required,
-            "choices": choices}
+            "choices": choices, "secret": secret, "nonempty": nonempty, "merge": merge}
     if default_factory is not None:
         return field(default_factory=default_factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -43,10 +58,12 @@ class VolatileDatabaseConfig:
     """Keys shared by every `volatile_db` type (reference §1.3)."""
 
     type: str = "hash_map"
-    num_partitions: int = _f(min(16, os.cpu_count() or 1), kind="int", check=("min", 1))
-    max_batch_size: int = _f(65536, kind="int", check=("min", 1),
-                             aliases=("max_get_batch_size", "max_set_batch_size"))
-    overflow_margin: int = _f(UINT64_MAX, kind="int", check=("min", 1))
+    num_partitions: int = _f(min(16, os.cpu_count() or 1), kind="int", check=("range", (1, INT32_MAX)))
+    #: Legacy `max_get_batch_size` / `max_set_batch_size` (pre-23.02) are read as this key; given
+    #: together, `max_batch_size` wins, else the smaller legacy value (`parse._merge_names`).
+    max_batch_size: int = _f(65536, kind="int", check=("range", (1, INT32_MAX)),
+                             aliases=("max_get_batch_size", "max_set_batch_size"), merge=True)
+    overflow_margin: int = _f(UINT64_MAX, kind="int", check=("range", (1, UINT64_MAX)))
     overflow_policy: str = _f("evict_random", kind="enum", choices=OVERFLOW_POLICIES)
     overflow_resolution_target: float = _f(0.8, kind="float", check=("open01", None))
     initialize_after_startup: bool = _f(True, kind="bool")
@@ -78,24 +95,22 @@ class RedisClusterConfig(VolatileDatabaseConfig):
     type: str = "redis_cluster"
     address: str = _f("127.0.0.1:7000", kind="str")
     user_name: str = _f("default", kind="str")
-    password: str = _f("", kind="str")
-    num_node_connections: int = _f(5, kind="int", check=("min", 1))
+    password: str = _f("", kind="str", secret=True)
+    num_node_connections: int = _f(5, kind="int", check=("range", (1, 65536)))
     enable_tls: bool = _f(False, kind="bool")
     tls_ca_certificate: str = _f("cacertbundle.crt", kind="str")
     tls_client_certificate: str = _f("client_cert.pem", kind="str")
     tls_client_key: str = _f("client_key.pem", kind="str")
     tls_server_name_identification: str = _f("redis.localhost", kind="str")
 
+    def __repr__(self) -> str:
+        return _repr_hiding_secrets(self)
+
     @property
     def nodes(self) -> list[tuple[str, int]]:
-        """Seed nodes parsed from `address` ("host:port,host:port" or ';'-separated)."""
-        out = []
-        for part in self.address.replace(";", ",").split(","):
-            part = part.strip()
-            if part:
-                host, _, port = part.rpartition(":")
-                out.append((host or "127.0.0.1", int(port or 7000)))
-        return out
+        """Seed nodes parsed from `address` ("host:port,host:port" or ';'-separated; a missing host
+        is 127.0.0.1, a missing port 7000); `ConfigError` for a bad port (checked at parse time)."""
+        return parse_host_ports(self.address, default_port=7000, where="volatile_db.address")
 
 
 @dataclass(frozen=True)
@@ -103,28 +118,39 @@ class RocksDBConfig:
     """`persistent_db.type` rocks_db (reference §1.4)."""
 
     type: str = "rocks_db"
-    path: str = _f(os.path.join(tempfile.gettempdir(), "rocksdb"), kind="str")
-    num_threads: int = _f(16, kind="int", check=("min", 1))
+    path: str = _f(os.path.join(tempfile.gettempdir(), "rocksdb"), kind="str", nonempty=True)
+    num_threads: int = _f(16, kind="int", check=("range", (1, 1024)))  # RocksDB background threads
     read_only: bool = _f(False, kind="bool")
-    max_batch_size: int = _f(65536, kind="int", check=("min", 1),
-                             aliases=("max_get_batch_size", "max_set_batch_size"))
+    max_batch_size: int = _f(65536, kind="int", check=("range", (1, INT32_MAX)),
+                             aliases=("max_get_batch_size", "max_set_batch_size"), merge=True)
     update_filters: tuple[str, ...] = _f(kind="list[str]", default_factory=lambda: ("^hps_.+$",))
     initialize_after_startup: bool = _f(True, kind="bool")
 
 
 @dataclass(frozen=True)
 class KafkaConfig:
-    """`update_source.type` kafka_message_queue (reference §1.5)."""
+    """`update_source.type` kafka_message_queue (reference §1.5).
+
+    Ranges are librdkafka's where a value goes to it: `metadata_refresh_interval_ms` is
+    `topic.metadata.refresh.interval.ms` (-1 .. 3600000; -1 and 0 turn the periodic refresh off),
+    `receive_buffer_size` + 1024 must fit `max.partition.fetch.bytes` (at most 10**9); timeouts
+    and counts are positive C ints, and `failure_backoff_ms` is 1 ms .. 1 h (0 would retry a
+    failing tier in a busy loop)."""
 
     type: str = "kafka_message_queue"
     brokers: str = _f("127.0.0.1:9092", kind="str")
-    metadata_refresh_interval_ms: int = _f(30000, kind="int", check=("min", 1))
-    receive_buffer_size: int = _f(262144, kind="int", check=("min", 1),
+    metadata_refresh_interval_ms: int = _f(30000, kind="int", check=("range", (-1, 3_600_000)))
+    receive_buffer_size: int = _f(262144, kind="int", check=("range", (1, 1_000_000_000 - 1024)),
                                   aliases=("max_receive_buffer_size",))
-    poll_timeout_ms: int = _f(500, kind="int", check=("min", 1))
-    max_batch_size: int = _f(8192, kind="int", check=("min", 1))
-    failure_backoff_ms: int = _f(50, kind="int", check=("min", 0))
-    max_commit_interval: int = _f(32, kind="int", check=("min", 1))
+    poll_timeout_ms: int = _f(500, kind="int", check=("range", (1, INT32_MAX)))
+    max_batch_size: int = _f(8192, kind="int", check=("range", (1, INT32_MAX)))
+    failure_backoff_ms: int = _f(50, kind="int", check=("range", (1, 3_600_000)))
+    max_commit_interval: int = _f(32, kind="int", check=("range", (1, INT32_MAX)))
+
+    @property
+    def broker_nodes(self) -> list[tuple[str, int]]:
+        """(host, port) of each broker in `brokers` (',' or ';'-separated, optional `proto://`)."""
+        return parse_host_ports(self.brokers, default_port=9092, where="update_source.brokers", schemes=True)
 
 
 @dataclass(frozen=True)
@@ -151,20 +177,21 @@ class ModelConfig:
 
     name: str = _f("", kind="str", json="model", required=True)
     sparse_files: tuple[str, ...] = _f(kind="list[str]", required=True, default_factory=tuple,
-                                       aliases=("sparse_model_files",))
+                                       aliases=("sparse_model_files",), nonempty=True)
     embedding_vecsize_per_table: tuple[int, ...] = _f(kind="list[int]", required=True,
-                                                      default_factory=tuple, check=("min", 1))
+                                                      default_factory=tuple, check=("range", (1, INT32_MAX)))
     maxnum_catfeature_query_per_table_per_sample: tuple[int, ...] = _f(
-        kind="list[int]", required=True, default_factory=tuple, check=("min", 1))
+        kind="list[int]", required=True, default_factory=tuple, check=("range", (1, INT32_MAX)))
     default_value_for_each_table: tuple[float, ...] = _f(kind="list[float]", required=True,
                                                          default_factory=tuple)
     deployed_device_list: tuple[int, ...] = _f(kind="list[int]", required=True, default_factory=tuple,
-                                               check=("min", 0), aliases=("deployed_devices",))
+                                               check=("range", (0, INT32_MAX)), aliases=("deployed_devices",))
     embedding_table_names: tuple[str, ...] = _f(kind="list[str]", default_factory=tuple)
-    max_batch_size: int = _f(64, kind="int", check=("min", 1), aliases=("max_batchsize",))
-    num_of_worker_buffer_in_pool: int = _f(1, kind="int", check=("min", 1),
+    max_batch_size: int = _f(64, kind="int", check=("range", (1, INT32_MAX)), aliases=("max_batchsize",))
+    num_of_worker_buffer_in_pool: int = _f(1, kind="int", check=("range", (1, INT32_MAX)),
                                            aliases=("number_of_worker_buffers_in_pool",))
-    num_of_refresher_buffer_in_pool: int = _f(1, kind="int", check=("min", 1),
+    #: 0 is allowed, as in HugeCTR (its TRT benchmark notebook and PyTorch Triton sample use it).
+    num_of_refresher_buffer_in_pool: int = _f(1, kind="int", check=("range", (0, INT32_MAX)),
                                               aliases=("number_of_refresh_buffers_in_pool",))
     cache_refresh_percentage_per_iteration: float = _f(0.0, kind="float", check=("closed01", None))
     hit_rate_threshold: float = _f(0.9, kind="float")
@@ -174,13 +201,13 @@ class ModelConfig:
     use_static_table: bool = _f(False, kind="bool")
     use_context_stream: bool = _f(True, kind="bool")
     use_hctr_cache_implementation: bool = _f(True, kind="bool")
-    thread_pool_size: int = _f(16, kind="int", check=("min", 1))
+    thread_pool_size: int = _f(16, kind="int", check=("range", (1, 65536)))
     init_ec: bool = _f(True, kind="bool")
     enable_pagelock: bool = _f(False, kind="bool")
     fp8_quant: bool = _f(False, kind="bool")
     fuse_embedding_table: bool = _f(True, kind="bool")
-    refresh_delay: float = _f(0.0, kind="float", check=("min", 0))
-    refresh_interval: float = _f(0.0, kind="float", check=("min", 0))
+    refresh_delay: float = _f(0.0, kind="float", check=("range", (0, MAX_REFRESH_S)))
+    refresh_interval: float = _f(0.0, kind="float", check=("range", (0, MAX_REFRESH_S)))
     dense_file: str = _f("", kind="str", aliases=("dense_model_file",))  # legacy, ignored
     network_file: str = _f("", kind="str")  # legacy, ignored
     maxnum_des_feature_per_sample: int = _f(26, kind="int")  # legacy, ignored
@@ -244,23 +271,71 @@ class PsConfig:
         """"int64" when supportlonglong, else "uint32" (HugeCTR's unsigned 32-bit keys)."""
         return "int64" if self.supportlonglong else "uint32"
 
-    def to_dict(self) -> dict[str, Any]:
-        """The ps.json dict, with HugeCTR key names (round-trips through `load_config`)."""
-        out: dict[str, Any] = _section_to_dict(self, skip=("volatile_db", "persistent_db", "update_source",
-                                                           "models", "base_dir"))
+    def to_dict(self, *, redact_secrets: bool = False) -> dict[str, Any]:
+        """The ps.json dict, with HugeCTR key names (round-trips through `load_config`).
+
+        It holds the Redis password, as a ps.json must (the Triton repository writer uses it);
+        pass `redact_secrets=True` for anything shown or logged: set secrets then read '***'."""
+        out: dict[str, Any] = _section_to_dict(self, redact_secrets, skip=("volatile_db", "persistent_db",
+                                                                           "update_source", "models", "base_dir"))
         for name in ("volatile_db", "persistent_db", "update_source"):
             section = getattr(self, name)
             if section is not None:
-                out[name] = _section_to_dict(section)
-        out["models"] = [_section_to_dict(m) for m in self.models]
+                out[name] = _section_to_dict(section, redact_secrets)
+        out["models"] = [_section_to_dict(m, redact_secrets) for m in self.models]
         return out
 
 
-def _section_to_dict(obj: Any, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+def _section_to_dict(obj: Any, redact_secrets: bool, skip: tuple[str, ...] = ()) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for f in fields(obj):
         if f.name in skip:
             continue
         value = getattr(obj, f.name)
+        if redact_secrets and f.metadata.get("secret") and value:
+            value = REDACTED
         out[f.metadata.get("json") or f.name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def _repr_hiding_secrets(obj: Any) -> str:
+    """The dataclass repr, with set `secret` fields shown as '***'."""
+    parts = []
+    for f in fields(obj):
+        if f.repr:
+            value = getattr(obj, f.name)
+            parts.append(f"{f.name}={REDACTED!r}" if f.metadata.get("secret") and value else f"{f.name}={value!r}")
+    return f"{type(obj).__name__}({', '.join(parts)})"
+
+
+def parse_host_ports(text: str, *, default_port: int, where: str, schemes: bool = False) -> list[tuple[str, int]]:
+    """(host, port) pairs of "host:port,host:port" (',' or ';'-separated; "[v6]:port" for IPv6;
+    a missing host is 127.0.0.1, a missing port `default_port`); with `schemes`, a leading
+    "proto://" on each entry (librdkafka's broker syntax) is skipped.
+
+    `ConfigError` naming `where` for an empty list, a port that is not a number in 1..65535,
+    an unbracketed IPv6 host or a host with blanks."""
+    out = []
+    for part in str(text).replace(";", ",").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if schemes and "://" in part:
+            part = part.split("://", 1)[1]
+        if part.startswith("["):
+            host, sep, rest = part[1:].partition("]")
+            if not sep or (rest and not rest.startswith(":")):
+                raise ConfigError(f"{where}: {part!r} is not [IPv6]:port")
+            port = rest[1:]
+        else:
+            host, _, port = part.rpartition(":") if ":" in part else (part, "", "")
+            if ":" in host:
+                raise ConfigError(f"{where}: {part!r}: write an IPv6 host in brackets, as [::1]:{default_port}")
+        if any(c.isspace() for c in host):
+            raise ConfigError(f"{where}: host {host!r} contains blanks")
+        if port and not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+            raise ConfigError(f"{where}: port {port!r} of {part!r} is not a number in 1..65535")
+        out.append((host or "127.0.0.1", int(port) if port else default_port))
+    if not out:
+        raise ConfigError(f"{where}: {text!r} names no host")
     return out
