@@ -1,13 +1,38 @@
-"""Start-up loading: a model's sparse files → the storage tiers, all or nothing.
+"""Start-up loading: a model's sparse files → the storage tiers, all or nothing, and no update lost.
 
 Every file is validated (sizes, dims, duplicate keys) before anything is written; a
 failure while writing drops the tables this load created, so no tier is left half-loaded.
+
+**Restarts.** The persistent tier (RocksDB) outlives the process, so it records per table
+(column family) the sparse files it was loaded from and whether that load completed
+(`RocksDBBackend.load_record`: each file's absolute path, size, mtime and a hash of its first and
+last MiB, see `SparseModel.fingerprint`). At start, for each table:
+
+- same files as recorded, load complete → RocksDB is kept as it is: no re-import, and every
+  update applied to it since the load (from Kafka or `HPS.apply_update`) stays;
+- files changed (a new model version), or the recorded load never completed (the process died
+  mid-load) → the table is dropped and loaded again from the files;
+- no record (a database written by HugeCTR, or by an older hps) → the files are loaded over it,
+  as HugeCTR did, and the record is written;
+- with `persistent_db.read_only` (or `initialize_after_startup: false`) nothing is written: an
+  incomplete table is refused with an `HpsError`; a table recorded for other files is served as
+  it is, with a warning.
+
+The in-process tiers start empty: the hash map and the caches (static tables, pre-filled dynamic
+caches) are filled from the files with the rows RocksDB was updated with since its load laid over
+them (`RocksDBBackend.updated_rows`, a log of updated keys kept in the same atomic write as the
+update), so after a restart every tier answers the latest update RocksDB applied, and every other
+key its file vector. Updates that reached only the volatile tier before a restart (no persistent
+tier, or one whose `update_filters` skip the table) are lost with the process memory, unless the
+Kafka source replays them. A shared volatile tier (Redis) is filled the same way: files plus
+RocksDB's updates.
 """
 
 from __future__ import annotations
 
+import logging
 from contextlib import nullcontext
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -16,6 +41,8 @@ from hps.errors import HpsError
 from hps.lookup.row_home import cache_holds_whole_table
 from hps.model_format import SparseModel
 from hps.storage.base import KeyValueBackend
+
+log = logging.getLogger(__name__)
 
 LOAD_CHUNK_ROWS = 1 << 20
 
@@ -31,16 +58,17 @@ def open_sparse_models(model: ModelConfig) -> list[SparseModel]:
 def load_model_into_tiers(config: PsConfig, model: ModelConfig, sparse_models: list[SparseModel],
                           volatile: KeyValueBackend | None, persistent: KeyValueBackend | None,
                           show_progress: bool = True) -> list[tuple[KeyValueBackend, str]]:
-    """Create the model's tables in the tiers and fill them from `sparse_models` (one per table).
+    """Create the model's tables in the tiers and fill them from `sparse_models` (one per table),
+    following the restart rule of the module docstring.
 
-    Static and uvm tables with a cache live whole in it and skip the tiers (as in HugeCTR). Returns the
-    `(backend, tag)` tables this call created, for `drop_tables` if a later step fails. On any
-    error, those tables are dropped and the error is re-raised."""
-    targets: list[KeyValueBackend] = []
-    if volatile is not None and config.volatile_db.initialize_after_startup:
-        targets.append(volatile)
-    if persistent is not None and config.persistent_db.initialize_after_startup and not config.persistent_db.read_only:
-        targets.append(persistent)
+    Static and uvm tables with a cache live whole in it and skip the tiers (as in HugeCTR). Where
+    RocksDB holds updates of a table since its load, `sparse_models[i]` is replaced in place by a
+    `RestoredTable` (the files with those updates), so that the caches built from the list start
+    from the latest rows too. Returns the `(backend, tag)` tables this call created or reloaded,
+    for `drop_tables` if a later step fails. On any error, those tables are dropped and the error
+    is re-raised."""
+    whole_in_cache = cache_holds_whole_table(model)
+    fill_volatile = volatile is not None and config.volatile_db.initialize_after_startup and not whole_in_cache
     created: list[tuple[KeyValueBackend, str]] = []
     try:
         for backend in (b for b in (volatile, persistent) if b is not None):
@@ -49,26 +77,145 @@ def load_model_into_tiers(config: PsConfig, model: ModelConfig, sparse_models: l
                 if table.tag not in existing:
                     created.append((backend, table.tag))
                 backend.create_table(table.tag, table.dim)
-        if cache_holds_whole_table(model) or not targets:
-            return created
         with _progress(show_progress) as progress:
-            for table, sparse in zip(model.tables, sparse_models):
-                for backend in targets:  # size the hash map once instead of growing it chunk by chunk
-                    reserve = getattr(backend, "reserve", None)
-                    if reserve is not None:
-                        reserve(table.tag, sparse.num_rows)
-                task = progress.add_task(f"loading {table.tag}", total=sparse.num_rows) if progress else None
-                for keys, vectors in sparse.iter_chunks(LOAD_CHUNK_ROWS):
-                    for backend in targets:
-                        getattr(backend, "bulk_load", backend.insert_or_assign)(table.tag, keys, vectors)
-                    if progress:
-                        progress.advance(task, len(keys))
+            for index, (table, sparse) in enumerate(zip(model.tables, sparse_models)):
+                source = sparse.fingerprint() if _records_loads(persistent) else None
+                if source is not None:
+                    source["rows"] = "updates_only" if whole_in_cache else "all"
+                action = _persistent_action(config, table, persistent, source)
+                rows = sparse
+                if action == "keep":
+                    rows = RestoredTable.over(sparse, *persistent.updated_rows(table.tag))
+                    sparse_models[index] = rows  # the caches start from the restored rows too
+                elif action in ("load", "reload"):
+                    if action == "reload" and (persistent, table.tag) not in created:
+                        created.append((persistent, table.tag))
+                    persistent.begin_load(table.tag, table.dim, source, reset=action == "reload")
+                targets = [volatile] if fill_volatile else []
+                if action in ("load", "reload") and not whole_in_cache:
+                    targets.append(persistent)
+                elif action is None and persistent is not None and not whole_in_cache and (
+                        config.persistent_db.initialize_after_startup and not config.persistent_db.read_only):
+                    targets.append(persistent)  # a persistent tier that keeps no load records
+                if (not fill_volatile and isinstance(rows, RestoredTable) and volatile is not None
+                        and not getattr(volatile, "is_shared", False)):
+                    rows.restore_updates_into(volatile, table.tag)  # the in-process map held them too
+                _fill(targets, table.tag, rows, progress)
+                if action in ("load", "reload"):
+                    persistent.finish_load(table.tag, rows.num_rows if persistent in targets else 0)
         return created
     except BaseException as exc:
         drop_tables(created)
         if isinstance(exc, HpsError) or not isinstance(exc, Exception):
             raise
         raise HpsError(f"loading model {model.name!r} failed, nothing was kept: {exc}") from exc
+
+
+def _records_loads(persistent: KeyValueBackend | None) -> bool:
+    """True for a persistent tier that keeps load records (RocksDB)."""
+    return persistent is not None and hasattr(persistent, "load_record")
+
+
+def _persistent_action(config: PsConfig, table: Any, persistent: KeyValueBackend | None,
+                       source: dict | None) -> str | None:
+    """What to do with the persistent tier's copy of `table` (see the module docstring):
+    "keep", "load" (over what it holds), "reload" (drop, then load), "none" (leave it), or None
+    when there is no persistent tier keeping load records. Raises `HpsError` for an incomplete
+    table that may not be reloaded."""
+    if source is None:
+        return None
+    may_load = config.persistent_db.initialize_after_startup and not config.persistent_db.read_only
+    record = persistent.load_record(table.tag)
+    where = f"RocksDB at {config.persistent_db.path}: table {table.tag}"
+    if record is None:
+        return "load" if may_load else "none"
+    if record.get("state") != "complete":
+        if may_load:
+            log.warning("%s: its last load (from %s) was interrupted; loading it again", where, table.sparse_file)
+            return "reload"
+        why = "persistent_db.read_only is set" if config.persistent_db.read_only else \
+            "persistent_db.initialize_after_startup is false"
+        raise HpsError(f"{where} is incomplete: its load from {table.sparse_file} was interrupted (started "
+                       f"at unix time {record.get('started_unix_s')}), and {why}, so it cannot be loaded again; "
+                       f"start once with a writable persistent_db and initialize_after_startup true")
+    if record.get("source") == source:
+        return "keep"
+    if may_load:
+        log.info("%s: the sparse files changed since its load (a new model version); loading it again", where)
+        return "reload"
+    log.warning("%s was loaded from other files than %s (recorded: %s); serving it as it is", where,
+                table.sparse_file, record.get("source"))
+    return "none"
+
+
+def _fill(targets: list[KeyValueBackend], tag: str, rows: Any, progress: Any) -> None:
+    """Write every row of `rows` (a `SparseModel` or `RestoredTable`) into each of `targets`."""
+    if not targets:
+        return
+    for backend in targets:  # size the hash map once instead of growing it chunk by chunk
+        reserve = getattr(backend, "reserve", None)
+        if reserve is not None:
+            reserve(tag, rows.num_rows)
+    task = progress.add_task(f"loading {tag}", total=rows.num_rows) if progress else None
+    for keys, vectors in rows.iter_chunks(LOAD_CHUNK_ROWS):
+        for backend in targets:
+            getattr(backend, "bulk_load", backend.insert_or_assign)(tag, keys, vectors)
+        if progress:
+            progress.advance(task, len(keys))
+
+
+class RestoredTable:
+    """A sparse model's rows with the rows updated since RocksDB's load laid over them.
+
+    Reads like a `SparseModel` (`path`, `dim`, `num_rows`, `iter_chunks`): file rows in file order,
+    an updated key's row replaced by its latest vector (or left out when it was erased), then the
+    updated keys that are not in the files. Holds the updated rows in memory (9 + 4·dim bytes each)."""
+
+    def __init__(self, sparse: SparseModel, keys: np.ndarray, vectors: np.ndarray, present: np.ndarray) -> None:
+        """keys: (m,) int64 sorted, unique; vectors: (m, dim) float32; present: (m,) bool (False = erased)."""
+        self.sparse, self.path, self.dim = sparse, sparse.path, sparse.dim
+        self._keys, self._vectors, self._present = keys, vectors, present
+        in_file = np.zeros(keys.shape[0], dtype=np.bool_)
+        for start in range(0, sparse.num_rows, LOAD_CHUNK_ROWS):
+            pos, hit = self._match(np.asarray(sparse.keys[start:start + LOAD_CHUNK_ROWS]))
+            in_file[pos[hit]] = True
+        self._new = ~in_file & present
+        self.num_rows = int(sparse.num_rows - np.count_nonzero(in_file & ~present) + np.count_nonzero(self._new))
+
+    @classmethod
+    def over(cls, sparse: SparseModel, keys: np.ndarray, vectors: np.ndarray,
+             present: np.ndarray) -> "SparseModel | RestoredTable":
+        """`sparse` itself when nothing was updated, else the restored view."""
+        return sparse if keys.shape[0] == 0 else cls(sparse, keys, vectors, present)
+
+    def __repr__(self) -> str:
+        return f"RestoredTable({self.sparse!r}, updated_rows={self._keys.shape[0]})"
+
+    def _match(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For `keys: (n,) int64`: their positions among the updated keys and whether they are there."""
+        pos = np.searchsorted(self._keys, keys)
+        np.minimum(pos, self._keys.shape[0] - 1, out=pos)
+        return pos, self._keys[pos] == keys
+
+    def iter_chunks(self, chunk_rows: int = LOAD_CHUNK_ROWS) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """`(keys: (m,) int64, vectors: (m, dim) float32)` chunks of at most `chunk_rows` rows."""
+        for keys, vectors in self.sparse.iter_chunks(chunk_rows):
+            pos, hit = self._match(keys)
+            if hit.any():
+                vectors[hit] = self._vectors[pos[hit]]
+                keep = ~hit | self._present[pos]
+                if not keep.all():
+                    keys, vectors = keys[keep], vectors[keep]
+            yield keys, vectors
+        new = np.flatnonzero(self._new)
+        for start in range(0, new.shape[0], chunk_rows):
+            rows = new[start:start + chunk_rows]
+            yield self._keys[rows], self._vectors[rows]
+
+    def restore_updates_into(self, backend: KeyValueBackend, tag: str) -> None:
+        """Write the updated rows (not the file rows) into `backend`'s table `tag`."""
+        if self._present.any():
+            backend.insert_or_assign(tag, self._keys[self._present], self._vectors[self._present])
 
 
 def drop_tables(created: list[tuple[KeyValueBackend, str]]) -> None:
