@@ -154,6 +154,36 @@ def rewrite_hps_config(text: str, parameters: Mapping[str, str]) -> str:
             + parameters_block(parameters))
 
 
+def rewrite_dense_config(text: str, parameters: Mapping[str, str]) -> str:
+    """A framework-backend config.pbtxt (tensorflow / pytorch / onnxruntime) rewritten for hps's python
+    runner: backend "python" instead of `platform` / `backend`, no `default_model_filename` (the python
+    backend would take it for its model.py; the runner gets the file through `parameters`), KIND_CPU
+    instances. Name, inputs, outputs (dims included), max_batch_size and the rest stay as written."""
+    body = _strip_comments(text)
+    for field in ("platform", "backend", "default_model_filename"):
+        body = _remove_scalar(body, field)
+    body = _remove_block(body, "instance_group")
+    for key in parameters:
+        body = _remove_parameter(body, key)
+    return ('backend: "python"\n' + body.strip() + "\ninstance_group [ { count: 1 kind: KIND_CPU } ]\n"
+            + parameters_block(parameters))
+
+
+def top_level_string(text: str, field: str) -> str | None:
+    """The value of any top-level string field of a config.pbtxt (`default_model_filename`, ...)."""
+    match = re.search(rf'(^|\s){field}\s*:\s*"([^"]*)"', _top_level_text(_strip_comments(text)))
+    return match.group(2) if match else None
+
+
+def _remove_scalar(text: str, field: str) -> str:
+    """Remove every top-level `field: "value"` / `field: value`."""
+    while True:
+        match = re.search(rf'(^|\s)({field}\s*:\s*("[^"]*"|[^\s,\]}}]+)\s*,?)', _top_level_text(text))
+        if not match:
+            return text
+        text = text[:match.start(2)] + text[match.end(2):]
+
+
 def _strip_comments(text: str) -> str:
     out = []
     for line in text.splitlines():

@@ -17,6 +17,7 @@ import os
 import triton_python_backend_utils as pb_utils
 
 from hps.serving.triton.dense_runner import DenseRunner
+from hps.serving.triton.errors import RequestError
 
 
 class TritonPythonModel:
@@ -44,6 +45,8 @@ class TritonPythonModel:
                 out = self.runner(tensor.as_numpy())
                 responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(self.output_name, out)]))
             except Exception as exc:  # every failure becomes this request's error response
+                code = (pb_utils.TritonError.INVALID_ARG if isinstance(exc, (RequestError, ValueError))
+                        else pb_utils.TritonError.INTERNAL)  # a client mistake is HTTP 400, not 500
                 responses.append(pb_utils.InferenceResponse(
-                    output_tensors=[], error=pb_utils.TritonError(f"dense model {self.name}: {exc}")))
+                    output_tensors=[], error=pb_utils.TritonError(f"dense model {self.name}: {exc}", code)))
         return responses

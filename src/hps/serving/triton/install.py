@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import shutil
+import subprocess
 import sys
 import sysconfig
 import tempfile
@@ -102,3 +104,34 @@ def prepare_backends(pytriton_root: Path, cache_dir: Path = CACHE_DIR) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def server_backends(install: TritonInstall | None = None) -> set[str]:
+    """Names of the backends the tritonserver hps would run has ({"python"} for nvidia-pytriton's):
+    the directories of its --backend-directory, else of `<prefix>/backends` beside its bin/.
+    Without any tritonserver, {"python"}: the only backend hps's repositories need."""
+    try:
+        install = install or find_tritonserver()
+    except ServerError:
+        return {"python"}
+    base = install.backend_dir or install.binary.resolve().parent.parent / "backends"
+    found = {d.name for d in base.iterdir() if d.is_dir()} if base.is_dir() else set()
+    return found or {"python"}
+
+
+_OPTIONS_CACHE: dict[tuple[str, float], frozenset[str]] = {}
+
+
+def server_options(install: TritonInstall) -> frozenset[str]:
+    """The command-line options this tritonserver binary accepts (from its --help), e.g.
+    "--http-max-input-size" (Triton 2.59+), "--http-restricted-api"."""
+    key = (str(install.binary), install.binary.stat().st_mtime)
+    if key not in _OPTIONS_CACHE:
+        try:
+            run = subprocess.run([str(install.binary), "--help"], capture_output=True, text=True, timeout=30,
+                                 env={**os.environ, **install.env})
+            text = run.stdout + run.stderr
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise ServerError(f"{install.binary} --help failed: {exc}") from exc
+        _OPTIONS_CACHE[key] = frozenset(re.findall(r"^\s+(--[a-z0-9-]+)", text, re.MULTILINE))
+    return _OPTIONS_CACHE[key]

@@ -10,10 +10,10 @@ by hps itself. config.pbtxt parameters:
                      vectors in this same process (see dense_model.py)
 
 Request: KEYS INT64 (any shape; table-major concatenation), NUMKEYS INT32 (one count per table).
-Response: OUTPUT0 FP32 (Σ_t NUMKEYS[t] × dim[t],). The fused layout names them as the seed's ensemble
+Response: OUTPUT0 FP32 (Σ_t NUMKEYS[t] × dim[t],), 1-D whatever the config's max_batch_size (as HugeCTR's backend). The fused layout names them as the seed's ensemble
 does (EMB_KEY, EMB_N_KEY → DENSE_OUTPUT FP32 (samples, 1)): the INT64 input is the keys, the INT32 one
 the counts, the first output the answer. A bad request gets an error response naming the
-problem; the model keeps serving.
+problem (INVALID_ARG, HTTP 400, for a client mistake); the model keeps serving.
 """
 
 import gc
@@ -24,6 +24,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 import hps
+from hps.errors import KeyInputError
 from hps.serving.triton.embedding_io import EmbeddingSpec, lookup_request
 
 
@@ -44,10 +45,9 @@ class TritonPythonModel:
         by_type = {i["data_type"]: i["name"] for i in self.model_config["input"]}
         self.keys_name = by_type.get("TYPE_INT64", "KEYS")       # KEYS, or EMB_KEY in the fused layout
         self.numkeys_name = by_type.get("TYPE_INT32", "NUMKEYS")  # NUMKEYS, or EMB_N_KEY
+        # OUTPUT0 is 1-D (Σ_t NUMKEYS[t] × dim[t],) whatever max_batch_size says, as HugeCTR's backend
+        # answers it; ensembles feed it to dense models declared with dims [-1] and max_batch_size 0
         self.output_name = self.model_config["output"][0]["name"]
-        # HugeCTR's plain-backend configs use max_batch_size > 0 with dims [-1]: Triton then expects
-        # OUTPUT0 with the request's batch dimension in front (batch 1 in HugeCTR's clients)
-        self.batched = int(self.model_config.get("max_batch_size", 0)) > 0
         self.dense = None
         if params.get("dense_file"):
             from hps.serving.triton.dense_runner import DenseRunner
@@ -86,14 +86,11 @@ class TritonPythonModel:
                                      lambda k, t: self.ps.lookup(k, self.hps_model, t))
                 if self.dense is not None:
                     out = self.dense(out)
-                elif self.batched:
-                    batch = keys.shape[0] if keys.ndim > 1 else 1
-                    out = out.reshape(batch, -1) if batch and out.size % batch == 0 else out.reshape(1, -1)
                 responses.append(pb_utils.InferenceResponse(
                     output_tensors=[pb_utils.Tensor(self.output_name, out)]))
             except Exception as exc:  # every failure becomes this request's error response
-                responses.append(pb_utils.InferenceResponse(
-                    output_tensors=[], error=pb_utils.TritonError(f"hps model {self.triton_name}: {exc}")))
+                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=_error(
+                    f"hps model {self.triton_name}: {exc}", exc)))
         if self.metrics is not None:
             try:
                 self.metrics.maybe_update()
@@ -106,6 +103,13 @@ class TritonPythonModel:
         if getattr(self, "ps", None) is not None:
             self.ps.close()
             self.ps = None
+
+
+def _error(message, exc):
+    """The request's error: INVALID_ARG (HTTP 400, gRPC INVALID_ARGUMENT) for a client mistake, INTERNAL otherwise."""
+    client_mistake = isinstance(exc, (KeyInputError, ValueError))
+    return pb_utils.TritonError(message, pb_utils.TritonError.INVALID_ARG if client_mistake
+                                else pb_utils.TritonError.INTERNAL)
 
 
 #: HugeCTR HPS-backend config.pbtxt parameters that override the ps.json (reference §1.6)

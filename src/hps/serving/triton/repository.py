@@ -15,28 +15,34 @@ that runs the lookup and the dense model in one stub process (one IPC hop instea
 vectors are not copied between models; see benchmarks/bench_triton.py); clients cannot tell the difference.
 
 `convert_hugectr_repository` turns an existing repository whose embedding model uses HugeCTR's
-`backend: "hps"` into one served by hps; `add_model_to_repository` writes one more embedding model
+`backend: "hps"` into one served by hps (dense models whose backend the server lacks get a python
+runner, `backend_model.py`); `add_model_to_repository` writes one more embedding model
 (its own ps.json) into a repository a server already serves, to be loaded through the model-control API.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from hps.config import ModelConfig, PsConfig, load_config
 from hps.errors import ConfigError
 from hps.serving.triton import config_text
+from hps.serving.triton.backend_runner import DEFAULT_MODEL_FILES, RUNNABLE, backend_of
 from hps.serving.triton.dense_runner import DenseRunner, dense_kind
 from hps.serving.triton.embedding_io import EmbeddingSpec
 from hps.serving.triton.errors import RepositoryError
+from hps.serving.triton.install import server_backends
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 EMBEDDING_MODEL_SOURCE = PACKAGE_DIR / "model.py"
 DENSE_MODEL_SOURCE = PACKAGE_DIR / "dense_model.py"
+BACKEND_MODEL_SOURCE = PACKAGE_DIR / "backend_model.py"
 VERSION = "1"
 
 
@@ -128,52 +134,154 @@ def add_model_to_repository(repo: str | os.PathLike, ps_json: str | os.PathLike,
 
 
 def convert_hugectr_repository(repo_in: str | os.PathLike, repo_out: str | os.PathLike | None,
-                               ps_json: str | os.PathLike, *, metrics_interval_s: float = 1.0) -> list[str]:
-    """Rewrite every `backend: "hps"` model of a HugeCTR repository to run on hps; keep the other models.
+                               ps_json: str | os.PathLike, *, metrics_interval_s: float = 1.0,
+                               backends: Iterable[str] | None = None) -> list[str]:
+    """Rewrite a HugeCTR Triton repository to run on hps; returns the names of the rewritten models.
 
-    repo_out: a new directory (the repository is copied first) or None / the same path (in place).
-    ps_json: the file HugeCTR got as `--backend-config=hps,ps=...`. Each hps model is matched to the
-    ps.json model of the same name and gets its own `<name>.json`; sparse files keep their paths, or,
-    when those do not exist, the copies inside the model directory (the seed copies them into `1/`).
-    The original config is kept as `config.pbtxt.hugectr`. Returns the names of the converted models.
+    Every `backend: "hps"` model becomes hps's python model: it is matched to the ps.json model of the
+    same name and gets its own `<name>.json`; sparse files keep their paths, or, when those do not exist,
+    the copies inside the model directory (the samples copy them into the version directory).
+    Every dense model whose backend the target server lacks (`backends`; default: the backends of the
+    tritonserver hps runs, only "python" for nvidia-pytriton's) gets a python-backend runner when hps
+    has one: a TF SavedModel (tensorflow), TorchScript (pytorch) or ONNX (onnxruntime) model; inputs,
+    outputs and max_batch_size stay as written. Any other backend the server lacks (a TensorRT plan
+    without TensorRT) is a `RepositoryError` naming the model, the backend and what to do.
+    Original configs are kept as `config.pbtxt.hugectr`. ps_json: the file HugeCTR got as
+    `--backend-config=hps,ps=...`.
+
+    repo_out: a new (or empty) directory, or None / the same path to rewrite in place. Nothing is
+    half-applied: the work happens in a temporary directory beside the target that replaces it by
+    rename at the end, and is removed if anything fails.
     """
     src = Path(repo_in)
     if not src.is_dir():
         raise RepositoryError(f"{src}: model repository not found")
-    dst = src if repo_out is None else Path(repo_out)
-    if dst.resolve() != src.resolve():
-        if dst.exists() and any(dst.iterdir()):
-            raise RepositoryError(f"{dst}: output directory exists and is not empty")
-        shutil.copytree(src, dst, dirs_exist_ok=True)
+    in_place = repo_out is None or Path(repo_out).resolve() == src.resolve()
+    dst = src if in_place else Path(repo_out)
+    if not in_place and dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
+        raise RepositoryError(f"{dst}: output directory exists and is not empty")
     config = load_config(ps_json)
-    converted = []
-    for cfg_path in sorted(dst.glob("*/config.pbtxt")):
+    available = set(backends) if backends is not None else server_backends()
+    parent = dst.resolve().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dst.name}.hps-convert-", dir=parent))
+    try:
+        work = staging / "repo"
+        # in place, the copy hard-links (every file it changes is replaced, never rewritten); to a new
+        # directory it copies, so later edits of either repository stay apart
+        shutil.copytree(src, work, copy_function=_link_or_copy if in_place else shutil.copy2, symlinks=True)
+        converted = _convert_tree(work, config, ps_json, metrics_interval_s, available)
+        if in_place:
+            os.rename(src, staging / "original")
+            os.rename(work, src)
+        else:
+            if dst.exists():
+                dst.rmdir()
+            os.rename(work, dst)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return converted
+
+
+def _convert_tree(repo: Path, config: PsConfig, ps_json: Any, metrics_interval_s: float,
+                  available: set[str]) -> list[str]:
+    """Rewrite the models of `repo` (a private copy) in place; see `convert_hugectr_repository`."""
+    converted, hps_models = [], 0
+    for cfg_path in sorted(repo.glob("*/config.pbtxt")):
         text = cfg_path.read_text()
-        if config_text.top_level_field(text, "backend") != "hps":
-            continue
         model_dir = cfg_path.parent
         name = config_text.top_level_field(text, "name") or model_dir.name
-        if name != model_dir.name:
-            raise RepositoryError(f"{cfg_path}: name {name!r} differs from its directory {model_dir.name!r}")
-        try:
-            model = config.model(name)
-        except Exception as exc:
-            raise RepositoryError(f"{cfg_path}: no model {name!r} in {ps_json}: {exc}") from None
-        sparse = [_locate_sparse(p, model_dir) for p in model.sparse_files]
-        json_name = f"{name}.json"
-        raw = _single_model_json(ps_json, config, model, [_rel_or_abs(p, model_dir) for p in sparse])
-        (model_dir / json_name).write_text(json.dumps(raw, indent=2) + "\n")
-        versions = [d for d in model_dir.iterdir() if d.is_dir() and d.name.isdigit()] or [model_dir / VERSION]
-        for version in versions:
-            version.mkdir(exist_ok=True)
-            shutil.copy2(EMBEDDING_MODEL_SOURCE, version / "model.py")
-        shutil.copy2(cfg_path, model_dir / "config.pbtxt.hugectr")
-        cfg_path.write_text(config_text.rewrite_hps_config(text, _embedding_parameters(
-            json_name, model.name, metrics_interval_s)))
+        backend = backend_of(config_text.top_level_field(text, "backend"),
+                             config_text.top_level_field(text, "platform"))
+        if backend == "hps":
+            _convert_hps_model(cfg_path, text, name, config, ps_json, metrics_interval_s)
+            hps_models += 1
+        elif backend in (None, "python", "ensemble") or backend in available:
+            continue
+        else:
+            _convert_dense_model(cfg_path, text, name, backend, available)
         converted.append(name)
-    if not converted:
-        raise RepositoryError(f"{dst}: no model with backend \"hps\" found")
+    if not hps_models:
+        raise RepositoryError(f"{repo}: no model with backend \"hps\" found")
     return converted
+
+
+def _convert_hps_model(cfg_path: Path, text: str, name: str, config: PsConfig, ps_json: Any,
+                       metrics_interval_s: float) -> None:
+    model_dir = cfg_path.parent
+    if name != model_dir.name:
+        raise RepositoryError(f"{cfg_path}: name {name!r} differs from its directory {model_dir.name!r}")
+    try:
+        model = config.model(name)
+    except Exception as exc:
+        raise RepositoryError(f"{cfg_path}: no model {name!r} in {ps_json}: {exc}") from None
+    sparse = [_locate_sparse(p, model_dir) for p in model.sparse_files]
+    json_name = f"{name}.json"
+    raw = _single_model_json(ps_json, config, model, [_rel_or_abs(p, model_dir) for p in sparse])
+    _write_new(model_dir / json_name, json.dumps(raw, indent=2) + "\n")
+    for version in _versions(model_dir):
+        version.mkdir(exist_ok=True)
+        _copy_new(EMBEDDING_MODEL_SOURCE, version / "model.py")
+    _copy_new(cfg_path, model_dir / "config.pbtxt.hugectr")
+    _write_new(cfg_path, config_text.rewrite_hps_config(text, _embedding_parameters(
+        json_name, model.name, metrics_interval_s)))
+
+
+def _convert_dense_model(cfg_path: Path, text: str, name: str, backend: str, available: set[str]) -> None:
+    """Give a framework-backend model hps's python runner, or say why it cannot run here."""
+    platform = config_text.top_level_field(text, "platform")
+    if backend not in RUNNABLE or platform == "tensorflow_graphdef":
+        what = f"platform {platform!r}" if platform else f"backend {backend!r}"
+        raise RepositoryError(
+            f"{cfg_path}: model {name!r} ({what}) needs Triton's {backend!r} backend; the target tritonserver "
+            f"has only {sorted(available)} and hps has no python runner for it. Either serve this repository "
+            f"with a tritonserver that has the {backend} backend (put it on PATH, and convert with "
+            f"--backend {backend} so this model is kept), or replace the model with the ONNX or TorchScript "
+            "model it was built from (e.g. `hps triton build --dense model.onnx`)")
+    model_dir = cfg_path.parent
+    filename = config_text.top_level_string(text, "default_model_filename") or DEFAULT_MODEL_FILES[backend]
+    versions = _versions(model_dir, create=False)
+    if not versions:
+        raise RepositoryError(f"{model_dir}: model {name!r} has no version directory holding its {filename}")
+    for version in versions:
+        if not (version / filename).exists():
+            raise RepositoryError(f"{version / filename}: {backend} model of {name!r} not found")
+        if (version / "model.py").exists():
+            raise RepositoryError(f"{version / 'model.py'}: exists; hps's python runner for {name!r} "
+                                  "would replace it")
+    module, extra = RUNNABLE[backend]
+    if importlib.util.find_spec(module) is None:
+        raise RepositoryError(f"{cfg_path}: model {name!r} is a {backend} model, run by hps in the python "
+                              f"backend through {module}, which is not installed: pip install 'hps[{extra}]'")
+    for version in versions:
+        _copy_new(BACKEND_MODEL_SOURCE, version / "model.py")
+    _copy_new(cfg_path, model_dir / "config.pbtxt.hugectr")
+    _write_new(cfg_path, config_text.rewrite_dense_config(text, {
+        "hps_runner_backend": backend, "hps_model_file": filename}))
+
+
+def _versions(model_dir: Path, create: bool = True) -> list[Path]:
+    """The numbered version directories of a model (`1/` when there is none and `create`)."""
+    found = sorted(d for d in model_dir.iterdir() if d.is_dir() and d.name.isdigit())
+    return found or ([model_dir / VERSION] if create else [])
+
+
+def _write_new(path: Path, text: str) -> None:
+    """Write `path` as a new file (a hard-linked original is left untouched)."""
+    path.unlink(missing_ok=True)
+    path.write_text(text)
+
+
+def _copy_new(src: Path, dst: Path) -> None:
+    dst.unlink(missing_ok=True)
+    shutil.copy2(src, dst)
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 # --- internals --------------------------------------------------------------------------------
