@@ -496,7 +496,7 @@ class RocksDBBackend:
             stop = start + self._batch_rows
             _consume(map(batch.put, key_bytes[start:stop], row_bytes[start:stop]))
             self._log_keys(table, batch, key_bytes[start:stop])
-            self._write(table, batch, stop - start)
+            self._write(table, batch, min(stop, keys.shape[0]) - start)
 
     def erase(self, tag: str, keys: np.ndarray) -> int:
         """Delete `keys: (n,) int64`; returns how many distinct keys were present."""
