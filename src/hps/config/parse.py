@@ -90,6 +90,8 @@ def parse_config(data: Any, base_dir: str = "") -> PsConfig:
                                              PERSISTENT_TYPES, {"rocks_db": RocksDBConfig}, "disabled")
     sections["update_source"] = _parse_typed(data.pop("update_source", None), "update_source",
                                              UPDATE_SOURCE_TYPES, {"kafka_message_queue": KafkaConfig}, "null")
+    if sections["update_source"] is not None:
+        sections["update_source"].broker_nodes  # noqa: B018 - ConfigError for a bad broker list, now
     models = data.pop("models", None)
     if not isinstance(models, list) or not models:
         raise ConfigError(f"models: expected a non-empty list of model objects, got {_describe(models)}")
