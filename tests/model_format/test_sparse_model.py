@@ -208,3 +208,46 @@ def test_writer_creates_parents_and_streams_memmaps(tmp_path):
 
 def test_errors_are_hps_errors():
     assert issubclass(ModelFormatError, HpsError)
+
+
+_KILLED_WRITER = """
+import os, sys, time
+import numpy as np
+from hps.model_format import writer
+
+def hang(fd):
+    print("writing", flush=True)
+    time.sleep(600)
+
+writer.os.fsync = hang  # stop inside the write, after the temporary directory was made
+writer.write_sparse_model(sys.argv[1], np.arange(100), np.ones((100, 4)))
+"""
+
+
+def test_a_killed_writer_leaves_no_temp_dir_after_the_next_write(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    target = tmp_path / "t0"
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, str(target)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "writing"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+    left = [p.name for p in tmp_path.iterdir()]
+    assert len(left) == 1 and left[0].startswith(".t0.tmp-"), left
+    other = tmp_path / ".t1.tmp-host-1-abcdefgh"
+    other.mkdir()  # another target's: not ours to remove
+    write_sparse_model(target, np.arange(3), np.ones((3, 2)))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["t0", other.name])
+    # a writer that is still running (here: our parent process) keeps its directory
+    live = tmp_path / left[0].replace(f"-{proc.pid}-", f"-{os.getppid()}-")
+    live.mkdir()
+    write_sparse_model(target, np.arange(3), np.ones((3, 2)), overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["t0", live.name, other.name])

@@ -5,12 +5,18 @@ The bytes are exactly those of the seed notebook's `convert_to_sparse_model`
 machine), written chunk by chunk from numpy instead of row by row. A directory is written
 under a temporary name in the same parent and renamed into place, so a failed write never
 leaves a half-written model behind.
+
+The temporary names carry the writer's host and pid (`.NAME.tmp-<host>-<pid>-XXXXXXXX`, and
+`.NAME.old-…` for the version being replaced): a process killed mid-write leaves its directory
+behind, and the next write of the same target on that host removes every such directory whose
+process is gone (never one of a live process: two writers may race, one of them wins).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -30,6 +36,51 @@ from hps.model_format.reader import (
 )
 
 _INT64_MAX = np.iinfo(np.int64).max
+_TEMP_KINDS = ("tmp", "old")
+
+
+def _temp_prefix(path: Path, kind: str) -> str:
+    """`.NAME.<kind>-<host>-<pid>-`: the prefix of this process's temporary directories for `path`."""
+    host = socket.gethostname().replace("-", "_").replace(os.sep, "_") or "localhost"
+    return f".{path.name}.{kind}-{host}-{os.getpid()}-"
+
+
+def _process_gone(pid: int) -> bool:
+    """True when no process `pid` runs on this host (a zombie counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except (OSError, IndexError):
+        return False
+
+
+def remove_stale_temp_dirs(path: str | os.PathLike[str], kinds: tuple[str, ...] = _TEMP_KINDS) -> list[Path]:
+    """Remove the temporary directories that killed writers of `path` left in its parent:
+    `.NAME.tmp-<host>-<pid>-*` (and `.old-`) of this host whose process is gone. Returns them."""
+    path = Path(path)
+    host_pid = _temp_prefix(path, "tmp")[len(f".{path.name}.tmp-"):].rsplit("-", 2)[0]
+    removed = []
+    try:
+        entries = list(os.scandir(path.parent))
+    except OSError:
+        return removed
+    for entry in entries:
+        for kind in kinds:
+            head = f".{path.name}.{kind}-{host_pid}-"
+            if not entry.name.startswith(head):
+                continue
+            pid = entry.name[len(head):].split("-", 1)[0]
+            if pid.isdigit() and int(pid) != os.getpid() and _process_gone(int(pid)) and entry.is_dir(
+                    follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+                removed.append(Path(entry.path))
+    return removed
 
 
 def _as_keys(keys: Any, where: str) -> np.ndarray:
@@ -67,7 +118,7 @@ def _replace_dir(tmp_dir: Path, path: Path, overwrite: bool) -> None:
             raise ModelFormatError(f"{path} already exists; pass overwrite=True to replace it")
         if not path.is_dir():
             raise ModelFormatError(f"{path} exists and is not a directory; refusing to replace it")
-        old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+        old = Path(tempfile.mkdtemp(prefix=_temp_prefix(path, "old"), dir=path.parent))
         os.rename(path, old / path.name)
         try:
             os.rename(tmp_dir, path)
@@ -93,6 +144,7 @@ def write_sparse_model(
     vectors: (n, dim) any real dtype (stored as float32, rounded to nearest).
     Large inputs (e.g. memory maps) are converted `chunk_rows` rows at a time.
     Parent directories are created; an existing `path` is an error unless `overwrite`.
+    Temporary directories of `path` left by killed writers are removed first.
     Returns the written table opened as a `SparseModel`.
     """
     path = Path(path)
@@ -115,7 +167,8 @@ def write_sparse_model(
             f"rows), e.g. key {example}; a sparse model needs unique keys"
         )
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    remove_stale_temp_dirs(path)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=_temp_prefix(path, "tmp"), dir=path.parent))
     try:
         with open(tmp_dir / KEY_FILE, "wb") as key_file, open(tmp_dir / VECTOR_FILE, "wb") as vector_file:
             for start in range(0, num_rows, chunk_rows):
