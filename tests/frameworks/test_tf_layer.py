@@ -210,3 +210,67 @@ def test_lazy_init_and_shutdown(make_model):
     layer = _layer(path, global_batch_size=2)
     np.testing.assert_array_equal(layer(tf.constant([[3]], tf.int64)).numpy()[0, 0], table[3])
     assert hps_tf._server(path, 2) is not None
+
+
+def test_hierarchical_parameter_server_is_hps_tensorflow():
+    """HugeCTR's `import hierarchical_parameter_server as hps` works as is (the installed package)."""
+    import hierarchical_parameter_server as hugectr_hps
+
+    import hps
+
+    for name in ("Init", "LookupLayer", "SparseLookupLayer", "Shutdown"):
+        assert getattr(hugectr_hps, name) is getattr(hps_tf, name), name
+    assert hugectr_hps.__version__ == hps_tf.__version__ == hps.__version__
+    assert {"Init", "LookupLayer", "SparseLookupLayer", "__version__"} <= set(hugectr_hps.__all__)
+
+
+def test_layer_reads_its_ps_json_at_first_use(tmp_path):
+    """HugeCTR's Triton demo builds (and traces, and saves) the model before it writes ps.json."""
+    from .conftest import write_small_model
+
+    directory = tmp_path / "written_later"
+    path = str(directory / "ps.json")  # nothing there yet
+    layer = hps_tf.LookupLayer("m", 0, DIM, tf.float32, ps_config_file=path, global_batch_size=4)
+    sparse = hps_tf.SparseLookupLayer("m", 0, DIM, tf.float32, ps_config_file=path, global_batch_size=4)
+    graph = tf.function(lambda x: layer(x), input_signature=[tf.TensorSpec([None, 2], tf.int64)])
+    graph.get_concrete_function()  # traced before the file exists
+    inputs = tf.keras.Input(shape=(2,), dtype="int64")
+    model = tf.keras.Model(inputs, layer(inputs))
+    assert not is_loaded(path)
+
+    directory.mkdir()
+    written, table = write_small_model(directory)
+    assert written == path
+    ids = np.array([[1, 2], [70, 5]], np.int64)
+    np.testing.assert_array_equal(graph(ids).numpy(), expected_vectors(table, ids))  # first use: a graph
+    np.testing.assert_array_equal(layer(tf.constant(ids)).numpy(), expected_vectors(table, ids))
+    np.testing.assert_array_equal(model.predict(ids, verbose=0), expected_vectors(table, ids))
+    sp_ids = tf.SparseTensor([[0, 0], [1, 0]], tf.constant([3, 4], tf.int64), [2, 2])
+    np.testing.assert_array_equal(sparse(sp_ids, None).numpy(), table[[3, 4]])
+    with pytest.raises(ConfigError, match="emb_vec_size 4"):  # loaded now: checked at construction again
+        hps_tf.LookupLayer("m", 0, 4, ps_config_file=path)
+
+
+def test_graph_lookup_token_names_the_table_and_resolves_in_a_fresh_registry(ps, monkeypatch):
+    """The op's token carries the lookup; a process that never traced it (here: an emptied cache of
+    callbacks) resolves it from the token alone. Other tokens are answered as before."""
+    from tensorflow.python.ops import script_ops
+
+    path, table = ps
+    layer = _layer(path, global_batch_size=8)
+    graph = tf.function(lambda x: layer(x), input_signature=[tf.TensorSpec([None, 3], tf.int64)])
+    ops = [op for op in graph.get_concrete_function().graph.get_operations() if op.type == "PyFunc"]
+    assert len(ops) == 1
+    token = ops[0].get_attr("token").decode()
+    assert token.startswith("hps_lookup:v1:")
+    assert hps_tf._TableLookup.from_token(token) == hps_tf._TableLookup("m", 0, DIM, path, 8)
+
+    monkeypatch.setattr(hps_tf, "_resolved", {})
+    ids = np.array([[1, 2, 3]], np.int64)
+    np.testing.assert_array_equal(graph(ids).numpy(), expected_vectors(table, ids))
+    assert list(hps_tf._resolved) == [token]
+    assert script_ops._py_funcs.get("pyfunc_987654321") is None  # not ours: TF's own error path
+    with pytest.raises(ConfigError, match="malformed lookup op token"):
+        script_ops._py_funcs.get("hps_lookup:v1:{not json")
+    with pytest.raises(ConfigError, match="malformed lookup op token"):
+        script_ops._py_funcs.get('hps_lookup:v1:{"model_name":"m"}')
