@@ -146,24 +146,38 @@ class HPS:
         return replica
 
     def lookup_fromdlpack(self, keys: Any, out: Any, model_name: str, table_id: int, device_id: int = 0) -> None:
-        """Look up DLPack-capable `keys` and write the vectors into DLPack-capable `out` in place.
+        """Look up `keys` and write the vectors into the caller's `out` in place (HugeCTR's contract).
 
-        `out` is float32 with at least `keys.size × dim` elements, on the CPU or a GPU."""
-        keys_t, out_t = _from_dlpack(keys), _from_dlpack(out)
-        vectors = self.lookup(keys_t, model_name, table_id, device_id)
-        need = vectors.size if isinstance(vectors, np.ndarray) else vectors.numel()
-        out_size = out_t.size if isinstance(out_t, np.ndarray) else out_t.numel()
+        keys: int64 / int32 of any shape (n keys in all), on the CPU or a GPU; out: float32, C-contiguous,
+        at least n × dim elements, on the CPU or a GPU. Its first n × dim elements receive the (n, dim)
+        vectors row-major; the rest are left as they were. Each may be a DLPack capsule (the
+        `to_dlpack(t)` of a torch / TensorFlow / numpy tensor), an object with `__dlpack__`, a numpy
+        array or a torch tensor. Capsules are read, not consumed: the caller can `from_dlpack` them
+        afterwards to read its tensor, as HugeCTR's demos do. `out` is checked before the lookup: a
+        bad one raises `KeyInputError` with nothing written."""
+        keys_t, out_t = _from_dlpack(keys, "keys"), _from_dlpack(out, "out")
+        dim = self._replica(model_name, table_id, device_id).table.dim
+        on_host = isinstance(out_t, np.ndarray)
+        need = (keys_t.size if isinstance(keys_t, np.ndarray) else keys_t.numel()) * dim
+        out_size = out_t.size if on_host else out_t.numel()
         if out_size < need or str(out_t.dtype).rsplit(".", 1)[-1] != "float32":
             raise KeyInputError(f"lookup_fromdlpack: out must be float32 with at least {need} elements "
-                                f"({len(vectors)} keys × dim), got {out_t.dtype} with {out_size}")
-        flat_out = out_t.reshape(-1)
-        if isinstance(flat_out, np.ndarray):
-            flat_out[:need] = np.asarray(vectors).reshape(-1)
+                                f"({need // dim} keys × dim {dim}), got {out_t.dtype} with {out_size}")
+        if not (out_t.flags.c_contiguous if on_host else out_t.is_contiguous()):
+            raise KeyInputError("lookup_fromdlpack: out must be C-contiguous (the vectors are written to its "
+                                f"memory row-major), got strides {out_t.strides if on_host else out_t.stride()}")
+        if on_host and not out_t.flags.writeable:
+            raise KeyInputError("lookup_fromdlpack: out is read-only")
+        # HPS.lookup, not an override (hps.inference.HPS.lookup returns host arrays): GPU vectors stay there
+        vectors = HPS.lookup(self, keys_t, model_name, table_id, device_id)
+        flat_out = out_t.reshape(-1)[:need]  # a view: out is contiguous
+        if on_host:
+            flat_out[:] = (vectors if isinstance(vectors, np.ndarray) else vectors.detach().cpu().numpy()).reshape(-1)
         else:
             import torch
 
-            src = vectors if not isinstance(vectors, np.ndarray) else torch.from_numpy(vectors)
-            flat_out[:need].copy_(src.reshape(-1))
+            src = torch.from_numpy(vectors) if isinstance(vectors, np.ndarray) else vectors
+            flat_out.copy_(src.reshape(-1))
 
     # ------------------------------------------------------------------ updates and models
     def apply_update(self, tag: str, keys: np.ndarray, vectors: np.ndarray, tier: str) -> None:
@@ -448,14 +462,9 @@ def _where(model: ModelConfig, table: TableConfig) -> str:
     return f"model {model.name!r} table {table.table_id} ({table.name})"
 
 
-def _from_dlpack(x: Any) -> Any:
-    """A numpy array or torch tensor viewing the DLPack-capable `x` (no copy)."""
-    if isinstance(x, np.ndarray) or is_torch(x):
-        return x
-    import importlib.util
+def _from_dlpack(x: Any, name: str) -> Any:
+    """A numpy array (host memory) or torch tensor (CUDA memory) viewing `x`, no copy; a DLPack capsule
+    is left unconsumed (see `hps.dlpack`). `name` is the argument named in errors."""
+    from hps.dlpack import view
 
-    if importlib.util.find_spec("torch") is not None:
-        import torch
-
-        return torch.from_dlpack(x)
-    return np.from_dlpack(x)
+    return view(x, name)
