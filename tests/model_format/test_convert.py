@@ -86,10 +86,42 @@ def test_convert_torch_checkpoints(tmp_path):
     np.testing.assert_array_equal(model.vectors, module.item.weight.detach().numpy())
     embedding = torch.nn.Embedding(9, 2)
     torch.save(embedding, tmp_path / "module.pt")  # a pickled module, not a state_dict
-    model = convert_file(tmp_path / "module.pt", tmp_path / "c")
+    with pytest.raises(ModelFormatError, match="allow_pickle"):  # refused by default: it runs code
+        convert_file(tmp_path / "module.pt", tmp_path / "d")
+    assert not (tmp_path / "d").exists()
+    with pytest.warns(UserWarning, match="runs code"):
+        model = convert_file(tmp_path / "module.pt", tmp_path / "c", allow_pickle=True)
     np.testing.assert_array_equal(model.vectors, embedding.weight.detach().numpy())
-    with pytest.raises(ModelFormatError, match="allow_pickle"):
-        convert_file(tmp_path / "module.pt", tmp_path / "d", allow_pickle=False)
+
+
+class _Crafted:
+    """A checkpoint payload whose unpickling creates a file: what a malicious .pt would do."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_hps_convert_never_unpickles_by_default(tmp_path, capsys):
+    from hps.cli.main import main
+
+    marker = tmp_path / "pwned"
+    torch.save({"weight": torch.zeros(3, 2), "payload": _Crafted(str(marker))}, tmp_path / "evil.pt")
+    assert not marker.exists()
+    assert main(["convert", str(tmp_path / "evil.pt"), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "--allow-pickle" in err and "evil.pt" in err and "runs code" in err
+    assert not marker.exists() and not (tmp_path / "out").exists()
+    with pytest.raises(ModelFormatError, match="allow_pickle=True"):
+        convert_file(tmp_path / "evil.pt", tmp_path / "out")
+    assert not marker.exists()
+    # the explicit opt-in loads it (and so runs its code), with a warning
+    with pytest.warns(UserWarning, match="runs code"):
+        assert main(["convert", str(tmp_path / "evil.pt"), str(tmp_path / "out"), "--allow-pickle",
+                     "--param", "weight"]) == 0
+    assert marker.exists()
 
 
 def test_convert_bad_inputs(tmp_path):

@@ -45,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--param", help="state_dict entry holding the table, when there are several 2-D tensors")
     p.add_argument("--keys", help=".npy of (rows,) keys; default 0..rows-1")
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="also read checkpoints that pickle Python objects (a whole nn.Module): this runs code "
+                        "from the file, only for files you trust (default: refused)")
     p.set_defaults(run=_convert)
 
     p = sub.add_parser("demo", help="the seed pipeline end to end: train, split, serve, compare")
@@ -159,7 +162,7 @@ def _convert(args: argparse.Namespace) -> int:
     from hps.model_format import convert_file
 
     model = convert_file(args.input, args.output, param_name=args.param, keys_path=args.keys,
-                         overwrite=args.overwrite)
+                         overwrite=args.overwrite, allow_pickle=args.allow_pickle)
     print(f"wrote {model.path}: {model.num_rows:,} rows of dim {model.dim}")
     return 0
 

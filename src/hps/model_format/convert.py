@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -25,17 +26,23 @@ def _load_npy(path: Path, what: str) -> np.ndarray:
 
 
 def _load_torch(path: Path, allow_pickle: bool) -> object:
+    """The checkpoint's contents through torch's safe loader (tensors and containers only); the
+    unsafe loader, which runs code from the file, only with `allow_pickle` (and a warning)."""
     torch = require("torch", "torch")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if not allow_pickle:
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelFormatError(
-                f"{path} is not a plain state_dict (it pickles objects: {exc}); "
-                f"loading it runs code from the file, allow it with allow_pickle=True"
-            ) from exc
+                f"{path} is not a plain state_dict: it pickles Python objects ({first_line}). Loading it "
+                f"runs code from the file, so it is refused; if you trust the file, pass --allow-pickle "
+                f"(hps convert) or allow_pickle=True (convert_file), or re-save it as a state_dict"
+            ) from None
     except (OSError, RuntimeError, EOFError) as exc:
         raise ModelFormatError(f"cannot read {path} as a PyTorch checkpoint: {exc}") from exc
+    warnings.warn(f"{path}: loading a pickled checkpoint (allow_pickle): this runs code from the file; "
+                  f"do it only for files you trust", UserWarning, stacklevel=3)
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # unpickling a module can fail in arbitrary ways
@@ -49,7 +56,7 @@ def convert_file(
     param_name: str | None = None,
     keys_path: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
-    allow_pickle: bool = True,
+    allow_pickle: bool = False,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
 ) -> SparseModel:
     """Convert one embedding table file into the sparse model directory `out_dir`.
@@ -57,8 +64,10 @@ def convert_file(
     input_path: `.npy` holding a 2-D table `(rows, dim)` (read memory-mapped), or a PyTorch
     checkpoint `.pt` / `.pth` holding a state_dict, a checkpoint dict, an `nn.Module` or a
     tensor (`param_name` picks the table among several 2-D tensors). keys_path: optional
-    `.npy` of `(rows,)` integer keys; default `0..rows-1`. A pickled module is loaded only
-    with `allow_pickle` (loading it runs code from the file).
+    `.npy` of `(rows,)` integer keys; default `0..rows-1`. A checkpoint is read with torch's
+    safe loader (`weights_only`); one that pickles Python objects (a whole `nn.Module`) is
+    refused with a `ModelFormatError` unless `allow_pickle` is True, which warns: unpickling
+    runs code from the file.
     Returns the written `SparseModel`."""
     input_path = Path(input_path)
     if not input_path.is_file():
