@@ -403,3 +403,48 @@ def test_cuda_capsules(sparse_files, hps):
         out_put = dlpack.from_dlpack(out_capsule)
         assert out_put.device.type == "cuda"
         np.testing.assert_array_equal(out_put.cpu().numpy(), table["vectors"][:26].reshape(1, -1))
+
+
+def test_inference_params_databases_are_replaced_by_the_config_ones_with_a_warning(sparse_files):
+    """As in HugeCTR, ParameterServerConfig's volatile_db (default: parallel_hash_map) is the one used."""
+    params = demo_params(sparse_files, volatile_db=VolatileDatabaseParams(DatabaseType_t.redis_cluster))
+    with pytest.warns(ConfigWarning, match=r"\.volatile_db is replaced by ParameterServerConfig.volatile_db"):
+        d = demo_config(sparse_files, params=params).to_dict()
+    assert d["volatile_db"]["type"] == "parallel_hash_map"
+
+
+# ------------------------------------------------------------------------------------------- the capsule reader
+TORCH_DTYPES = ["int64", "int32", "int16", "uint8", "int8", "float32", "float64", "float16", "bool"]
+
+
+def test_capsule_views_match_the_tensor_and_write_through():
+    """Property: for torch tensors of any dtype, rank and slicing (strides), the view of their capsule
+    (legacy or versioned) reads the same values and writes into the same memory; the capsule stays
+    usable for the caller's from_dlpack."""
+    torch = pytest.importorskip("torch")
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from hps.dlpack import view
+
+    @settings(max_examples=60, deadline=None)
+    @given(dtype=st.sampled_from(TORCH_DTYPES), shape=st.lists(st.integers(1, 5), min_size=1, max_size=3),
+           steps=st.lists(st.integers(1, 3), min_size=3, max_size=3), transpose=st.booleans(),
+           versioned=st.booleans(), seed=st.integers(0, 2**16))
+    def check(dtype, shape, steps, transpose, versioned, seed):
+        gen = torch.Generator().manual_seed(seed)
+        base = (torch.rand([s * 3 for s in shape], generator=gen) * 100).to(getattr(torch, dtype))
+        t = base[tuple(slice(None, None, steps[i]) for i in range(len(shape)))]
+        if transpose and t.dim() > 1:
+            t = t.transpose(0, t.dim() - 1)
+        capsule = t.__dlpack__(max_version=(1, 0)) if versioned else torch.utils.dlpack.to_dlpack(t)
+        v = view(capsule, "x")
+        assert isinstance(v, np.ndarray) and v.shape == tuple(t.shape)
+        np.testing.assert_array_equal(v, t.numpy())
+        v[...] = v[...] if dtype == "bool" else 7
+        if dtype != "bool":
+            assert (t == 7).all()  # the writes landed in the tensor's own memory
+        if not versioned:
+            assert torch.utils.dlpack.from_dlpack(capsule).shape == t.shape  # still the caller's to consume
+
+    check()

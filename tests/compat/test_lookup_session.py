@@ -61,9 +61,8 @@ VARIATIONS = {
         backend=DatabaseType_t.rocks_db, path=str(tmp / "rocksdb"))},
     "dynamic-0.5-prefilled": {"refresh": 0.2},
     "uint32-keys": {"i64": False},
-    # No database at all: every key still has to come back exact (the sparse files hold it). This is
-    # the case the lead is fixing in the lookup path (a table without volatile_db / persistent_db
-    # answered cache misses with the default value); it fails until that fix lands.
+    # No database at all: every key still has to come back exact (the sparse files hold it); a table
+    # without volatile_db / persistent_db once answered cache misses with the default value.
     "dynamic-0.5-no-database": {"volatile_db": lambda tmp: VolatileDatabaseParams(DatabaseType_t.disabled)},
     "no-cache-no-database": {"enable_cache": False,
                              "volatile_db": lambda tmp: VolatileDatabaseParams(DatabaseType_t.disabled)},
