@@ -89,7 +89,12 @@ def make_hugectr_repository(root, seed_model):
 def test_convert_hugectr_repository(seed_model, tmp_path):
     repo, ps = make_hugectr_repository(tmp_path, seed_model)
     out = tmp_path / "converted"
-    assert convert_hugectr_repository(repo, out, ps) == ["hps_embedding"]
+    # the TF model has no SavedModel here: on a server without tensorflow it could not run, and convert says so
+    with pytest.raises(RepositoryError, match=f"{repo}/tf_reshape_dense_model/1/model.savedmodel: tensorflow model"):
+        convert_hugectr_repository(repo, out, ps, backends={"python"})
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["hps_demo"]
+    # a server with the tensorflow backend keeps it as it is
+    assert convert_hugectr_repository(repo, out, ps, backends={"python", "tensorflow"}) == ["hps_embedding"]
     emb = out / "hps_embedding"
     assert config_text.top_level_field((emb / "config.pbtxt").read_text(), "backend") == "python"
     assert (emb / "config.pbtxt.hugectr").read_text().count('backend: "hps"') == 1

@@ -74,10 +74,22 @@ def test_bundled_server_refuses_numpy_2(monkeypatch):
 
 @pytest.mark.triton
 def test_command_line(tmp_path):
-    server = TritonServer(trivial_repo(tmp_path), http_port=0, grpc_port=0, metrics_port=0, load_models=["twice"])
+    default = TritonServer(trivial_repo(tmp_path), http_port=0, grpc_port=0, metrics_port=0).command()
+    assert "--model-control-mode=none" in default and not any(a.startswith("--load-model") for a in default)
+    server = TritonServer(tmp_path, http_port=0, grpc_port=0, metrics_port=0, load_models=["twice"],
+                          model_control="explicit")
     cmd = server.command()
     assert "--http-address=127.0.0.1" in cmd and "--grpc-address=127.0.0.1" in cmd
     assert "--model-control-mode=explicit" in cmd and "--load-model=twice" in cmd
+    # the bundled Triton 2.51 has no --http-max-input-size: tritonserver's HTTP port is private, the guard
+    # front takes the client port
+    assert server.input_guard and f"--http-port={server.upstream_http_port}" in cmd
+    assert f"--listen=127.0.0.1:{server.http_port}" in server.guard_command()
+    assert server.upstream_http_port != server.http_port
+    with pytest.raises(ServerError, match="binds loopback only"):
+        TritonServer(tmp_path, address="0.0.0.0", model_control="explicit")
+    assert TritonServer(tmp_path, address="::1", model_control="explicit", http_port=0, grpc_port=0,
+                        metrics_port=0).model_control == "explicit"
     assert f"--backend-config=python,shm-region-prefix-name={server.shm_prefix}" in cmd
     assert len({server.http_port, server.grpc_port, server.metrics_port}) == 3
     with pytest.raises(ServerError, match="model_control"):

@@ -56,7 +56,7 @@ def deployment(seed_model, tmp_path_factory):
                               "/models/wdl/1/wdl_deep.model"], [4, 8], [2, 26], max_batch_size=10,
                               defaults=[0.25, -1.0])
     assert convert_hugectr_repository(repo, None, legacy_ps, metrics_interval_s=0) == ["wdl"]
-    server = serve(repo, http_port=0, grpc_port=0, metrics_port=0, ready_timeout_s=180)
+    server = serve(repo, http_port=0, grpc_port=0, metrics_port=0, ready_timeout_s=180, model_control="explicit")
     clients = {"http": http.InferenceServerClient(server.url_http),
                "grpc": grpc.InferenceServerClient(server.url_grpc)}
     ps = hps.HPS(repo / "hps_embedding" / "hps_embedding.json")
@@ -113,8 +113,7 @@ def test_converted_hugectr_model_two_tables(deployment, protocol):
     deep_keys[5] = 5                                          # a miss
     keys, numkeys = make_request([wide_keys, deep_keys])
     out = infer(deployment["clients"], protocol, "wdl", {"KEYS": keys, "NUMKEYS": numkeys}, "OUTPUT0")
-    assert out.shape == (1, 6 * 4 + 52 * 8)  # batch dimension first, as Triton expects with max_batch_size > 0
-    out = out.ravel()
+    assert out.shape == (6 * 4 + 52 * 8,)  # 1-D whatever max_batch_size says, as HugeCTR's backend answers
     ps = deployment["wdl_ps"]
     expected = np.concatenate([ps.lookup(wide_keys, "wdl", 0).ravel(), ps.lookup(deep_keys, "wdl", 1).ravel()])
     np.testing.assert_array_equal(out, expected)
@@ -141,7 +140,7 @@ def test_bad_requests_get_error_responses(deployment, protocol, inputs, message)
     with pytest.raises(InferenceServerException, match=re.escape(message)):
         infer(deployment["clients"], protocol, "wdl", inputs, "OUTPUT0")
     keys, numkeys = make_request([[0, 2], [10_000]])
-    assert infer(deployment["clients"], protocol, "wdl", {"KEYS": keys, "NUMKEYS": numkeys}, "OUTPUT0").shape == (1, 16)
+    assert infer(deployment["clients"], protocol, "wdl", {"KEYS": keys, "NUMKEYS": numkeys}, "OUTPUT0").shape == (16,)
 
 
 def scrape(server) -> dict[str, float]:

@@ -170,7 +170,10 @@ def convert_hugectr_repository(repo_in: str | os.PathLike, repo_out: str | os.Pa
         # in place, the copy hard-links (every file it changes is replaced, never rewritten); to a new
         # directory it copies, so later edits of either repository stay apart
         shutil.copytree(src, work, copy_function=_link_or_copy if in_place else shutil.copy2, symlinks=True)
-        converted = _convert_tree(work, config, ps_json, metrics_interval_s, available)
+        try:
+            converted = _convert_tree(work, config, ps_json, metrics_interval_s, available)
+        except RepositoryError as exc:  # name the user's paths, not the temporary copy's
+            raise RepositoryError(str(exc).replace(str(work), str(src))) from None
         if in_place:
             os.rename(src, staging / "original")
             os.rename(work, src)
@@ -186,23 +189,23 @@ def convert_hugectr_repository(repo_in: str | os.PathLike, repo_out: str | os.Pa
 def _convert_tree(repo: Path, config: PsConfig, ps_json: Any, metrics_interval_s: float,
                   available: set[str]) -> list[str]:
     """Rewrite the models of `repo` (a private copy) in place; see `convert_hugectr_repository`."""
-    converted, hps_models = [], 0
+    models = []
     for cfg_path in sorted(repo.glob("*/config.pbtxt")):
         text = cfg_path.read_text()
-        model_dir = cfg_path.parent
-        name = config_text.top_level_field(text, "name") or model_dir.name
         backend = backend_of(config_text.top_level_field(text, "backend"),
                              config_text.top_level_field(text, "platform"))
+        models.append((cfg_path, text, config_text.top_level_field(text, "name") or cfg_path.parent.name, backend))
+    if not any(backend == "hps" for *_, backend in models):
+        raise RepositoryError(f"{repo}: no model with backend \"hps\" found")
+    converted = []
+    for cfg_path, text, name, backend in models:
         if backend == "hps":
             _convert_hps_model(cfg_path, text, name, config, ps_json, metrics_interval_s)
-            hps_models += 1
         elif backend in (None, "python", "ensemble") or backend in available:
             continue
         else:
             _convert_dense_model(cfg_path, text, name, backend, available)
         converted.append(name)
-    if not hps_models:
-        raise RepositoryError(f"{repo}: no model with backend \"hps\" found")
     return converted
 
 

@@ -3,11 +3,23 @@
 The binary and its environment come from `hps.serving.triton.install.find_tritonserver` (the user's
 own tritonserver, else nvidia-pytriton's). Every server binds 127.0.0.1 unless told otherwise and gets
 its own python-backend shared-memory prefix; `stop()` removes whatever /dev/shm regions remain under it.
+
+Safe by default, for clients that reach the port:
+- model control "none": every model is loaded at start and Triton refuses the repository API's load /
+  unload (a load request may carry model files, a python model's code included, which would run).
+  Hot-adding models ("explicit") is an opt-in that binds loopback only.
+- inputs are limited (`max_input_bytes`, 64 MiB like Triton 2.59+): with `--http-max-input-size` when the
+  binary has it, else through `guard.py`, an HTTP front on the client port that refuses oversized or
+  inconsistent inference requests with HTTP 400 before Triton allocates for them (Triton 2.51, the
+  bundled one, dies of std::bad_alloc on one JSON input declaring a 4 TiB shape).
+- a port already in use is named in the error.
 """
 
 from __future__ import annotations
 
+import collections
 import glob
+import ipaddress
 import os
 import secrets
 import signal
@@ -15,6 +27,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -23,7 +36,11 @@ from typing import Iterable, Sequence
 
 from hps.errors import require
 from hps.serving.triton.errors import ServerError
-from hps.serving.triton.install import find_tritonserver
+from hps.serving.triton.guard import DEFAULT_MAX_INPUT_BYTES
+from hps.serving.triton.install import find_tritonserver, server_options
+
+GUARD_SCRIPT = Path(__file__).resolve().parent / "guard.py"
+CONSOLE = "-"
 
 SHM_DIR = Path("/dev/shm")
 PYTHON_SHM_DEFAULT_BYTES = 4 * 1024 * 1024
@@ -31,28 +48,51 @@ PYTHON_SHM_DEFAULT_BYTES = 4 * 1024 * 1024
 
 def free_port(address: str = "127.0.0.1") -> int:
     """A TCP port free on `address` right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((address, 0))
         return sock.getsockname()[1]
+
+
+def is_loopback(address: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and "localhost"."""
+    if address == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
 
 
 class TritonServer:
     """A tritonserver process serving `repo`; a context manager that stops it on exit.
 
-    Ports given as 0 are picked free. Attributes: url_http ("127.0.0.1:8000"), url_grpc, url_metrics,
-    log_path, shm_prefix, process.
+    Ports given as 0 are picked free. model_control: "none" (default: all models loaded at start, the
+    repository API refuses loads), "explicit" (hot-add through the repository API: anyone reaching the
+    port can load a model, its code included, so only on a loopback `address`) or "poll".
+    input_guard: "auto" (limit inputs to `max_input_bytes` with --http-max-input-size when the binary
+    has it, else with the guard front), True (always the front), False (no limit: a hostile client can
+    crash the server). log_path "-" streams the log to stdout (its tail still goes into errors).
+    Attributes: url_http ("127.0.0.1:8000"), url_grpc, url_metrics, log_path, shm_prefix, process,
+    guard_process (None without the front).
     """
 
     def __init__(self, repo: str | os.PathLike, *, http_port: int = 8000, grpc_port: int = 8001,
-                 metrics_port: int = 8002, address: str = "127.0.0.1", model_control: str = "explicit",
+                 metrics_port: int = 8002, address: str = "127.0.0.1", model_control: str = "none",
                  load_models: Sequence[str] | None = None, tritonserver: str | os.PathLike | None = None,
                  log_path: str | os.PathLike | None = None, log_verbose: int = 0,
-                 extra_args: Iterable[str] = ()):
+                 extra_args: Iterable[str] = (), input_guard: bool | str = "auto",
+                 max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES):
         self.repo = Path(repo).resolve()
         if not self.repo.is_dir():
             raise ServerError(f"{self.repo}: model repository not found")
         if model_control not in ("explicit", "none", "poll"):
             raise ServerError(f"model_control must be 'explicit', 'none' or 'poll', not {model_control!r}")
+        if model_control != "none" and not is_loopback(address):
+            raise ServerError(
+                f"model control {model_control!r} lets any client that reaches {address} load models, their "
+                "code included; it binds loopback only (address 127.0.0.1), or serve with model control 'none'")
+        if input_guard not in (True, False, "auto"):
+            raise ServerError(f"input_guard must be True, False or 'auto', not {input_guard!r}")
         self.address = address
         self.http_port = http_port or free_port(address)
         self.grpc_port = grpc_port or free_port(address)
@@ -67,8 +107,16 @@ class TritonServer:
         self.log_path = Path(log_path)
         self.log_verbose = log_verbose
         self.extra_args = list(extra_args)
+        self.max_input_bytes = int(max_input_bytes)
+        options = server_options(self.install)
+        self.input_guard = (input_guard is True or
+                            (input_guard == "auto" and "--http-max-input-size" not in options))
+        self._limit_option = input_guard == "auto" and not self.input_guard
+        self.upstream_http_port = free_port("127.0.0.1") if self.input_guard else self.http_port
         self.process: subprocess.Popen | None = None
+        self.guard_process: subprocess.Popen | None = None
         self._log_file = None
+        self._console_tail: collections.deque[str] | None = None
 
     @property
     def url_http(self) -> str:
@@ -84,8 +132,9 @@ class TritonServer:
 
     def command(self) -> list[str]:
         """The tritonserver command line."""
+        http_address = "127.0.0.1" if self.input_guard else self.address
         cmd = [str(self.install.binary), f"--model-repository={self.repo}",
-               f"--http-address={self.address}", f"--http-port={self.http_port}",
+               f"--http-address={http_address}", f"--http-port={self.upstream_http_port}",
                f"--grpc-address={self.address}", f"--grpc-port={self.grpc_port}",
                f"--metrics-address={self.address}", f"--metrics-port={self.metrics_port}",
                "--allow-gpu-metrics=false", "--exit-timeout-secs=3", f"--log-verbose={self.log_verbose}",
@@ -94,24 +143,57 @@ class TritonServer:
                f"--model-control-mode={self.model_control}"]
         if self.install.backend_dir is not None:
             cmd.append(f"--backend-directory={self.install.backend_dir}")
+        if self._limit_option:
+            cmd.append(f"--http-max-input-size={self.max_input_bytes}")
         if self.model_control == "explicit":
             for name in (self.load_models if self.load_models is not None else ["*"]):
                 cmd.append(f"--load-model={name}")
         return cmd + self.extra_args
 
+    def guard_command(self) -> list[str]:
+        """The command line of the HTTP guard front (see guard.py)."""
+        return [sys.executable, str(GUARD_SCRIPT), f"--listen={self.address}:{self.http_port}",
+                f"--upstream=127.0.0.1:{self.upstream_http_port}", f"--max-input-bytes={self.max_input_bytes}"]
+
     def start(self) -> "TritonServer":
-        """Start the process (in its own session, so its python stubs can be stopped with it)."""
+        """Start the process (in its own session, so its python stubs can be stopped with it), and the
+        guard front when there is one. `ServerError` naming the port when one is already in use."""
         if self.process is not None:
             raise ServerError(f"tritonserver for {self.repo} is already started")
+        for port, what, flag in ((self.http_port, "HTTP", "--http-port"), (self.grpc_port, "gRPC", "--grpc-port"),
+                                 (self.metrics_port, "metrics", "--metrics-port")):
+            if port_in_use(self.address, port):
+                raise ServerError(f"port {port} ({what}) on {self.address} is already in use: stop what listens "
+                                  f"there or pick another port ({flag})")
         env = {**os.environ, **self.install.env}
-        self._log_file = open(self.log_path, "ab")
+        if self.log_path == Path(CONSOLE):
+            self._console_tail = collections.deque(maxlen=400)
+            stdout = subprocess.PIPE
+        else:
+            self._log_file = open(self.log_path, "ab")
+            stdout = self._log_file
         try:
-            self.process = subprocess.Popen(self.command(), stdout=self._log_file, stderr=subprocess.STDOUT,
+            self.process = subprocess.Popen(self.command(), stdout=stdout, stderr=subprocess.STDOUT,
                                             stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+            if self.input_guard:
+                self.guard_process = subprocess.Popen(self.guard_command(), stdout=subprocess.DEVNULL,
+                                                      stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                                      start_new_session=True)
         except OSError as exc:
-            self._log_file.close()
+            self.stop()
             raise ServerError(f"cannot start {self.install.binary}: {exc}") from exc
+        if self._console_tail is not None:
+            threading.Thread(target=self._pump_log, args=(self.process.stdout,), daemon=True).start()
         return self
+
+    def _pump_log(self, stream) -> None:
+        """Copy the server's output to stdout, keeping its last lines for error messages."""
+        for raw in iter(stream.readline, b""):
+            line = raw.decode(errors="replace")
+            self._console_tail.append(line)
+            sys.stdout.write(line)
+            sys.stdout.flush()
+        stream.close()
 
     def wait_ready(self, timeout_s: float = 60.0) -> "TritonServer":
         """Block until /v2/health/ready answers 200; `ServerError` with the log tail if the server
@@ -123,9 +205,14 @@ class TritonServer:
         while True:
             code = self.process.poll()
             if code is not None:
-                self._close_log()
-                self.cleanup_shm()
+                time.sleep(0.2)  # let the log pump take the last lines
+                self.stop()
                 raise ServerError(self._failure(f"tritonserver exited with code {code} before it was ready"))
+            if self.guard_process is not None and self.guard_process.poll() is not None:
+                message = self.guard_process.stderr.read().decode(errors="replace").strip()
+                self.stop()
+                raise ServerError(f"the HTTP guard on {self.address}:{self.http_port} exited with code "
+                                  f"{self.guard_process.returncode} before it was ready: {message}")
             try:
                 with urllib.request.urlopen(url, timeout=1.0) as response:
                     if response.status == 200:
@@ -138,11 +225,24 @@ class TritonServer:
             time.sleep(0.1)
 
     def is_alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        """The server process runs (and its guard front, when it has one)."""
+        guard_ok = self.guard_process is None or self.guard_process.poll() is None
+        return self.process is not None and self.process.poll() is None and guard_ok
 
     def stop(self, timeout_s: float = 20.0) -> int | None:
         """SIGTERM, wait up to `timeout_s`, then SIGKILL the whole process group; remove leftover
         /dev/shm regions with this server's prefix. Returns the exit code (None if never started)."""
+        if self.guard_process is not None:
+            guard = self.guard_process
+            if guard.poll() is None:
+                guard.terminate()
+                try:
+                    guard.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    guard.kill()
+                    guard.wait(timeout=5)
+            if guard.stderr is not None:
+                guard.stderr.close()
         if self.process is None:
             return None
         proc = self.process
@@ -191,6 +291,8 @@ class TritonServer:
 
     def log_tail(self, chars: int = 4000) -> str:
         """The last `chars` characters of the server log."""
+        if self._console_tail is not None:
+            return "".join(self._console_tail)[-chars:]
         try:
             return self.log_path.read_text(errors="replace")[-chars:]
         except OSError:
@@ -244,6 +346,18 @@ class TritonServer:
         return f"TritonServer({str(self.repo)!r}, http={self.url_http}, grpc={self.url_grpc}, {state})"
 
 
+def port_in_use(address: str, port: int) -> bool:
+    """True when `port` on `address` cannot be bound now (something listens there)."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((address, port))
+        except OSError:
+            return True
+    return False
+
+
 def _client_host(address: str) -> str:
     return "127.0.0.1" if address in ("0.0.0.0", "") else address
 
@@ -256,17 +370,20 @@ def _kill_group(pid: int) -> None:
 
 
 def serve(repo: str | os.PathLike, *, http_port: int = 8000, grpc_port: int = 8001, metrics_port: int = 8002,
-          address: str = "127.0.0.1", model_control: str = "explicit", load_models: Sequence[str] | None = None,
+          address: str = "127.0.0.1", model_control: str = "none", load_models: Sequence[str] | None = None,
           ready_timeout_s: float = 60.0, tritonserver: str | os.PathLike | None = None,
-          log_path: str | os.PathLike | None = None, extra_args: Iterable[str] = ()) -> TritonServer:
+          log_path: str | os.PathLike | None = None, extra_args: Iterable[str] = (),
+          input_guard: bool | str = "auto", max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES) -> TritonServer:
     """Start tritonserver on `repo` and wait until it is ready; returns the running `TritonServer`.
 
-    model_control "explicit" loads `load_models` (None: every model) at start and allows
-    load/unload later; "none" loads everything once. Ports given as 0 are picked free.
+    model_control "none" (default) loads everything once and refuses the repository API's loads;
+    "explicit" (loopback `address` only) loads `load_models` (None: every model) at start and allows
+    load / unload later. Ports given as 0 are picked free. input_guard, max_input_bytes: see `TritonServer`.
     Use as `with serve(repo) as server: ...` to stop it afterwards."""
     server = TritonServer(repo, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
                           address=address, model_control=model_control, load_models=load_models,
-                          tritonserver=tritonserver, log_path=log_path, extra_args=extra_args)
+                          tritonserver=tritonserver, log_path=log_path, extra_args=extra_args,
+                          input_guard=input_guard, max_input_bytes=max_input_bytes)
     server.start()
     return server.wait_ready(ready_timeout_s)
 
@@ -275,7 +392,7 @@ def serve_forever(repo: str | os.PathLike, *, log_to_console: bool = True, **kwa
     """Run tritonserver on `repo` (arguments as `serve`) until SIGINT / SIGTERM or until it exits;
     stop it cleanly and return its exit code. With `log_to_console` the server log goes to stdout."""
     if log_to_console and "log_path" not in kwargs:
-        kwargs["log_path"] = "/dev/stdout"
+        kwargs["log_path"] = CONSOLE
     stop_requested = []
 
     def on_signal(signum, _frame):
