@@ -85,6 +85,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("repo_in")
     p.add_argument("--out", help="new repository folder (default: rewrite in place)")
     p.add_argument("--config", required=True, help="the ps.json the HugeCTR backend was started with")
+    p.add_argument("--backend", action="append", dest="backends", metavar="NAME",
+                   help="a backend the target tritonserver has (repeatable; default: those of the tritonserver "
+                        "hps runs, only python for nvidia-pytriton's); dense models of other backends get a "
+                        "python runner (tensorflow, pytorch, onnxruntime) or fail with what to do")
     p.set_defaults(run=_triton_convert)
     p = tsub.add_parser("add-model", help="add an hps_embedding model for another ps.json to a repository")
     p.add_argument("repo")
@@ -97,8 +101,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--grpc-port", type=int, default=8001)
     p.add_argument("--metrics-port", type=int, default=8002)
     p.add_argument("--address", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    p.add_argument("--model-control", choices=("explicit", "none", "poll"), default="explicit")
-    p.add_argument("--load-model", action="append", help="model to load at start (repeatable; default: all)")
+    p.add_argument("--allow-model-control", action="store_true",
+                   help="let clients load / unload models through Triton's repository API (hot-add; a load "
+                        "request can carry model code, which runs): binds loopback only")
+    p.add_argument("--load-model", action="append",
+                   help="with --allow-model-control: model to load at start (repeatable; default: all)")
+    p.add_argument("--max-input-bytes", type=int, default=64 * 1024 * 1024,
+                   help="largest input a request may declare (default 64 MiB); larger requests get HTTP 400")
     p.set_defaults(run=_triton_serve)
     return parser
 
@@ -206,7 +215,8 @@ def _triton_build(args: argparse.Namespace) -> int:
 def _triton_convert(args: argparse.Namespace) -> int:
     from hps.serving.triton import convert_hugectr_repository
 
-    converted = convert_hugectr_repository(args.repo_in, args.out, args.config)
+    backends = None if args.backends is None else {"python", *args.backends}
+    converted = convert_hugectr_repository(args.repo_in, args.out, args.config, backends=backends)
     print(f"rewrote {', '.join(converted) or 'no model'} to run on hps")
     return 0
 
@@ -222,9 +232,12 @@ def _triton_add_model(args: argparse.Namespace) -> int:
 def _triton_serve(args: argparse.Namespace) -> int:
     from hps.serving.triton import serve_forever
 
+    if args.load_model and not args.allow_model_control:
+        raise HpsError("hps triton serve: --load-model needs --allow-model-control (without it every model loads)")
     return serve_forever(args.repo, http_port=args.http_port, grpc_port=args.grpc_port,
-                         metrics_port=args.metrics_port, address=args.address, model_control=args.model_control,
-                         load_models=args.load_model)
+                         metrics_port=args.metrics_port, address=args.address,
+                         model_control="explicit" if args.allow_model_control else "none",
+                         load_models=args.load_model, max_input_bytes=args.max_input_bytes)
 
 
 if __name__ == "__main__":
