@@ -96,6 +96,8 @@ def test_non_finite_numbers_in_dicts_are_refused(overrides, where):
     ({"max_batch_size": 1.5}, r"max_batch_size: expected an integer, got float"),
     ({"max_batch_size": 2**40}, r"max_batch_size: 1099511627776 is above the maximum 2147483647"),
     ({"label_dim": 10**30}, r"label_dim: .* is above the maximum 9223372036854775807"),
+    ({"label_dim": 10**5000}, r"label_dim: <integer of 16610 bits> is above the maximum"),
+    ({"model": 10**5000}, r"models\[0\]\.model: expected a string, got int <integer of 16610 bits>"),
     ({"gpucacheper": 10**400}, r"gpucacheper: .* is beyond the float range"),
     ({"refresh_interval": 1e300}, r"refresh_interval: 1e\+300 is above the maximum"),
     ({"sparse_files": ["/m/\0t0"]}, r"sparse_files\[0\]: contains a NUL character"),

@@ -117,7 +117,7 @@ def test_keys_of_the_other_volatile_type_are_checked_then_ignored():
     ({"models": [model(use_context_stream=False)]}, r"models\[0\]\.use_context_stream"),
     ({"volatile_db": {"type": "hash_map", "initial_cache_rate": 0.5}, "models": [model()]},
      r"volatile_db\.initial_cache_rate"),
-    ({"volatile_db": {"type": "multi_process_hash_map", "shared_memory_name": "x"}, "models": [model()]},
+    ({"volatile_db": {"type": "hash_map", "shared_memory_name": "x"}, "models": [model()]},
      r"volatile_db\.shared_memory_name"),
 ])
 def test_keys_not_acted_on_warn_by_name_when_not_default(raw, key):

@@ -28,6 +28,17 @@ _SHORT.maxstring = 60
 _SHORT.maxother = 60
 
 
+def short_repr(value: Any) -> str:
+    """`repr(value)` cut to about 60 characters per string / container level (for messages);
+    never raises (Python refuses to print ints of more than 4300 digits)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 256:
+        return f"<{'negative ' if value < 0 else ''}integer of {value.bit_length()} bits>"
+    try:
+        return _SHORT.repr(value)
+    except Exception:  # an object whose repr fails, an int inside a container too long to print
+        return f"<{type(value).__name__}>"
+
+
 def join_path(path: str, key: Any) -> str:
     """JSON path of `key` inside `path`: `models[0].gpucacheper`; odd keys as `models[0]['a b']`."""
     if isinstance(key, str) and _PLAIN_KEY.fullmatch(key):

@@ -29,10 +29,11 @@ import os
 import re
 import warnings
 from dataclasses import MISSING, Field, fields
+from pathlib import Path
 from typing import Any
 
 from hps.config.inert import NOT_ACTED_ON
-from hps.config.json_file import _SHORT, join_path, read_ps_json
+from hps.config.json_file import join_path, read_ps_json, short_repr
 from hps.config.schema import (INT64_MAX, HashMapConfig, KafkaConfig, ModelConfig, PsConfig, RedisClusterConfig,
                                RocksDBConfig, parse_host_ports)
 from hps.errors import ConfigError
@@ -72,7 +73,7 @@ def load_config(source: str | os.PathLike | dict | PsConfig) -> PsConfig:
         path = os.fspath(source)
         data = read_ps_json(path, ConfigWarning)
         try:
-            return parse_config(data, base_dir=os.path.dirname(os.path.abspath(path)))
+            return parse_config(data, base_dir=str(Path(path).resolve().parent))
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}") from None
     raise ConfigError(f"config must be a ps.json path, a dict or a PsConfig, not {type(source).__name__}")
@@ -144,7 +145,7 @@ def _parse_typed(raw: Any, path: str, types: dict[str, str | None], classes: dic
         return None
     cls = classes[canonical]
     own = {_json_name(f) for f in fields(cls)} | {a for f in fields(cls) for a in f.metadata.get("aliases", ())}
-    for other in {c for c in classes.values() if c is not cls}:
+    for other in dict.fromkeys(c for c in classes.values() if c is not cls):
         for f in fields(other):
             names = [n for n in (_json_name(f), *f.metadata.get("aliases", ())) if n in raw and n not in own]
             for name in names:
@@ -191,7 +192,7 @@ def _parse_model(raw: Any, path: str, base_dir: str) -> ModelConfig:
             raise ConfigError(f"{path}.embedding_table_names[{i}]: {_describe(table_name, short=True)} is not a "
                               "valid table name")
     if len(set(table_names)) != len(table_names):
-        raise ConfigError(f"{path}.embedding_table_names: duplicate names in {_SHORT.repr(list(table_names))}")
+        raise ConfigError(f"{path}.embedding_table_names: duplicate names in {short_repr(list(table_names))}")
     if base_dir:
         values["sparse_files"] = tuple(f if _is_remote_or_abs(f) else os.path.join(base_dir, f)
                                        for f in values["sparse_files"])
@@ -333,9 +334,9 @@ def _check_range(value: Any, check: tuple[str, Any] | None, kind: str, path: str
     else:
         lo = hi = None
     if lo is not None and value < lo:
-        raise ConfigError(f"{path}: {value!r} is below the minimum {lo}")
+        raise ConfigError(f"{path}: {short_repr(value)} is below the minimum {lo}")
     if hi is not None and value > hi:
-        raise ConfigError(f"{path}: {value!r} is above the maximum {hi}")
+        raise ConfigError(f"{path}: {short_repr(value)} is above the maximum {hi}")
     if rule == "closed01" and not 0.0 <= value <= 1.0:
         raise ConfigError(f"{path}: {value!r} is outside [0, 1]")
     if rule == "open01" and not 0.0 < value < 1.0:
@@ -363,7 +364,7 @@ def _warn_not_acted_on(obj: Any, section: str, path: str) -> None:
             continue
         value = getattr(obj, f.name)
         if value != _default(f):
-            warnings.warn(f"{join_path(path, key)}: {_SHORT.repr(value)} is read but not acted on by hps: "
+            warnings.warn(f"{join_path(path, key)}: {short_repr(value)} is read but not acted on by hps: "
                           f"{entry.reason}", ConfigWarning, stacklevel=5)
 
 
@@ -373,5 +374,5 @@ def _describe(value: Any, secret: bool = False, short: bool = False) -> str:
         return "nothing"
     if secret:
         return f"a {type(value).__name__} (value hidden: secret)"
-    text = _SHORT.repr(value)
+    text = short_repr(value)
     return text if short else f"{type(value).__name__} {text}"
