@@ -53,6 +53,12 @@ def test_random_bytes_and_directories_are_config_errors(tmp_path):
         load_config(tmp_path)
 
 
+@pytest.mark.parametrize("name", ["ps\0.json", "ps\ud800.json"])
+def test_unusable_file_names_are_config_errors(name):
+    with pytest.raises(ConfigError, match="not a usable file name"):
+        load_config(name)
+
+
 def test_integer_with_thousands_of_digits_is_a_config_error(tmp_path):
     path = tmp_path / "long.json"
     path.write_text('{"models": [' + json.dumps(model())[:-1] + ', "max_batch_size": ' + "9" * 5000 + "}]}")

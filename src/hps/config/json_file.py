@@ -56,6 +56,8 @@ def read_ps_json(path: str | os.PathLike, warning_class: type[Warning]) -> Any:
             data = f.read(MAX_PS_JSON_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read ps.json: {exc.strerror or exc}") from exc
+    except ValueError as exc:  # a NUL or an unencodable character in the path
+        raise ConfigError(f"{short_repr(os.fspath(path))}: not a usable file name: {exc}") from None
     if len(data) > MAX_PS_JSON_BYTES:
         raise ConfigError(f"{path}: larger than {MAX_PS_JSON_BYTES} bytes, not a ps.json")
     try:
