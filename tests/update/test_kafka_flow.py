@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from hps.config import HashMapConfig, KafkaConfig
+from hps.errors import BackendError
 from hps.storage.base import make_tag
 from hps.storage.partition import partition_of
 from hps.update import persistent_group_id, volatile_group_id
@@ -49,9 +50,9 @@ class Tier:
         with self._lock:
             if self.fail_once:
                 self.fail_once = False
-                raise RuntimeError("tier down (injected, once)")
+                raise BackendError("tier down (injected, once)")
             if self.fail_after is not None and len(self.calls) >= self.fail_after:
-                raise RuntimeError("tier down (injected)")
+                raise BackendError("tier down (injected)")
             self.backend.create_table(tag, vectors.shape[1])
             self.backend.insert_or_assign(tag, keys, vectors)
             self.calls.append((tag, len(keys), vectors.shape[1]))
@@ -178,12 +179,13 @@ def test_malformed_messages_are_skipped_and_logged(kafka_brokers: str, caplog: p
     assert producer.flush(10) == 0
 
     tier = Tier()
-    caplog.set_level(logging.ERROR, logger="hps.update.source")
+    caplog.set_level(logging.DEBUG, logger="hps.update.source")  # each message named at DEBUG
     with _source(kafka_brokers, tier, group="bad") as source:
         expected = np.array([[1.0] * DIM, [2.0] * DIM, [2.0] * DIM], np.float32)
         assert _wait(lambda: tier.matches(np.array([1, 2, 3]), expected)), source.stats
         assert source.wait_until_idle(20)
-        assert source.stats["skipped"] == 5
+        assert source.stats["messages_skipped"] == 5
+        assert source.stats["skipped_malformed"] == 4 and source.stats["skipped_kafka_key"] == 1
     text = caplog.text
     for offset, what in [(1, "bad magic"), (2, "truncated pair"), (3, "value_size 6"), (4, "shorter"),
                          (5, "Kafka key")]:

@@ -15,10 +15,9 @@ only part of the updates (HugeCTR had the same trap, with no way out).
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
-from typing import Any
+from typing import Any, Callable
 
 from hps.errors import UnknownModelError
 
@@ -29,8 +28,6 @@ __all__ = ["KafkaUpdateSource", "decode_message", "encode_messages", "host_name"
            "select_topics", "served_tags", "start_update_sources", "volatile_group_id"]
 
 HOSTNAME_ENV = "HPS_HOSTNAME"
-
-log = logging.getLogger(__name__)
 
 
 def host_name() -> str:
@@ -59,6 +56,22 @@ def served_tags(config: Any) -> list[str]:
     return [t.tag for m in config.models for t in m.tables]
 
 
+def _dim_lookup(hps: Any) -> Callable[[str], int | None] | None:
+    """`dim_of(tag)` over `hps.table_by_tag` (None for a tag no served table has), or None when `hps`
+    cannot say (then the sources check no dims before `apply`)."""
+    table_by_tag = getattr(hps, "table_by_tag", None)
+    if table_by_tag is None:
+        return None
+
+    def dim_of(tag: str) -> int | None:
+        try:
+            return int(table_by_tag(tag).dim)
+        except UnknownModelError:
+            return None
+
+    return dim_of
+
+
 def start_update_sources(hps: Any, config: Any = None, *, consumer_config: dict[str, Any] | None = None,
                          hostname: str | None = None) -> list[KafkaUpdateSource]:
     """Start the Kafka update sources of an `HPS`: one for the volatile tier, one for the persistent.
@@ -69,7 +82,9 @@ def start_update_sources(hps: Any, config: Any = None, *, consumer_config: dict[
     its caches only (every server sharing the Redis Cluster sees every update).
     `config` defaults to `hps.config` (a `PsConfig`). A tier gets no source when it is not
     configured, its `update_filters` is empty, no served table passes the filters, or (persistent)
-    it is `read_only`. Returns the started sources; close each with `.close()`.
+    it is `read_only`. A message whose vector size is not its table's dim, or whose table is not
+    served (any more), is skipped and committed past (see `hps.update.source`); `apply_update`
+    raising `BackendError` is retried, per table. Returns the started sources; close each with `.close()`.
     """
     config = config if config is not None else hps.config
     source_config = config.update_source
@@ -86,21 +101,19 @@ def start_update_sources(hps: Any, config: Any = None, *, consumer_config: dict[
             and not getattr(config.persistent_db, "read_only", False)):
         plans.append(("persistent", persistent_group_id(hostname), config.persistent_db.update_filters, {}))
     sources: list[KafkaUpdateSource] = []
+    dim_of = _dim_lookup(hps)
     try:
         for tier, group_id, filters, overrides in plans:
             if not filters or not select_topics(tags, filters):
                 continue
 
             def apply(tag: str, keys: Any, vectors: Any, _tier: str = tier) -> None:
-                try:
-                    hps.apply_update(tag, keys, vectors, tier=_tier)
-                except UnknownModelError as exc:  # model removed meanwhile: drop, do not retry forever
-                    log.warning("dropping %d updates of %s: %s", len(keys), tag, exc)
+                hps.apply_update(tag, keys, vectors, tier=_tier)
 
             source = KafkaUpdateSource(source_config, group_id=group_id, update_filters=filters, tags=tags,
                                        apply=apply, key_dtype=config.key_dtype,
                                        consumer_config={**overrides, **(consumer_config or {})},
-                                       name=f"{tier}:{group_id}")
+                                       name=f"{tier}:{group_id}", dims=dim_of)
             sources.append(source.start())
     except BaseException:
         for s in sources:

@@ -1,23 +1,34 @@
 """The Kafka update source: a background consumer that applies HCTR messages to a tier.
 
-Behaviour follows HugeCTR's `KafkaMessageSource` (reference §2.12, §1.5):
+Behaviour follows HugeCTR's `KafkaMessageSource` (reference §2.12, §1.5), without its stalls:
 
 - one consumer per tier, subscribed (consumer group protocol) to the topics `hps_et.<model>.<table>`
   of the tables this HPS serves that pass the tier's `update_filters`;
 - per-topic buffers, delivered to `apply(tag, keys, vectors)` when `max_batch_size` keys are
-  buffered, when `max_commit_interval` messages of the topic were received, when a poll times out
-  (`poll_timeout_ms`) or a partition reaches its end, and before a change of value_size; and (not
-  in HugeCTR) as soon as no further message is waiting in the client's queue, so a lone update is
-  applied at once instead of after a poll timeout, while a backlog still forms full batches;
-- offsets are committed (synchronously) only after `apply` returned: at-least-once. If `apply`
-  raises, the same batch is retried every `failure_backoff_ms` until it succeeds or the source is
-  closed (then it is not committed and is consumed again by the next consumer of the group); an
-  `apply` raising `hps.errors.ClosedError` (the HPS or tier was closed) stops the source at once;
-- a malformed message (bad magic, bad value_size, truncated pair) or a message with a Kafka key is
-  skipped with a logged error naming topic / partition / offset; beacons (header only) are ignored;
-  both still advance the committed offset.
+  buffered, when `max_commit_interval` messages of the topic were received, when a partition
+  reaches its end, and as soon as no further message is waiting in the client's queue (so a lone
+  update is applied at once, while a backlog still forms full batches); messages of another
+  value_size start a new batch;
+- offsets are committed (synchronously) only after `apply` returned: at-least-once;
+- **transient failures are retried, per table.** When `apply` raises `BackendError` (a Redis node
+  or RocksDB that is down) or `OSError`, the batch stays buffered and uncommitted, the table's
+  partitions are paused, and the batch is tried again every `failure_backoff_ms`, while the other
+  tables go on being consumed and applied. Closing the source leaves it uncommitted: the next
+  consumer of the group applies it again. An `apply` raising `hps.errors.ClosedError` (the HPS or
+  tier was closed) stops the source at once;
+- **a message that cannot be applied is skipped, counted and committed past**, never retried:
+  a malformed message (bad magic, bad value_size, truncated pair), a message with a Kafka key,
+  a vector size that is not the table's dim (when the source knows the dims), a table that is
+  not served, or a batch that `apply` rejects with any other error (then each message of the batch
+  is tried alone, and only those rejected are skipped). `stats["messages_skipped"]` counts them,
+  `stats["skipped_<reason>"]` by reason; one ERROR line per table and reason every
+  `kafka_client.LOG_INTERVAL_S` seconds says it (with how many were held back), each message is
+  named at DEBUG. Beacons (header only) carry nothing and are committed past;
 - within one delivered batch, the last update of a key wins (the batch is deduplicated keeping
-  the last occurrence); the updates of one key always travel in one partition, so in order.
+  the last occurrence); the updates of one key always travel in one partition, so in order;
+- the consumer polls in slices of at most 0.1 s, whatever `poll_timeout_ms` is, so `close()`
+  returns promptly; librdkafka's own logs and errors go to Python logging, rate-limited (a dead
+  broker is one WARNING line every few seconds, naming the broker).
 
 **update_filters.** HugeCTR composes each filter as `^hps_et\\.` + filter + `\\..+$` over the
 topic, so a filter was meant as a regex on the *model name*; its default `^hps_.+$` then became
@@ -39,22 +50,44 @@ import os
 import re
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from hps.config.schema import KafkaConfig
-from hps.errors import ClosedError, UpdateError, require
+from hps.errors import BackendError, ClosedError, UpdateError, require
 from hps.storage.base import TAG_PREFIX
+from hps.update.kafka_client import RateLimitedLog, client_logging, make_client
 from hps.update.message import HEADER_BYTES, decode_body, parse_header
 
 log = logging.getLogger(__name__)
 
-#: `apply(tag, keys: (n,) int64, vectors: (n, dim) float32)`; raise to have the batch retried.
+#: `apply(tag, keys: (n,) int64, vectors: (n, dim) float32)`; raise `BackendError` to have the
+#: batch retried, any other exception to have it skipped.
 ApplyFn = Callable[[str, np.ndarray, np.ndarray], None]
 
+#: `dim_of(tag)`: the served table's dim, or None when no table of this HPS has that tag.
+DimFn = Callable[[str], "int | None"]
+
 CONSUMER_CONFIG_ENV = "HPS_KAFKA_CONSUMER_CONFIG"
+
+#: Errors of `apply` that a later attempt may not meet (a tier that is down); all others skip the batch.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (BackendError, OSError)
+
+#: Reasons a message is skipped (each one is `stats["skipped_<reason>"]`).
+SKIP_REASONS = ("malformed", "kafka_key", "dim_mismatch", "unknown_table", "rejected")
+
+#: The longest one poll blocks, whatever `poll_timeout_ms`: how quickly `close()` is noticed.
+POLL_SLICE_S = 0.1
+
+#: librdkafka property → the ps.json setting it comes from (for `ConfigError` messages).
+_SETTINGS = {"bootstrap.servers": "update_source.brokers",
+             "max.partition.fetch.bytes": "update_source.receive_buffer_size",
+             "fetch.message.max.bytes": "update_source.receive_buffer_size",  # librdkafka's alias of the above
+             "fetch.wait.max.ms": "update_source.poll_timeout_ms",
+             "topic.metadata.refresh.interval.ms": "update_source.metadata_refresh_interval_ms"}
 
 
 def compile_filters(update_filters: Iterable[str]) -> list[tuple[re.Pattern[str], re.Pattern[str] | None]]:
@@ -108,15 +141,34 @@ def keep_last(keys: np.ndarray, vectors: np.ndarray) -> tuple[np.ndarray, np.nda
 
 
 @dataclass
-class _TopicBuffer:
-    """Messages of one topic received but not yet applied (and not yet committed)."""
+class _Segment:
+    """Consecutive messages of one topic and one value_size, received but not yet applied nor committed."""
 
     value_size: int = 0
     payloads: list[bytes] = field(default_factory=list)
     num_keys: int = 0
     num_messages: int = 0
-    #: partition → offset of the last message consumed (applied or skipped) in this buffer.
+    #: partition → offset of the first / last message consumed (applied or skipped) in this segment.
+    first: dict[int, int] = field(default_factory=dict)
     offsets: dict[int, int] = field(default_factory=dict)
+
+    def note(self, partition: int, offset: int) -> None:
+        self.first.setdefault(partition, offset)
+        self.offsets[partition] = offset
+        self.num_messages += 1
+
+
+@dataclass
+class _TopicState:
+    """A topic's pending segments (in arrival order) and its retry state after a transient failure."""
+
+    segments: deque[_Segment] = field(default_factory=deque)
+    retry_at: float = 0.0          # time.monotonic() of the next attempt; 0 when not backing off
+    failures: int = 0              # failed attempts of the head segment
+    paused: list[Any] = field(default_factory=list)  # TopicPartitions paused while backing off
+
+
+_NO_CHECK = object()
 
 
 class KafkaUpdateSource:
@@ -126,12 +178,15 @@ class KafkaUpdateSource:
     `hps.update.volatile_group_id`). `update_filters`: the tier's filters. `tags`: the tables this
     HPS serves; the selected ones are subscribed (`set_tags` changes them at run time).
     `apply(tag, keys: (n,) int64, vectors: (n, dim) float32)` runs on the consumer thread.
-    `key_dtype`: "int64" or "uint32" (ps.json `supportlonglong=false`).
+    `key_dtype`: "int64" or "uint32" (ps.json `supportlonglong=false`). `dims`: the served tables'
+    dims, as a mapping tag → dim or a function `dim_of(tag) -> int | None`; when given, a message
+    whose vector size is not its table's dim, or of a table not served, is skipped before `apply`.
     """
 
     def __init__(self, config: KafkaConfig, *, group_id: str, update_filters: Sequence[str],
                  tags: Iterable[str], apply: ApplyFn, key_dtype: str = "int64",
-                 consumer_config: dict[str, Any] | None = None, name: str = "") -> None:
+                 consumer_config: dict[str, Any] | None = None, name: str = "",
+                 dims: Mapping[str, int] | DimFn | None = None) -> None:
         self._kafka = require("confluent_kafka", "kafka")
         self.config = config
         self.group_id = group_id
@@ -140,8 +195,12 @@ class KafkaUpdateSource:
         self.key_dtype = key_dtype
         self.name = name or group_id
         self._apply = apply
+        self._dims: DimFn | None = (dims.get if isinstance(dims, Mapping) else dims)
+        self._dim_cache: dict[str, Any] = {}
         self._topics = select_topics(tags, self.update_filters)
         self._new_topics: list[str] | None = None
+        self._rlog = RateLimitedLog(log)
+        client_props, self._client_errors = client_logging(log, self.name, self._on_client_error)
         conf: dict[str, Any] = {
             "bootstrap.servers": config.brokers.replace(";", ","),
             "group.id": group_id,
@@ -155,17 +214,21 @@ class KafkaUpdateSource:
             "max.partition.fetch.bytes": max(1048576, config.receive_buffer_size + 1024),
             "fetch.wait.max.ms": min(500, config.poll_timeout_ms),
             "client.id": f"hps-{self.name}",
+            **client_props,
         }
         env = os.environ.get(CONSUMER_CONFIG_ENV)
         if env:
             try:
-                conf.update(json.loads(env))
+                extra = json.loads(env)
+                if not isinstance(extra, dict):
+                    raise TypeError(f"a {type(extra).__name__}")
             except (ValueError, TypeError) as exc:
                 raise UpdateError(f"${CONSUMER_CONFIG_ENV} is not a JSON object of librdkafka properties: "
                                   f"{exc}") from exc
+            conf.update(extra)
         conf.update(consumer_config or {})
         self._consumer_conf = conf
-        self._buffers: dict[str, _TopicBuffer] = {}
+        self._state: dict[str, _TopicState] = {}
         self._stop = threading.Event()
         self._cond = threading.Condition()
         self._assigned: set[tuple[str, int]] = set()
@@ -175,8 +238,9 @@ class KafkaUpdateSource:
         self._consumer: Any = None
         self._started = False
         self._error: BaseException | None = None
-        self.stats: dict[str, int] = {"messages": 0, "pairs_applied": 0, "batches_applied": 0, "skipped": 0,
-                                      "apply_failures": 0, "commits": 0, "commit_failures": 0}
+        self.stats: dict[str, int] = {"messages": 0, "pairs_applied": 0, "batches_applied": 0,
+                                      "messages_skipped": 0, **{f"skipped_{r}": 0 for r in SKIP_REASONS},
+                                      "apply_failures": 0, "commits": 0, "commit_failures": 0, "client_errors": 0}
 
     # -- public -------------------------------------------------------------------------------------
     @property
@@ -195,35 +259,46 @@ class KafkaUpdateSource:
         """The unexpected exception that stopped the consumer thread, if any (it is also logged)."""
         return self._error
 
+    @property
+    def retrying(self) -> list[str]:
+        """Topics whose pending batch failed transiently and waits for its next attempt."""
+        return sorted(t for t, s in list(self._state.items()) if s.retry_at)
+
     def set_tags(self, tags: Iterable[str]) -> None:
         """Replace the served tables (hot add / remove of a model); the consumer resubscribes."""
         self._new_topics = select_topics(tags, self.update_filters)
 
     def start(self) -> "KafkaUpdateSource":
-        """Create the consumer and start the background thread (idempotent)."""
+        """Create the consumer and start the background thread (idempotent).
+
+        Raises `ConfigError` naming the setting when librdkafka refuses one."""
         if self._started:
             return self
-        self._consumer = self._kafka.Consumer(self._consumer_conf)
+        self._consumer = make_client(self._kafka.Consumer, self._consumer_conf, _SETTINGS,
+                                     f"Kafka consumer {self.name} of {self.config.brokers}")
         self._started = True
         self._thread = threading.Thread(target=self._run, name=f"hps-kafka-{self.name}", daemon=True)
         self._thread.start()
         return self
 
-    def close(self, timeout_s: float = 30.0) -> None:
+    def close(self, timeout_s: float = 5.0) -> None:
         """Stop the thread: deliver what is buffered (one attempt), commit what was applied, leave
-        the group. Unapplied messages stay uncommitted and are consumed again later."""
+        the group. Unapplied messages stay uncommitted and are consumed again later. Returns within
+        about `timeout_s` (the consumer polls in 0.1-s slices; leaving the group of a dead broker
+        may take longer, then the thread finishes in the background and this is logged)."""
         if not self._started or self._stop.is_set():
             self._stop.set()
             return
         self._stop.set()
-        if self._thread is not None:
+        if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout_s)
             if self._thread.is_alive():
-                log.error("%s: consumer thread did not stop within %.1f s", self.name, timeout_s)
+                log.warning("%s: consumer thread did not stop within %.1f s (leaving the group of %s)",
+                            self.name, timeout_s, self.config.brokers)
 
     def wait_until_idle(self, timeout_s: float = 30.0) -> bool:
         """Block until the consumer, after this call, has reached the end of every assigned partition,
-        applied and committed everything, and seen two poll timeouts since. True if so within
+        applied and committed everything, and seen two empty polls since. True if so within
         `timeout_s` (for tests and benchmarks)."""
         deadline = time.monotonic() + timeout_s
         with self._cond:
@@ -243,10 +318,23 @@ class KafkaUpdateSource:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
+    # -- client callbacks ---------------------------------------------------------------------------
+    def _on_client_error(self, err: Any) -> None:
+        self.stats["client_errors"] += 1
+        if err.fatal():
+            log.error("%s: fatal Kafka client error from %s: %s", self.name, self.config.brokers, err.str())
+            return
+        down = err.name() in ("_TRANSPORT", "_ALL_BROKERS_DOWN", "_RESOLVE")
+        self._rlog.log(logging.WARNING, ("client", "down" if down else err.name()),
+                       "%s: %s Kafka broker %s: %s%s", self.name, "cannot reach" if down else "error from",
+                       self.config.brokers, err.str(),
+                       "; updates wait until it is back" if down else "")
+
     # -- consumer thread ----------------------------------------------------------------------------
     def _subscribe(self, consumer: Any) -> None:
         if self._new_topics is not None:
             self._topics, self._new_topics = self._new_topics, None
+            self._dim_cache.clear()
         if self._topics:
             consumer.subscribe(self._topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
                                on_lost=self._on_lost)
@@ -257,42 +345,55 @@ class KafkaUpdateSource:
         self._assigned.update((p.topic, p.partition) for p in partitions)
 
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
-        self._deliver_all(retry=True)
-        for p in partitions:
-            self._assigned.discard((p.topic, p.partition))
-            self._eof.discard((p.topic, p.partition))
+        revoked = {(p.topic, p.partition) for p in partitions}
+        for topic in [t for t in self._state if any((t, p) in revoked for p in self._partitions_of(t))]:
+            if not self._flush(topic, final=True):
+                self._drop(topic, revoked)
+        for tp in revoked:
+            self._assigned.discard(tp)
+            self._eof.discard(tp)
 
     def _on_lost(self, consumer: Any, partitions: list[Any]) -> None:
         log.warning("%s: partitions lost (commits for them will fail; they are re-consumed by the group)",
                     self.name)
         self._on_revoke(consumer, partitions)
 
+    def _partitions_of(self, topic: str) -> list[int]:
+        state = self._state.get(topic)
+        parts = {p for t, p in self._assigned if t == topic}
+        if state is not None:
+            for seg in state.segments:
+                parts.update(seg.first)
+        return sorted(parts)
+
     def _run(self) -> None:
         consumer = self._consumer
-        poll_s = self.config.poll_timeout_ms / 1000.0
+        slice_s = min(POLL_SLICE_S, self.config.poll_timeout_ms / 1000.0)
         drain = max(1, self.config.max_commit_interval)
         try:
             self._subscribe(consumer)
             while not self._stop.is_set():
                 if self._new_topics is not None:
-                    self._deliver_all(retry=True)
+                    self._flush_all()
                     self._subscribe(consumer)
-                msg = consumer.poll(poll_s)
+                wait_s = self._retry_due(slice_s)
+                msg = consumer.poll(wait_s)
                 if msg is None:
-                    self._deliver_all(retry=True)
+                    self._flush_all()
                     self._note_idle()
                     continue
                 more = consumer.consume(num_messages=drain, timeout=0)
                 for m in (msg, *more):
                     self._handle(m)
                 if len(more) < drain:  # nothing else waiting locally: apply now, not after a poll timeout
-                    self._deliver_all(retry=True)
+                    self._flush_all()
         except BaseException as exc:  # pragma: no cover - unexpected; keep it visible
             self._error = exc
             log.exception("%s: Kafka update source stopped on an unexpected error", self.name)
         finally:
             try:
-                self._deliver_all(retry=False)
+                for topic in list(self._state):
+                    self._flush(topic, final=True)
             finally:
                 try:
                     consumer.close()
@@ -301,11 +402,48 @@ class KafkaUpdateSource:
                 with self._cond:
                     self._cond.notify_all()
 
+    def _retry_due(self, slice_s: float) -> float:
+        """Attempt the batches whose backoff has passed; returns how long the next poll may block."""
+        wait_s = slice_s
+        now = time.monotonic()
+        for topic, state in list(self._state.items()):
+            if state.retry_at:
+                if state.retry_at <= now:
+                    self._flush(topic)
+                    now = time.monotonic()
+                state = self._state.get(topic)
+                if state is not None and state.retry_at:
+                    wait_s = min(wait_s, max(0.0, state.retry_at - now))
+        return wait_s
+
     def _note_idle(self) -> None:
-        if self._assigned and self._assigned <= self._eof and not self._buffers:
+        if self._assigned and self._assigned <= self._eof and not self._state:
             with self._cond:
                 self._idle_seq += 1
                 self._cond.notify_all()
+
+    def _dim(self, topic: str) -> Any:
+        """The topic's table dim, None when no served table has that tag, `_NO_CHECK` without dims."""
+        if self._dims is None:
+            return _NO_CHECK
+        try:
+            return self._dim_cache[topic]
+        except KeyError:
+            try:
+                dim = self._dims(topic)
+            except Exception as exc:  # e.g. the served models changing meanwhile: check nothing this time
+                log.debug("%s: dim of %s unknown for now: %s", self.name, topic, exc)
+                return _NO_CHECK
+            self._dim_cache[topic] = dim
+            return dim
+
+    def _skip(self, topic: str, reason: str, count: int, detail: str) -> None:
+        """Count `count` skipped messages of `topic`; log `detail` at DEBUG and once in a while at ERROR."""
+        self.stats["messages_skipped"] += count
+        self.stats[f"skipped_{reason}"] += count
+        log.debug("skipping update message: %s", detail)
+        self._rlog.log(logging.ERROR, (topic, reason), "%s: skipped update message(s) of %s (%s), committed past "
+                       "them: %s", self.name, topic, reason, detail)
 
     def _handle(self, msg: Any) -> None:
         kafka = self._kafka
@@ -314,77 +452,177 @@ class KafkaUpdateSource:
         if err is not None:
             if err.code() == kafka.KafkaError._PARTITION_EOF:
                 self._eof.add((topic, partition))
-                self._deliver(topic, retry=True)
+                self._flush(topic)
             elif err.code() == kafka.KafkaError.UNKNOWN_TOPIC_OR_PART:
                 log.debug("%s: topic %s does not exist yet", self.name, topic)
             else:
-                log.error("%s: Kafka error on topic %s partition %s: %s", self.name, topic, partition, err)
-                self._stop.wait(self.config.failure_backoff_ms / 1000.0)
+                self._rlog.log(logging.ERROR, ("kafka", topic, err.code()), "%s: Kafka error on topic %s "
+                               "partition %s: %s", self.name, topic, partition, err)
             return
         self._eof.discard((topic, partition))
         self.stats["messages"] += 1
         offset = msg.offset()
         where = f"{self.name}: topic {topic} partition {partition} offset {offset}"
         payload = msg.value() or b""
-        buf = self._buffers.get(topic)
+        num_pairs = value_size = 0
         try:
             if msg.key() is not None:
-                raise UpdateError(f"{where}: message has a Kafka key ({bytes(msg.key()[:16]).hex()}); "
-                                  f"HCTR update messages carry none")
-            value_size, num_pairs = parse_header(payload, where, self.key_dtype)
+                self._skip(topic, "kafka_key", 1, f"{where}: message has a Kafka key "
+                           f"({bytes(msg.key()[:16]).hex()}); HCTR update messages carry none")
+            else:
+                value_size, num_pairs = parse_header(payload, where, self.key_dtype)
         except UpdateError as exc:
-            log.error("skipping malformed update message: %s", exc)
-            self.stats["skipped"] += 1
-            value_size, num_pairs = 0, 0
-        if buf is not None and num_pairs and buf.payloads and buf.value_size != value_size:
-            self._deliver(topic, retry=True)
-            buf = None
-        if buf is None:
-            buf = self._buffers.setdefault(topic, _TopicBuffer())
+            self._skip(topic, "malformed", 1, str(exc))
         if num_pairs:
-            buf.value_size = value_size
-            buf.payloads.append(payload)
-            buf.num_keys += num_pairs
-        buf.num_messages += 1
-        buf.offsets[partition] = offset
-        if buf.num_keys >= self.config.max_batch_size or buf.num_messages >= self.config.max_commit_interval:
-            self._deliver(topic, retry=True)
+            dim = self._dim(topic)
+            if dim is None:
+                self._skip(topic, "unknown_table", 1, f"{where}: no served table has tag {topic}")
+                num_pairs = 0
+            elif dim is not _NO_CHECK and value_size != 4 * dim:
+                self._skip(topic, "dim_mismatch", 1, f"{where}: vectors of {value_size // 4} floats "
+                           f"(value_size {value_size}), but table {topic} has dim {dim}")
+                num_pairs = 0
+        state = self._state.get(topic)
+        if state is None:
+            state = self._state[topic] = _TopicState()
+        seg = state.segments[-1] if state.segments else None
+        if num_pairs:
+            if seg is None or self._full(seg) or (seg.payloads and seg.value_size != value_size):
+                seg = _Segment()
+                state.segments.append(seg)
+            seg.value_size = value_size
+            seg.payloads.append(payload)
+            seg.num_keys += num_pairs
+        elif seg is None:
+            seg = _Segment()
+            state.segments.append(seg)
+        seg.note(partition, offset)
+        if self._full(seg):
+            self._flush(topic)
 
-    def _deliver_all(self, retry: bool) -> None:
-        for topic in list(self._buffers):
-            self._deliver(topic, retry)
+    def _full(self, seg: _Segment) -> bool:
+        return seg.num_keys >= self.config.max_batch_size or seg.num_messages >= self.config.max_commit_interval
 
-    def _deliver(self, topic: str, retry: bool) -> bool:
-        """Apply the topic's buffer (retrying while `retry` and not closing), then commit its offsets.
+    def _flush_all(self) -> None:
+        for topic in list(self._state):
+            self._flush(topic)
 
-        Returns False when the batch was not applied (left buffered, uncommitted)."""
-        buf = self._buffers.get(topic)
-        if buf is None:
+    def _flush(self, topic: str, final: bool = False) -> bool:
+        """Apply the topic's pending segments in order and commit past those applied or skipped.
+
+        A topic backing off is left alone until its time, unless `final` (close, revoke: one attempt,
+        no backoff). Returns True when nothing of the topic is left pending."""
+        state = self._state.get(topic)
+        if state is None:
             return True
-        if buf.payloads:
-            body = b"".join(memoryview(p)[HEADER_BYTES:] for p in buf.payloads)
-            keys, vectors = decode_body(body, buf.value_size, self.key_dtype)
-            keys, vectors = keep_last(keys, vectors)
-            while True:
-                try:
-                    self._apply(topic, keys, vectors)
-                    break
-                except ClosedError as exc:  # the HPS / tier is gone: stop, leave the batch uncommitted
-                    log.info("%s: target closed, stopping; %d updates of %s left uncommitted: %s", self.name,
-                             keys.shape[0], topic, exc)
-                    self._stop.set()
-                    return False
-                except Exception as exc:
-                    self.stats["apply_failures"] += 1
-                    log.error("%s: applying %d updates of %s failed (retry in %d ms): %s: %s", self.name,
-                              keys.shape[0], topic, self.config.failure_backoff_ms, type(exc).__name__, exc)
-                    if not retry or self._stop.wait(self.config.failure_backoff_ms / 1000.0):
-                        return False
-            self.stats["pairs_applied"] += int(keys.shape[0])
-            self.stats["batches_applied"] += 1
-        del self._buffers[topic]
-        self._commit(topic, buf.offsets)
+        if state.retry_at and not final and time.monotonic() < state.retry_at:
+            return False
+        done: dict[int, int] = {}
+        while state.segments:
+            if not self._apply_segment(topic, state.segments[0]):
+                break
+            done.update(state.segments.popleft().offsets)
+        if done:
+            self._commit(topic, done)
+        if state.segments:
+            if not final and not self._stop.is_set():
+                state.failures += 1
+                state.retry_at = time.monotonic() + self.config.failure_backoff_ms / 1000.0
+                self._pause(topic, state)
+            return False
+        if state.failures:
+            self._rlog.forget((topic, "retry"))
+            log.warning("%s: updates of %s applied again after %d failed attempt(s)", self.name, topic,
+                        state.failures)
+        self._resume(state)
+        del self._state[topic]
         return True
+
+    def _apply_segment(self, topic: str, seg: _Segment) -> bool:
+        """Apply one segment. True when it is done with (applied, or skipped as unappliable); False
+        when it must stay pending (a transient failure, or the target was closed)."""
+        if not seg.payloads:
+            return True
+        body = b"".join(memoryview(p)[HEADER_BYTES:] for p in seg.payloads)
+        keys, vectors = keep_last(*decode_body(body, seg.value_size, self.key_dtype))
+        outcome = self._try_apply(topic, keys, vectors, seg)
+        if outcome == "rejected" and len(seg.payloads) > 1:
+            for payload in seg.payloads:  # find the culprits: apply the messages one by one, in order
+                k, v = keep_last(*decode_body(memoryview(payload)[HEADER_BYTES:], seg.value_size, self.key_dtype))
+                one = self._try_apply(topic, k, v, seg, skip_count=1)
+                if one in ("retry", "closed"):
+                    return False  # the whole segment again later: re-applying the first ones is harmless
+            return True
+        return outcome in ("applied", "rejected")
+
+    def _try_apply(self, topic: str, keys: np.ndarray, vectors: np.ndarray, seg: _Segment,
+                   skip_count: int | None = None) -> str:
+        """One `apply` call: "applied", "rejected" (skipped when `skip_count` is given or the segment
+        has one message), "retry" (transient) or "closed"."""
+        try:
+            self._apply(topic, keys, vectors)
+        except ClosedError as exc:  # the HPS / tier is gone: stop, leave the batch uncommitted
+            log.info("%s: target closed, stopping; %d updates of %s left uncommitted: %s", self.name,
+                     keys.shape[0], topic, exc)
+            self._stop.set()
+            return "closed"
+        except TRANSIENT_ERRORS as exc:
+            self.stats["apply_failures"] += 1
+            self._rlog.log(logging.ERROR, (topic, "retry"), "%s: applying %d updates of %s failed, retrying every "
+                           "%d ms (other tables go on): %s: %s", self.name, keys.shape[0], topic,
+                           self.config.failure_backoff_ms, type(exc).__name__, exc)
+            return "retry"
+        except Exception as exc:
+            if skip_count is None and len(seg.payloads) > 1:
+                return "rejected"
+            parts = ", ".join(f"partition {p} offsets {seg.first[p]}..{o}" for p, o in sorted(seg.offsets.items()))
+            self._skip(topic, "rejected", skip_count or seg.num_messages,
+                       f"{self.name}: {keys.shape[0]} updates of {topic} ({parts}) rejected by the tier: "
+                       f"{type(exc).__name__}: {exc}")
+            return "rejected"
+        self.stats["pairs_applied"] += int(keys.shape[0])
+        self.stats["batches_applied"] += 1
+        return "applied"
+
+    def _pause(self, topic: str, state: _TopicState) -> None:
+        """Stop fetching `topic` while its batch backs off (bounds memory; other topics go on)."""
+        if state.paused:
+            return
+        tps = [self._kafka.TopicPartition(t, p) for t, p in sorted(self._assigned) if t == topic]
+        if not tps:
+            return
+        try:
+            self._consumer.pause(tps)
+            state.paused = tps
+        except self._kafka.KafkaException as exc:  # pragma: no cover - e.g. mid-rebalance
+            log.debug("%s: pausing %s failed: %s", self.name, topic, exc)
+
+    def _resume(self, state: _TopicState) -> None:
+        tps = [tp for tp in state.paused if (tp.topic, tp.partition) in self._assigned]
+        state.paused = []
+        if tps:
+            try:
+                self._consumer.resume(tps)
+            except self._kafka.KafkaException as exc:  # pragma: no cover
+                log.debug("%s: resuming %s failed: %s", self.name, tps, exc)
+
+    def _drop(self, topic: str, revoked: set[tuple[str, int]]) -> None:
+        """Forget the topic's pending segments (uncommitted: the partitions' next owner reads them
+        again); partitions that stay assigned are rewound to their first pending offset."""
+        state = self._state.pop(topic)
+        first: dict[int, int] = {}
+        for seg in state.segments:
+            for p, o in seg.first.items():
+                first[p] = min(o, first.get(p, o))
+        self._resume(state)
+        for p, o in first.items():
+            if (topic, p) in self._assigned and (topic, p) not in revoked:
+                try:
+                    self._consumer.seek(self._kafka.TopicPartition(topic, p, o))
+                except self._kafka.KafkaException as exc:  # pragma: no cover
+                    log.warning("%s: rewinding %s partition %d to offset %d failed: %s", self.name, topic, p, o, exc)
+        n = sum(s.num_messages for s in state.segments)
+        log.info("%s: %d pending message(s) of %s left uncommitted on revoke", self.name, n, topic)
 
     def _commit(self, topic: str, offsets: dict[int, int]) -> None:
         tps = [self._kafka.TopicPartition(topic, p, o + 1) for p, o in offsets.items()]
@@ -393,5 +631,6 @@ class KafkaUpdateSource:
             self.stats["commits"] += 1
         except self._kafka.KafkaException as exc:
             self.stats["commit_failures"] += 1
-            log.warning("%s: committing offsets of %s %s failed (those updates will be re-applied later): %s",
-                        self.name, topic, {p: o + 1 for p, o in offsets.items()}, exc)
+            self._rlog.log(logging.WARNING, (topic, "commit"), "%s: committing offsets of %s %s failed (those "
+                           "updates will be re-applied later): %s", self.name, topic,
+                           {p: o + 1 for p, o in offsets.items()}, exc)
