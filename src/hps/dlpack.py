@@ -7,7 +7,7 @@ same capsule to read the vectors. `torch.from_dlpack(capsule)` would consume the
 "used_dltensor"), and the caller's own `from_dlpack` then fails with "DLTensor capsules can be
 consumed only once". So capsules are read here with ctypes, never renamed, and viewed in place:
 
-- host memory (kDLCPU, kDLCUDAHost): a numpy array over the same bytes;
+- host memory (kDLCPU, kDLCUDAHost): a numpy array over the same bytes (torch CPU tensors too);
 - CUDA memory (kDLCUDA, kDLCUDAManaged): a torch tensor over the same bytes, through
   `__cuda_array_interface__` (torch keeps the holder, and so the capsule, alive).
 
@@ -34,19 +34,13 @@ _DTYPE_CODES = {0: "i", 1: "u", 2: "f", 6: "b"}  # kDLInt, kDLUInt, kDLFloat, kD
 _DTYPE_NAMES = {0: "int", 1: "uint", 2: "float", 3: "opaque handle", 4: "bfloat", 5: "complex", 6: "bool"}
 
 
-class _DLDevice(ctypes.Structure):
-    _fields_ = [("device_type", ctypes.c_int32), ("device_id", ctypes.c_int32)]
-
-
-class _DLDataType(ctypes.Structure):
-    _fields_ = [("code", ctypes.c_uint8), ("bits", ctypes.c_uint8), ("lanes", ctypes.c_uint16)]
-
-
 class _DLTensor(ctypes.Structure):
-    """`DLTensor`; also the first member of a legacy `DLManagedTensor`."""
+    """`DLTensor` with its `DLDevice` and `DLDataType` members flattened (one ctypes object per read);
+    also the first member of a legacy `DLManagedTensor`."""
 
-    _fields_ = [("data", ctypes.c_void_p), ("device", _DLDevice), ("ndim", ctypes.c_int32),
-                ("dtype", _DLDataType), ("shape", ctypes.POINTER(ctypes.c_int64)),
+    _fields_ = [("data", ctypes.c_void_p), ("device_type", ctypes.c_int32), ("device_id", ctypes.c_int32),
+                ("ndim", ctypes.c_int32), ("code", ctypes.c_uint8), ("bits", ctypes.c_uint8),
+                ("lanes", ctypes.c_uint16), ("shape", ctypes.POINTER(ctypes.c_int64)),
                 ("strides", ctypes.POINTER(ctypes.c_int64)), ("byte_offset", ctypes.c_uint64)]
 
 
@@ -54,10 +48,14 @@ class _DLManagedTensorVersioned(ctypes.Structure):
     """`DLManagedTensorVersioned` (DLPack >= 1.0, capsule name "dltensor_versioned")."""
 
     _fields_ = [("major", ctypes.c_uint32), ("minor", ctypes.c_uint32), ("manager_ctx", ctypes.c_void_p),
-                ("deleter", ctypes.c_void_p), ("flags", ctypes.c_uint64), ("dl_tensor", _DLTensor)]
+                ("deleter", ctypes.c_void_p), ("flags", ctypes.c_uint64)]
 
 
-# Own function objects (not `ctypes.pythonapi`'s shared ones, whose argtypes other code may set).
+_TENSOR_OFFSET_VERSIONED = ctypes.sizeof(_DLManagedTensorVersioned)  # dl_tensor follows the header
+_DTYPES: dict[tuple[int, int, int], np.dtype] = {}  # (code, bits, lanes) → numpy dtype, filled on use
+
+
+# Our own function objects (not `ctypes.pythonapi`'s shared ones, whose argtypes other code may set).
 _api = ctypes.PyDLL(ctypes.pythonapi._name, handle=ctypes.pythonapi._handle)
 _api.PyCapsule_GetName.argtypes = [ctypes.py_object]
 _api.PyCapsule_GetName.restype = ctypes.c_char_p
@@ -85,9 +83,17 @@ def view(x: Any, name: str) -> Any:
     """A numpy array (host memory) or torch tensor (CUDA memory) over the DLPack tensor `x`, no copy.
 
     x: a DLPack capsule (left unconsumed), an object with `__dlpack__` (numpy, torch, TF, CuPy, JAX),
-    a numpy array or a torch tensor (returned as is). `name` ("keys", "out") is named in errors.
-    Raises `KeyInputError` for an already-consumed capsule, an unsupported dtype or device."""
-    if isinstance(x, np.ndarray) or type(x).__module__.startswith("torch"):
+    a numpy array (returned as is) or a torch tensor (a numpy view when in host memory, else as is).
+    `name` ("keys", "out") is named in errors. Raises `KeyInputError` for an already-consumed capsule,
+    an unsupported dtype or device."""
+    if isinstance(x, np.ndarray):
+        return x
+    if type(x).__module__.startswith("torch"):
+        if x.is_cpu:
+            try:
+                return x.detach().numpy()  # shares the tensor's memory
+            except (TypeError, RuntimeError):  # bfloat16, sparse, conjugate views: left to the caller's checks
+                pass
         return x
     if not is_capsule(x):
         if not hasattr(x, "__dlpack__"):
@@ -113,14 +119,14 @@ def _capsule_view(capsule: Any, name: str) -> Any:
         managed = _DLManagedTensorVersioned.from_address(address)
         if managed.major != 1:
             raise KeyInputError(f"{name}: DLPack version {managed.major}.{managed.minor} is not supported (1.x is)")
-        tensor, read_only = managed.dl_tensor, bool(managed.flags & _FLAG_READ_ONLY)
-    else:
-        tensor = _DLTensor.from_address(address)
-    dtype = _numpy_dtype(tensor.dtype, name)
-    shape = tuple(tensor.shape[i] for i in range(tensor.ndim))
-    strides = (tuple(tensor.strides[i] * dtype.itemsize for i in range(tensor.ndim))
-               if tensor.strides else None)
-    device_type, device_id = tensor.device.device_type, tensor.device.device_id
+        read_only = bool(managed.flags & _FLAG_READ_ONLY)
+        address += _TENSOR_OFFSET_VERSIONED
+    tensor = _DLTensor.from_address(address)
+    dtype = _DTYPES.get((tensor.code, tensor.bits, tensor.lanes)) or _numpy_dtype(tensor, name)
+    ndim, shape_p, strides_p = tensor.ndim, tensor.shape, tensor.strides
+    shape = tuple(shape_p[:ndim])
+    strides = tuple([s * dtype.itemsize for s in strides_p[:ndim]]) if strides_p else None
+    device_type, device_id = tensor.device_type, tensor.device_id
     if device_type not in _HOST_DEVICES and device_type not in _CUDA_DEVICES:
         raise KeyInputError(f"{name}: DLPack device type {device_type} is not supported "
                             "(host memory and CUDA memory are)")
@@ -136,10 +142,13 @@ def _capsule_view(capsule: Any, name: str) -> Any:
     return torch.as_tensor(holder, device=torch.device("cuda", device_id))
 
 
-def _numpy_dtype(dt: _DLDataType, name: str) -> np.dtype:
-    code = _DTYPE_CODES.get(dt.code)
-    if code is None or dt.lanes != 1 or dt.bits % 8 or (code == "b" and dt.bits != 8):
-        kind = _DTYPE_NAMES.get(dt.code, f"type code {dt.code}")
-        lanes = f"x{dt.lanes}" if dt.lanes != 1 else ""
-        raise KeyInputError(f"{name}: DLPack dtype {kind}{dt.bits}{lanes} is not supported")
-    return np.dtype(f"{code}{dt.bits // 8}") if code != "b" else np.dtype(np.bool_)
+def _numpy_dtype(tensor: _DLTensor, name: str) -> np.dtype:
+    """The numpy dtype of a DLTensor's (code, bits, lanes), cached; `KeyInputError` if numpy has none."""
+    code_, bits, lanes = tensor.code, tensor.bits, tensor.lanes
+    code = _DTYPE_CODES.get(code_)
+    if code is None or lanes != 1 or bits % 8 or (code == "b" and bits != 8):
+        kind = _DTYPE_NAMES.get(code_, f"type code {code_}")
+        raise KeyInputError(f"{name}: DLPack dtype {kind}{bits}{f'x{lanes}' if lanes != 1 else ''} is not supported")
+    dtype = np.dtype(f"{code}{bits // 8}") if code != "b" else np.dtype(np.bool_)
+    _DTYPES[(code_, bits, lanes)] = dtype
+    return dtype
