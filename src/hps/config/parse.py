@@ -308,7 +308,8 @@ def _convert(value: Any, meta: Any, path: str) -> Any:
                 raise ConfigError(f"{path}: unknown value {_describe(value, short=True)}; "
                                   f"expected one of {sorted(choices)}")
             value = choices[value.lower()]
-    _check_range(value, meta.get("check"), kind, path)
+    if value not in meta.get("also", ()):
+        _check_range(value, meta.get("check"), kind, path)
     return value
 
 

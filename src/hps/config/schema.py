@@ -30,16 +30,19 @@ REDACTED = "***"
 
 def _f(default: Any = None, *, kind: str, aliases: tuple[str, ...] = (), json: str | None = None,
        check: tuple[str, Any] | None = None, required: bool = False, choices: dict[str, str] | None = None,
-       default_factory: Any = None, secret: bool = False, nonempty: bool = False, merge: bool = False) -> Any:
+       default_factory: Any = None, secret: bool = False, nonempty: bool = False, merge: bool = False,
+       also: tuple[Any, ...] = ()) -> Any:
     """A config field: `kind` is bool|int|float|str|list[int]|list[float]|list[str]|enum.
 
     `check` is ("min", lo), ("range", (lo, hi)), ("closed01", None) or ("open01", None); an int
-    without an upper bound in `check` must still fit int64. `secret` values never show in
+    without an upper bound in `check` must still fit int64; values in `also` are accepted
+    outside the range (a "-1 means off" value). `secret` values never show in
     `repr()` or error messages; `nonempty` strings (or list items) may not be "". With `merge`,
     the key and its aliases may be given together (see `hps.config.parse._merge_names`);
     otherwise that is an error."""
     meta = {"kind": kind, "aliases": aliases, "json": json, "check": check, "required": required,
-            "choices": choices, "secret": secret, "nonempty": nonempty, "merge": merge}
+            "choices": choices, "secret": secret, "nonempty": nonempty, "merge": merge,
+            "also": also}
     if default_factory is not None:
         return field(default_factory=default_factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -132,14 +135,15 @@ class KafkaConfig:
     """`update_source.type` kafka_message_queue (reference §1.5).
 
     Ranges are librdkafka's where a value goes to it: `metadata_refresh_interval_ms` is
-    `topic.metadata.refresh.interval.ms` (-1 .. 3600000; -1 and 0 turn the periodic refresh off),
+    `topic.metadata.refresh.interval.ms` (librdkafka takes -1 .. 3600000, -1 turning the periodic
+    refresh off; hps takes -1 or 10 .. 3600000, not a refresh every few milliseconds),
     `receive_buffer_size` + 1024 must fit `max.partition.fetch.bytes` (at most 10**9); timeouts
     and counts are positive C ints, and `failure_backoff_ms` is 1 ms .. 1 h (0 would retry a
     failing tier in a busy loop)."""
 
     type: str = "kafka_message_queue"
     brokers: str = _f("127.0.0.1:9092", kind="str")
-    metadata_refresh_interval_ms: int = _f(30000, kind="int", check=("range", (-1, 3_600_000)))
+    metadata_refresh_interval_ms: int = _f(30000, kind="int", check=("range", (10, 3_600_000)), also=(-1,))
     receive_buffer_size: int = _f(262144, kind="int", check=("range", (1, 1_000_000_000 - 1024)),
                                   aliases=("max_receive_buffer_size",))
     poll_timeout_ms: int = _f(500, kind="int", check=("range", (1, INT32_MAX)))
