@@ -67,3 +67,9 @@ def test_psconfig_repr_has_no_other_secret_fields():
     secret_fields = [(cls.__name__, f.name) for cls in (PsConfig, RedisClusterConfig)
                      for f in cls.__dataclass_fields__.values() if f.metadata.get("secret")]
     assert secret_fields == [("RedisClusterConfig", "password")]
+
+
+def test_credentials_in_an_address_are_refused_without_echoing_them():
+    with pytest.raises(ConfigError, match=r"volatile_db\.address: entry 2 holds '@'") as info:
+        parse_config(raw_config(address=f"10.0.0.1:7000,svc:{SECRET}@10.0.0.2:7000"))
+    assert SECRET not in str(info.value)

@@ -318,7 +318,7 @@ def parse_host_ports(text: str, *, default_port: int, where: str, schemes: bool 
     "proto://" on each entry (librdkafka's broker syntax) is skipped.
 
     `ConfigError` naming `where` for an empty list, a port that is not a number in 1..65535,
-    an unbracketed IPv6 host or a host with blanks."""
+    an unbracketed IPv6 host, a host with blanks, or credentials (`user:pw@host`, never echoed)."""
     out = []
     for part in str(text).replace(";", ",").split(","):
         part = part.strip()
@@ -326,6 +326,9 @@ def parse_host_ports(text: str, *, default_port: int, where: str, schemes: bool 
             continue
         if schemes and "://" in part:
             part = part.split("://", 1)[1]
+        if "@" in part:  # user:password@host would put a secret in messages and logs
+            raise ConfigError(f"{where}: entry {len(out) + 1} holds '@': credentials do not go in an address "
+                              "(Redis takes user_name / password)")
         if part.startswith("["):
             host, sep, rest = part[1:].partition("]")
             if not sep or (rest and not rest.startswith(":")):
