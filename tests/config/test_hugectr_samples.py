@@ -32,7 +32,8 @@ def _model(name, tables, dims, maxnum, **extra):
 
 WDL_MODEL = {  # hps_database_backend.md "Inference Parameters and Embedding Cache Configuration"
     "model": "wdl",
-    "sparse_files": ["/wdl_infer/model/wdl/1/wdl0_sparse_20000.model", "/wdl_infer/model/wdl/1/wdl1_sparse_20000.model"],
+    "sparse_files": ["/wdl_infer/model/wdl/1/wdl0_sparse_20000.model",
+                     "/wdl_infer/model/wdl/1/wdl1_sparse_20000.model"],
     "dense_file": "/wdl_infer/model/wdl/1/wdl_dense_20000.model",
     "network_file": "/wdl_infer/model/wdl/1/wdl.json",
     "num_of_worker_buffer_in_pool": 4, "num_of_refresher_buffer_in_pool": 1, "deployed_device_list": [0],
@@ -139,7 +140,8 @@ SAMPLES = [
         "persistent_db": {"type": "disabled"},
         "models": [{"model": "hps_wdl", "sparse_files": ["/hps_infer/embedding/hps_wdl/1/wdl0_sparse_2000.model",
                                                          "/hps_infer/embedding/hps_wdl/1/wdl1_sparse_2000.model"],
-                    "num_of_worker_buffer_in_pool": 3, "embedding_table_names": ["embedding_table1", "embedding_table2"],
+                    "num_of_worker_buffer_in_pool": 3,
+                    "embedding_table_names": ["embedding_table1", "embedding_table2"],
                     "embedding_vecsize_per_table": [1, 16], "maxnum_catfeature_query_per_table_per_sample": [2, 26],
                     "default_value_for_each_table": [0.0, 0.0], "deployed_device_list": [0], "max_batch_size": 1024,
                     "hit_rate_threshold": 0.9, "gpucacheper": 0.5, "gpucache": True}]}, []),
@@ -205,7 +207,8 @@ def test_hugectr_sample_parses(name, sample, expected, tmp_path):
 
 def test_samples_keep_their_meaning():
     """Spot checks that the documented values arrive where hps reads them."""
-    raw = dict(next(s for n, s, _ in SAMPLES if n == "hps_database_backend.md: all sections"), persistent_db=dict(ROCKSDB_DOC, path="/tmp/hps-sample-rocksdb-dir"))
+    doc = next(s for n, s, _ in SAMPLES if n == "hps_database_backend.md: all sections")
+    raw = dict(doc, persistent_db=dict(ROCKSDB_DOC, path="/tmp/hps-sample-rocksdb-dir"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConfigWarning)
         cfg = load_config(raw)
