@@ -205,10 +205,10 @@ def test_hugectr_sample_parses(name, sample, expected, tmp_path):
     assert cfg.models and all(m.num_tables == len(m.embedding_vecsize_per_table) for m in cfg.models)
 
 
-def test_samples_keep_their_meaning():
+def test_samples_keep_their_meaning(tmp_path):
     """Spot checks that the documented values arrive where hps reads them."""
     doc = next(s for n, s, _ in SAMPLES if n == "hps_database_backend.md: all sections")
-    raw = dict(doc, persistent_db=dict(ROCKSDB_DOC, path="/tmp/hps-sample-rocksdb-dir"))
+    raw = dict(doc, persistent_db=dict(ROCKSDB_DOC, path=str(tmp_path / "rocksdb")))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConfigWarning)
         cfg = load_config(raw)
