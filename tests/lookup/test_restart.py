@@ -226,3 +226,26 @@ def test_unchanged_files_are_not_imported_again(tmp_path, sparse, monkeypatch):
     monkeypatch.setattr(RocksDBBackend, "bulk_load", refuse)
     with hps.HPS(cfg, show_progress=False) as ps:
         np.testing.assert_array_equal(ps.lookup(sparse[:50], "m", 0), _vectors(sparse[:50]))
+
+
+def test_restored_table_lays_updates_over_the_files(tmp_path):
+    from hps.lookup.loading import RestoredTable
+    from hps.model_format import SparseModel
+
+    keys = np.random.default_rng(1).permutation(50_000)[:20_000].astype(np.int64)
+    write_sparse_model(tmp_path / "t", keys, _vectors(keys))
+    sparse = SparseModel(tmp_path / "t", DIM)
+    updated = np.sort(np.concatenate([keys[:300], [10**12, -5]])).astype(np.int64)  # 300 in the file, 2 new
+    present = np.ones(len(updated), bool)
+    present[np.isin(updated, keys[:10])] = False  # erased since the load
+    vectors = np.where(present[:, None], _vectors(updated, 9.0), 0).astype(np.float32)
+    assert RestoredTable.over(sparse, updated[:0], vectors[:0], present[:0]) is sparse
+    table = RestoredTable(sparse, updated, vectors, present)
+    assert table.num_rows == 20_000 - 10 + 2 and table.dim == DIM
+    got_keys, got_vectors = map(np.concatenate, zip(*table.iter_chunks(3000)))
+    assert len(got_keys) == table.num_rows and len(np.unique(got_keys)) == table.num_rows
+    np.testing.assert_array_equal(got_keys[:-2], keys[10:])  # file order, the erased ones left out
+    assert sorted(got_keys[-2:].tolist()) == [-5, 10**12]  # then the new keys
+    want = {int(k): v for k, v in zip(keys, _vectors(keys))}
+    want.update({int(k): v for k, v, p in zip(updated, vectors, present) if p})
+    np.testing.assert_array_equal(got_vectors, np.stack([want[int(k)] for k in got_keys]))

