@@ -160,7 +160,8 @@ class HPS:
         on_host = isinstance(out_t, np.ndarray)
         need = (keys_t.size if isinstance(keys_t, np.ndarray) else keys_t.numel()) * dim
         out_size = out_t.size if on_host else out_t.numel()
-        if out_size < need or str(out_t.dtype).rsplit(".", 1)[-1] != "float32":
+        # numpy's dtype.__str__ is Python code (~20 µs): compare, don't format
+        if out_size < need or not (out_t.dtype == np.float32 if on_host else str(out_t.dtype) == "torch.float32"):
             raise KeyInputError(f"lookup_fromdlpack: out must be float32 with at least {need} elements "
                                 f"({need // dim} keys × dim {dim}), got {out_t.dtype} with {out_size}")
         if not (out_t.flags.c_contiguous if on_host else out_t.is_contiguous()):
