@@ -62,10 +62,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True)
     p.add_argument("--table", required=True, help="table name (the topic is hps_et.<model>.<table>)")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--sparse-model", help="sparse model directory (needs --dim)")
+    src.add_argument("--sparse-model", help="sparse model directory (needs --dim or --config)")
     src.add_argument("--keys", help=".npy of keys (needs --vectors)")
     p.add_argument("--vectors", help=".npy of (n, dim) vectors")
     p.add_argument("--dim", type=int)
+    p.add_argument("--config", help="the servers' ps.json: refuse a table that is not in it or another dim")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the broker (default 5)")
     p.set_defaults(run=_publish)
 
     triton = sub.add_parser("triton", help="Triton Inference Server: build a model repository, serve it")
@@ -190,14 +192,15 @@ def _demo(args: argparse.Namespace) -> int:
 def _publish(args: argparse.Namespace) -> int:
     from hps.update.publisher import publish_npy, publish_sparse_model
 
+    common = {"ps_config": args.config, "connect_timeout_s": args.timeout}
     if args.sparse_model:
-        if args.dim is None:
-            raise HpsError("hps publish: --sparse-model needs --dim")
-        count = publish_sparse_model(args.brokers, args.model, args.table, args.sparse_model, args.dim)
+        if args.dim is None and args.config is None:
+            raise HpsError("hps publish: --sparse-model needs --dim (or --config with the table)")
+        count = publish_sparse_model(args.brokers, args.model, args.table, args.sparse_model, args.dim, **common)
     else:
         if not args.vectors:
             raise HpsError("hps publish: --keys needs --vectors")
-        count = publish_npy(args.brokers, args.model, args.table, args.keys, args.vectors)
+        count = publish_npy(args.brokers, args.model, args.table, args.keys, args.vectors, **common)
     print(f"published {count:,} rows to hps_et.{args.model}.{args.table}")
     return 0
 
