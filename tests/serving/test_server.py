@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -135,3 +136,32 @@ def test_serve_forever_stops_on_sigterm(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("flag,what", [("--http-port", "HTTP"), ("--grpc-port", "gRPC"), ("--metrics-port", "metrics")])
+def test_serve_names_a_port_in_use(tmp_path, capsys, flag, what):
+    from hps.cli.main import main
+
+    repo = trivial_repo(tmp_path / "repo")
+    ports = {"--http-port": free_port(), "--grpc-port": free_port(), "--metrics-port": free_port()}
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        ports[flag] = busy.getsockname()[1]
+        args = [a for k, v in ports.items() for a in (k, str(v))]
+        assert main(["triton", "serve", str(repo), *args]) == 2
+    err = capsys.readouterr().err
+    assert f"port {ports[flag]} ({what}) on 127.0.0.1 is already in use" in err and flag in err
+
+
+def test_serve_model_control_is_opt_in_and_loopback_only(tmp_path, capsys):
+    from hps.cli.main import main
+
+    repo = trivial_repo(tmp_path / "repo")
+    assert main(["triton", "serve", str(repo), "--allow-model-control", "--address", "0.0.0.0"]) == 2
+    assert "binds loopback only" in capsys.readouterr().err
+    assert main(["triton", "serve", str(repo), "--load-model", "twice"]) == 2
+    assert "--load-model needs --allow-model-control" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["triton", "serve", str(repo), "--model-control", "explicit"])  # the old open-by-default switch
