@@ -158,3 +158,42 @@ def test_two_hps_processes_sharing_a_redis_cluster_both_see_each_update(kafka_br
     for host, process_groups in zip(("host-a", "host-b"), groups):
         assert len(process_groups) == 2 and process_groups[1] == "hps.volatile"
         assert process_groups[0].startswith(f"hps.cache.{host}.")
+
+
+def test_hps_skips_a_wrong_dim_update_and_applies_the_next(kafka_brokers: str, tmp_path: Path,
+                                                           consumer_env: None) -> None:
+    """A well-formed message of the wrong dim used to be retried forever, blocking every later
+    update of its table (and again after a restart): now it is skipped and committed past."""
+    import hps
+    from hps.update.publisher import KafkaPublisher
+
+    sparse, keys, vectors = _write_model(tmp_path)
+    sample = keys[:50]
+    new = vectors[:50] + 5.0
+    with KafkaPublisher(kafka_brokers) as pub:   # no ps_config: nothing stops the trainer's mistake here
+        pub.publish(MODEL, TABLE, sample, np.ones((50, DIM // 2), np.float32))
+        pub.publish(MODEL, TABLE, sample, new)
+    with hps.HPS(_ps_config(tmp_path, sparse, kafka_brokers), show_progress=False) as ps:
+        assert _wait_equal(ps, sample, new, 20)
+        for source in ps.update_sources:
+            assert source.wait_until_idle(20)
+            assert source.stats["skipped_dim_mismatch"] >= 1, source.stats
+            assert source.stats["apply_failures"] == 0
+
+
+def test_hps_close_is_prompt_with_a_long_poll_timeout(kafka_brokers: str, tmp_path: Path,
+                                                      consumer_env: None) -> None:
+    """poll_timeout_ms=60000: HPS.close() took 30 s per source and left the consumer threads running."""
+    import hps
+
+    sparse, _, _ = _write_model(tmp_path)
+    config = _ps_config(tmp_path, sparse, kafka_brokers)
+    config["update_source"]["poll_timeout_ms"] = 60000
+    ps = hps.HPS(config, show_progress=False)
+    sources = ps.update_sources
+    assert sources and all(s.running for s in sources)
+    time.sleep(1.0)                              # inside a poll now
+    start = time.monotonic()
+    ps.close()
+    assert time.monotonic() - start < 5
+    assert not any(s.running for s in sources)
