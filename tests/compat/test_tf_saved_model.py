@@ -6,7 +6,8 @@ HugeCTR-era graphs failed here with "Could not find callback with key=pyfunc_16 
 callback lives only in the process that traced it. Every format is covered: `tf.saved_model.save` +
 `tf.saved_model.load` (both Keras), `.keras` + `keras.models.load_model` and `model.export` (Keras 3),
 Keras-2 SavedModel directories (a functional and a subclassed model, no `custom_objects`, as the
-notebooks load them) and `.h5`. Each Keras version costs two subprocesses: one saves, one loads.
+notebooks load them) and `.h5`. A functional model also goes through `tf.saved_model.save`
+and its `serving_default` signature. Each Keras version costs two subprocesses: one saves, one loads.
 Answers are compared exactly with rows read straight from the sparse files.
 """
 
@@ -73,6 +74,7 @@ SAVE = textwrap.dedent(r'''
 
     inputs = keras.Input(shape=(SLOTS,), dtype="int64")
     functional = keras.Model(inputs, keras.layers.Flatten()(dense(inputs)))
+    tf.saved_model.save(functional, out + "/functional_tf_saved_model")  # its serving_default signature
     if legacy:
         functional.save(out + "/functional_savedmodel")          # Keras 2's default: a SavedModel directory
         functional.save(out + "/functional.h5")
@@ -113,6 +115,9 @@ LOAD = textwrap.dedent(r'''
     loaded = tf.saved_model.load(out + "/tf_saved_model")
     answer = loaded.serve(ids, sp_ids)
     results["tf_dense"], results["tf_sparse"] = answer["dense"].numpy(), answer["sparse"].numpy()
+    serving = tf.saved_model.load(out + "/functional_tf_saved_model").signatures["serving_default"]
+    (name,) = serving.structured_input_signature[1]
+    (results["functional_tf_saved_model"],) = [t.numpy() for t in serving(**{{name: ids}}).values()]
     if legacy:
         for name in ("functional_savedmodel", "functional.h5", "subclassed_savedmodel"):
             model = keras.models.load_model(out + "/" + name)
@@ -214,6 +219,7 @@ def test_saved_in_one_process_runs_in_another(tmp_path, legacy_keras):
     np.testing.assert_array_equal(saver["sparse"], np.load(out / "loaded.npz")["tf_sparse"])
     expected = {"functional_savedmodel", "functional.h5", "subclassed_savedmodel"} if legacy_keras else \
         {"functional.keras", "exported"}
+    expected.add("functional_tf_saved_model")
     assert {name.removesuffix("_predict") for name in loaded} == expected
     for name, got in loaded.items():
         np.testing.assert_array_equal(got, dense.reshape(BATCH, -1), err_msg=name)
