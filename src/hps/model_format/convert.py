@@ -33,9 +33,8 @@ def _load_torch(path: Path, allow_pickle: bool) -> object:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if not allow_pickle:
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelFormatError(
-                f"{path} is not a plain state_dict: it pickles Python objects ({first_line}). Loading it "
+                f"{path} is not a plain state_dict: it pickles Python objects{_unpickler_detail(exc)}. Loading it "
                 f"runs code from the file, so it is refused; if you trust the file, pass --allow-pickle "
                 f"(hps convert) or allow_pickle=True (convert_file), or re-save it as a state_dict"
             ) from None
@@ -47,6 +46,16 @@ def _load_torch(path: Path, allow_pickle: bool) -> object:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # unpickling a module can fail in arbitrary ways
         raise ModelFormatError(f"cannot read {path} as a PyTorch checkpoint: {exc}") from exc
+
+
+def _unpickler_detail(exc: BaseException) -> str:
+    """The part of torch's weights_only error that names what was refused (e.g. "Unsupported
+    global: GLOBAL io.open"), as " (...)", or ""."""
+    for line in str(exc).splitlines():
+        _, found, detail = line.partition("WeightsUnpickler error:")
+        if found:
+            return f" ({detail.strip().split(' was not', 1)[0]})"
+    return ""
 
 
 def convert_file(
