@@ -363,7 +363,12 @@ def main(argv: list[str] | None = None) -> int:
     up_host, up_port = args.upstream.rsplit(":", 1)
     proxy = GuardProxy(up_host, int(up_port), args.max_input_bytes)
     try:
-        asyncio.run(_serve(listen_host, int(listen_port), proxy))
+        import uvloop  # optional: a faster event loop when installed
+        run = uvloop.run
+    except ImportError:
+        run = asyncio.run
+    try:
+        run(_serve(listen_host, int(listen_port), proxy))
     except OSError as exc:
         print(f"hps guard: cannot listen on {args.listen}: {exc}", file=sys.stderr, flush=True)
         return 1
