@@ -152,7 +152,8 @@ def test_infer_step_in_tf_function_over_a_dataset(unit):
 
 def test_pretrained_embeddings_train_a_new_head(unit):
     """hps_pretrained_model_training_demo: Init inside MirroredStrategy.scope(), a SparseLookupLayer under a new
-    Dense head, trained with GradientTape through strategy.run (the lookup itself has no gradient)."""
+    Dense head, trained with GradientTape through strategy.run, eagerly and in tf.function (the lookup op itself
+    is not differentiable, like tf.numpy_function's PyFunc: no gradient is asked of it)."""
     path, files = unit
     slot_num, max_nnz, dim, dense_dim = 2, 3, 8, 5
 
@@ -190,8 +191,8 @@ def test_pretrained_embeddings_train_a_new_head(unit):
         return loss, embeddings, grads
 
     losses = []
-    for _ in range(3):
-        loss, embeddings, grads = strategy.run(_train_step, args=([sparse_keys, dense], labels))
+    for step in (_train_step, _train_step, tf.function(_train_step), tf.function(_train_step)):  # eager, then graphs
+        loss, embeddings, grads = strategy.run(step, args=([sparse_keys, dense], labels))
         losses.append(float(loss))
     assert len(grads) == 2 and all(g is not None for g in grads)  # the head's kernel and bias only
     assert losses[-1] < losses[0]
