@@ -22,6 +22,9 @@ from hps.errors import UpdateError
 MAGIC = ord("H") | ord("C") << 8 | ord("T") << 16 | ord("R") << 24
 MAGIC_BYTES = b"HCTR"
 HEADER_BYTES = 8
+#: The largest value_size accepted: a (key, vector) pair must fit numpy's structured dtype (a C int of
+#: bytes). Vectors are never near this (dim 128 is 512 bytes); a header claiming more is corrupt.
+MAX_VALUE_SIZE = 2**31 - 4096
 _HEADER = struct.Struct("<II")
 
 #: Key encodings HugeCTR used: `long long` (supportlonglong, default) or `unsigned int`.
@@ -46,8 +49,8 @@ def parse_header(payload: bytes | memoryview, where: str = "message", key_dtype:
 
     Returns `(value_size_bytes, num_pairs)`; `num_pairs == 0` for a beacon. Raises `UpdateError`
     naming `where` (e.g. "topic hps_et.m.t partition 3 offset 17") and the byte position for a
-    message shorter than the header, a bad magic, a value_size that is 0 or not a multiple of 4,
-    or a body that is not a whole number of pairs."""
+    message shorter than the header, a bad magic, a value_size that is 0, not a multiple of 4 or
+    over `MAX_VALUE_SIZE`, or a body that is not a whole number of pairs."""
     size = len(payload)
     if size < HEADER_BYTES:
         raise UpdateError(f"{where}: {size} bytes, shorter than the {HEADER_BYTES}-byte HCTR header "
@@ -59,6 +62,9 @@ def parse_header(payload: bytes | memoryview, where: str = "message", key_dtype:
     if value_size == 0 or value_size % 4:
         raise UpdateError(f"{where}: value_size {value_size} at byte 4 is not a positive multiple of 4 "
                           f"(bytes per float32 vector)")
+    if value_size > MAX_VALUE_SIZE:
+        raise UpdateError(f"{where}: value_size {value_size} at byte 4 is larger than any vector "
+                          f"(at most {MAX_VALUE_SIZE} bytes)")
     pair_bytes = key_dtype_of(key_dtype).itemsize + value_size
     body = size - HEADER_BYTES
     if body % pair_bytes:
