@@ -225,7 +225,7 @@ class _TableLookup:
         on first use. As in HugeCTR, a call may carry at most max_batch_size ×
         maxnum_catfeature_query_per_table_per_sample keys (`HPS.lookup` raises otherwise)."""
         server = _server(self.ps_config_file, self.global_batch_size)
-        config = _loaded_config(self.ps_config_file)
+        config = server.config
         _check_table(config, self.model_name, self.table_id, self.emb_vec_size, self.where)
         _check_ids_dtype(config, ids.dtype, "ids", self.where)
         vectors = server.lookup(ids, self.model_name, self.table_id)
