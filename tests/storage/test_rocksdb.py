@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -165,3 +167,20 @@ def test_read_only_open_writes_nothing(tmp_path):
     other.close()
     ro.close()
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "db").iterdir()} == before
+
+
+def test_read_only_views_of_killed_processes_are_removed(tmp_path):
+    import subprocess
+    import sys
+    import tempfile
+
+    b = _backend(tmp_path / "db")
+    b.create_table(TAG, 4)
+    b.close()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tempfile.mkdtemp(prefix=f"hps-rocksdb-ro-{int(dead.stdout)}-")  # as a killed reader leaves it
+    ro = _backend(tmp_path / "db", read_only=True)
+    view = ro._view_dir
+    assert view is not None and os.path.isdir(view) and not os.path.exists(stale)
+    ro.close()
+    assert not os.path.exists(view)

@@ -574,10 +574,34 @@ def _cause(exc: BaseException) -> str:
     return text
 
 
+_VIEW_PREFIX = "hps-rocksdb-ro-"
+
+
+def _remove_dead_views() -> None:
+    """Remove the symlink views (`hps-rocksdb-ro-<pid>-*` in the temp directory) of processes that
+    are gone (killed before `close`)."""
+    root = tempfile.gettempdir()
+    try:
+        names = [n for n in os.listdir(root) if n.startswith(_VIEW_PREFIX)]
+    except OSError:
+        return
+    for name in names:
+        pid = name[len(_VIEW_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+        except OSError:
+            pass
+
+
 def _symlink_view(path: str) -> str:
     """A private temporary directory of symbolic links to every file of the database at `path`, so
     that a read-only open can write rocksdict's config file there instead of into `path`."""
-    view = tempfile.mkdtemp(prefix="hps-rocksdb-ro-")
+    _remove_dead_views()
+    view = tempfile.mkdtemp(prefix=f"{_VIEW_PREFIX}{os.getpid()}-")
     try:
         for name in os.listdir(path):
             if name not in ("LOCK", "rocksdict-config.json"):
