@@ -228,7 +228,8 @@ def _triton_add_model(args: argparse.Namespace) -> int:
     from hps.serving.triton import add_model_to_repository
 
     path = add_model_to_repository(args.repo, args.config, model_name=args.model)
-    print(f"added {path}; load it with the repository API (explicit model control)")
+    print(f"added {path}; load it through the repository API of a server started with "
+          "`hps triton serve --allow-model-control`, or restart the server (it loads every model at start)")
     return 0
 
 
