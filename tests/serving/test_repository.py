@@ -142,3 +142,21 @@ def test_several_instances_need_a_read_only_rocksdb(seed_model, tmp_path):
     repo = build_repository(ps, seed_model["dense"], tmp_path / "repo", instance_count=1)
     assert json.loads((repo / "hps_embedding" / "hps_embedding.json").read_text())["persistent_db"]["path"] == str(
         tmp_path / "rocks")
+
+
+def test_failed_convert_leaves_nothing_behind(seed_model, tmp_path):
+    repo, _ = make_hugectr_repository(tmp_path, seed_model)
+    wrong = write_ps_json(tmp_path / "other.json", "other_model", [str(seed_model["root"] / "naive_dnn_sparse.model")],
+                          [16], [3])
+    before = {p: p.read_bytes() for p in repo.rglob("*") if p.is_file()}
+    out = tmp_path / "converted"
+    with pytest.raises(RepositoryError, match="no model 'hps_embedding'"):
+        convert_hugectr_repository(repo, out, wrong, backends={"python", "tensorflow"})
+    with pytest.raises(RepositoryError, match="no model 'hps_embedding'"):
+        convert_hugectr_repository(repo, None, wrong, backends={"python", "tensorflow"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hps_demo", "other.json"]   # no output, no temp dir
+    assert {p: p.read_bytes() for p in repo.rglob("*") if p.is_file()} == before
+    out.mkdir()  # an empty output directory is fine, and is replaced whole
+    assert convert_hugectr_repository(repo, out, tmp_path / "hps_demo" / "hps_embedding" / "hps_embedding.json",
+                                      backends={"python", "tensorflow"}) == ["hps_embedding"]
+    assert (out / "hps_embedding" / "config.pbtxt.hugectr").is_file()

@@ -204,6 +204,7 @@ def test_stop_leaves_nothing_behind(deployment):
     pid = server.process.pid
     server.stop()
     assert not server.is_alive() and server.shm_regions() == []
+    assert server.guard_process is None or server.guard_process.poll() is not None  # the HTTP guard front too
     with pytest.raises(ProcessLookupError):
         import os
 

@@ -104,6 +104,26 @@ def test_shape_bomb_gets_400_and_the_server_stays_up(served):
     assert_good_request_exact(served)
 
 
+def test_grpc_shape_bomb_is_invalid_argument(served):
+    """gRPC sizes inputs from the bytes sent: Triton itself refuses the same bomb there."""
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    with grpc.insecure_channel(served["server"].url_grpc) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        request = service_pb2.ModelInferRequest(model_name=MODEL)
+        for name, datatype, shape in (("KEYS", "INT64", [1, 1099511627776]), ("NUMKEYS", "INT32", [1, 2])):
+            tensor = request.inputs.add(name=name, datatype=datatype)
+            tensor.shape.extend(shape)
+        request.inputs[0].contents.int64_contents.extend([1])
+        request.inputs[1].contents.int_contents.extend([1, 0])
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.ModelInfer(request, timeout=30)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert served["server"].is_alive()
+    assert_good_request_exact(served)
+
+
 def test_other_oversized_or_inconsistent_http_requests_get_400(served):
     server = served["server"]
     # JSON data that does not fill its declared (small) shape: Triton itself answers 500 for this
