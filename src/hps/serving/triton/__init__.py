@@ -5,9 +5,12 @@
     with serve("repo", http_port=0, grpc_port=0, metrics_port=0) as server:
         ...                                                     # tritonclient against server.url_http / url_grpc
 
-The embedding model keeps HugeCTR's HPS-backend I/O (KEYS, NUMKEYS → OUTPUT0), so existing
-clients and ensembles work unchanged. `model.py` and `dense_model.py` run inside Triton's python
-stub and are not imported here.
+The embedding model keeps HugeCTR's HPS-backend I/O (KEYS, NUMKEYS → OUTPUT0, 1-D), so existing
+clients and ensembles work unchanged; `convert_hugectr_repository` rewrites HugeCTR repositories,
+giving dense models whose backend the server lacks a python runner (`backend_runner.py`). `model.py`,
+`dense_model.py` and `backend_model.py` run inside Triton's python stub and are not imported here.
+A served repository refuses model uploads unless model control is opted into (loopback only), and
+its HTTP inputs are limited (`guard.py` in front of a tritonserver without --http-max-input-size).
 """
 
 from hps.serving.triton.errors import RepositoryError, RequestError, ServerError
