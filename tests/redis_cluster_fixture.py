@@ -7,6 +7,12 @@
         cluster.pause(1); cluster.resume(1)   # SIGSTOP / SIGCONT: a hung node
         cluster.wait_ok()         # every running master reports cluster_state:ok
         cluster.flushall()
+        cluster.master_of_slot(s) # index of the master that was given slot s at creation
+
+    with redis_cluster(masters=3, replicas=1, node_timeout_ms=1000) as cluster:
+        cluster.wait_replicated() # every replica has its master's writes so far
+        cluster.kill(0)           # node 3 (master 0's replica) takes over master 0's slots
+        cluster.wait_failover(0)  # ... returns once it serves them as a master
 
     with redis_cluster(masters=1, tls=True) as cluster:   # TLS-only ports, TLS cluster bus
         cluster.tls_files         # {"ca": ca.crt, "cert": redis.crt, "key": redis.key}, CN redis.localhost
@@ -16,6 +22,8 @@ whether it is there, so tests can skip with a clear reason. Masters are started 
 processes (no --daemonize) on fresh random ports whose cluster-bus port (+10000) is free too,
 with persistence off; slots are split evenly with CLUSTER ADDSLOTSRANGE and the nodes are
 joined with CLUSTER MEET. Startup takes about 2 s (Redis delays a new master's `ok` state).
+With `replicas=r`, nodes masters..masters*(1+r)-1 are replicas: node masters*k + i replicates
+master i (CLUSTER REPLICATE), and startup waits until each has synced.
 
 pytest: `from tests.redis_cluster_fixture import redis_cluster_module` gives a ready
 module-scoped fixture (3 masters; skips when redis-server is missing); or write your own:
@@ -40,6 +48,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import pytest
 
 NUM_SLOTS = 16384
@@ -90,10 +99,10 @@ def _fresh_ports(count: int) -> list[int]:
 
 
 class RedisClusterProcesses:
-    """A running local cluster of `masters` redis-server processes (no replicas)."""
+    """A running local cluster of `masters` redis-server masters and `replicas` replicas of each."""
 
     def __init__(self, masters: int = 3, node_timeout_ms: int = 5000, directory: str | None = None,
-                 tls: bool = False) -> None:
+                 tls: bool = False, replicas: int = 0) -> None:
         if masters < 1:
             raise ValueError(f"a cluster needs at least one master, got {masters}")
         exe = shutil.which("redis-server")
@@ -103,17 +112,21 @@ class RedisClusterProcesses:
         self._own_dir = directory is None
         self.dir = Path(directory or tempfile.mkdtemp(prefix="hps-rcluster-"))
         self.node_timeout_ms = node_timeout_ms
-        self.ports = _fresh_ports(masters)
-        self._procs: list[subprocess.Popen | None] = [None] * masters
+        self.masters = masters
+        total = masters * (1 + replicas)
+        self.ports = _fresh_ports(total)
+        self._procs: list[subprocess.Popen | None] = [None] * total
         self.tls_files: dict[str, str] | None = None
         try:
             if tls:
                 self.tls_files = make_test_certificates(self.dir / "tls")
-            for i in range(masters):
+            for i in range(total):
                 self._spawn(i)
-            self._wait_ping(range(masters))
+            self._wait_ping(range(total))
             self._create()
             self.wait_ok()
+            if replicas:
+                self._replicate()
         except BaseException:
             self.close()
             raise
@@ -121,8 +134,13 @@ class RedisClusterProcesses:
     # -- addresses -------------------------------------------------------------------------
     @property
     def address(self) -> str:
-        """Seed list in ps.json form: "127.0.0.1:p1,127.0.0.1:p2,..."."""
-        return ",".join(f"127.0.0.1:{p}" for p in self.ports)
+        """Seed list in ps.json form: "127.0.0.1:p1,127.0.0.1:p2,..." (the masters)."""
+        return ",".join(f"127.0.0.1:{p}" for p in self.ports[:self.masters])
+
+    def master_of_slot(self, slot: int | np.ndarray) -> int | np.ndarray:
+        """Index of the master that was given `slot` (int or array of ints) at creation."""
+        return np.asarray(slot) * self.masters // NUM_SLOTS if not isinstance(slot, int) else \
+            slot * self.masters // NUM_SLOTS
 
     def node_name(self, i: int) -> str:
         """"127.0.0.1:<port>" of master `i`."""
@@ -149,7 +167,9 @@ class RedisClusterProcesses:
                       "--tls-ca-cert-file", t["ca"], "--tls-cluster", "yes", "--tls-auth-clients", "optional"]
         args = [self._exe, *listen, "--bind", "127.0.0.1", "--protected-mode", "yes",
                 "--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf",
-                "--cluster-node-timeout", str(self.node_timeout_ms), "--dir", str(node_dir),
+                "--cluster-node-timeout", str(self.node_timeout_ms), "--cluster-replica-validity-factor", "0",
+                "--repl-diskless-sync-delay", "0",
+                "--dir", str(node_dir),
                 "--save", "", "--appendonly", "no", "--daemonize", "no",
                 "--logfile", str(node_dir / "redis.log")]
         self._procs[i] = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -209,17 +229,88 @@ class RedisClusterProcesses:
                 c.close()
 
     def _create(self) -> None:
-        n = len(self.ports)
+        n = self.masters
         bounds = [NUM_SLOTS * i // n for i in range(n + 1)]
-        clients = [self.client(i) for i in range(n)]
+        clients = [self.client(i) for i in range(len(self.ports))]
         try:
-            for i, c in enumerate(clients):
+            for i, c in enumerate(clients[:n]):
                 c.execute_command("CLUSTER", "ADDSLOTSRANGE", bounds[i], bounds[i + 1] - 1)
             for c in clients[1:]:
                 c.execute_command("CLUSTER", "MEET", "127.0.0.1", self.ports[0])
         finally:
             for c in clients:
                 c.close()
+
+    def _replicate(self, timeout_s: float = 30.0) -> None:
+        """CLUSTER REPLICATE every replica to its master, then wait until each has synced."""
+        ids = []
+        for i in range(self.masters):
+            c = self.client(i)
+            try:
+                ids.append(c.execute_command("CLUSTER", "MYID"))
+            finally:
+                c.close()
+        deadline = time.monotonic() + timeout_s
+        for i in range(self.masters, len(self.ports)):
+            c = self.client(i, socket_timeout=2)
+            try:
+                c.execute_command("CLUSTER", "REPLICATE", ids[i % self.masters])
+            finally:
+                c.close()
+        for i in range(self.masters, len(self.ports)):
+            c = self.client(i, socket_timeout=2)
+            try:
+                while c.info("replication").get("master_link_status") != "up":
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"replica {self.node_name(i)} did not sync within {timeout_s} s")
+                    time.sleep(0.05)
+            finally:
+                c.close()
+
+    def wait_replicated(self, timeout_s: float = 10.0) -> None:
+        """Wait until every running replica has applied all its master's writes so far
+        (replication is asynchronous: a master killed earlier loses what its replicas lacked)."""
+        deadline = time.monotonic() + timeout_s
+        for m in range(self.masters):
+            if self._procs[m] is None:
+                continue
+            c = self.client(m)
+            try:
+                offset = c.info("replication")["master_repl_offset"]
+            finally:
+                c.close()
+            for i in range(self.masters + m, len(self.ports), self.masters):
+                if self._procs[i] is None:
+                    continue
+                r = self.client(i)
+                try:
+                    while r.info("replication").get("slave_repl_offset", -1) < offset:
+                        if time.monotonic() > deadline:
+                            raise TimeoutError(f"replica {self.node_name(i)} did not catch up within {timeout_s} s")
+                        time.sleep(0.02)
+                finally:
+                    r.close()
+
+    def wait_failover(self, master: int, timeout_s: float = 30.0) -> int:
+        """After `kill(master)`: wait until one of its replicas serves its slots; returns its index."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            for i in range(self.masters + master % self.masters, len(self.ports), self.masters):
+                if self._procs[i] is None:
+                    continue
+                c = self.client(i, socket_timeout=0.5, socket_connect_timeout=0.5)
+                try:
+                    role = c.execute_command("ROLE")[0]
+                    info = c.execute_command("CLUSTER", "INFO")
+                    if role == b"master" and b"cluster_state:ok" in info:
+                        return i
+                except Exception:
+                    pass
+                finally:
+                    c.close()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no replica of master {master} took over within {timeout_s} s")
+            time.sleep(0.05)
 
     def wait_ok(self, timeout_s: float = 30.0) -> None:
         """Wait until every running master says cluster_state:ok and knows all masters."""
@@ -244,12 +335,15 @@ class RedisClusterProcesses:
                 c.close()
 
     def flushall(self) -> None:
-        """FLUSHALL on every running master."""
+        """FLUSHALL on every running master (replicas follow)."""
         for i, p in enumerate(self._procs):
             if p is not None and p.poll() is None:
                 c = self.client(i)
                 try:
                     c.flushall()
+                except Exception as exc:  # a replica refuses writes (READONLY): its master flushes it
+                    if "READONLY" not in str(exc) and "read only" not in str(exc):
+                        raise
                 finally:
                     c.close()
 
@@ -281,9 +375,11 @@ class RedisClusterProcesses:
 
 
 @contextlib.contextmanager
-def redis_cluster(masters: int = 3, node_timeout_ms: int = 5000, tls: bool = False) -> Iterator[RedisClusterProcesses]:
-    """Start a local `masters`-node Redis Cluster (TLS-only with `tls`), yield it, stop it and remove its files."""
-    cluster = RedisClusterProcesses(masters, node_timeout_ms=node_timeout_ms, tls=tls)
+def redis_cluster(masters: int = 3, node_timeout_ms: int = 5000, tls: bool = False,
+                  replicas: int = 0) -> Iterator[RedisClusterProcesses]:
+    """Start a local `masters`-node Redis Cluster (TLS-only with `tls`, `replicas` replicas per master),
+    yield it, stop it and remove its files."""
+    cluster = RedisClusterProcesses(masters, node_timeout_ms=node_timeout_ms, tls=tls, replicas=replicas)
     try:
         yield cluster
     finally:

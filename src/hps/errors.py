@@ -5,6 +5,8 @@ Misses are data (a found mask, then the default value); failures are exceptions.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class HpsError(Exception):
     """Root of every error raised by hps."""
@@ -32,6 +34,23 @@ class ClosedError(HpsError):
 
 class BackendError(HpsError):
     """A storage tier (hash map, Redis, RocksDB) failed to answer or to accept a batch."""
+
+
+class PartialBackendError(BackendError):
+    """A tier answered part of a `find` batch: some keys could not be asked (their node is down).
+
+    `vectors: (n, dim) float32` and `found: (n,) bool` hold what the reachable nodes answered;
+    `unavailable: (n,) bool` marks the keys that were not asked (neither found nor known to be
+    absent; `found` is False there); `nodes` names the nodes that failed. The message names
+    the nodes, the table and the number of keys."""
+
+    def __init__(self, message: str, vectors: Any, found: Any, unavailable: Any,
+                 nodes: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.vectors = vectors
+        self.found = found
+        self.unavailable = unavailable
+        self.nodes = tuple(nodes)
 
 
 class UpdateError(HpsError):

@@ -21,6 +21,8 @@ class TableStats:
     #: Keys answered per level, indexed by the level codes above (Python ints: cheaper to bump).
     level_hits: list[int] = field(default_factory=lambda: [0] * len(LEVELS))
     volatile_errors: int = 0
+    #: Keys the volatile tier could not ask (their node down), sent on to the persistent tier.
+    volatile_unavailable_keys: int = 0
     async_inserts: int = 0
     _latencies_s: np.ndarray = field(default_factory=lambda: np.zeros(LATENCY_WINDOW))
     _latency_count: int = 0
@@ -54,9 +56,11 @@ class TableStats:
             self._tier_latencies_s[tier][self._tier_counts[tier] % LATENCY_WINDOW] = seconds
             self._tier_counts[tier] += 1
 
-    def count_volatile_error(self) -> None:
+    def count_volatile_error(self, unavailable_keys: int = 0) -> None:
+        """Count one failed volatile-tier call that left `unavailable_keys` keys unasked."""
         with self._lock:
             self.volatile_errors += 1
+            self.volatile_unavailable_keys += unavailable_keys
 
     def count_async_insert(self) -> None:
         with self._lock:
@@ -71,7 +75,8 @@ class TableStats:
                             for t, w in self._tier_latencies_s.items()}
             hits = dict(zip(LEVELS, self.level_hits))
             out = {"lookups": self.lookups, "keys": sum(hits.values()), "hits": hits,
-                   "volatile_errors": self.volatile_errors, "async_inserts": self.async_inserts}
+                   "volatile_errors": self.volatile_errors,
+                   "volatile_unavailable_keys": self.volatile_unavailable_keys, "async_inserts": self.async_inserts}
         out["hit_rate"] = {level: (n / out["keys"] if out["keys"] else 0.0) for level, n in hits.items()}
         out["latency_us"] = _percentiles_us(window)
         out["tier_latency_us"] = {t: _percentiles_us(w) for t, w in tier_windows.items()}

@@ -3,8 +3,10 @@
 Follows HugeCTR's `HierParameterServer::lookup` (reference §2.6): the persistent tier is
 asked only for the volatile tier's misses; keys missing everywhere get the table's default
 value; `cache_missed_embeddings` promotes persistent hits into the volatile tier in the
-background. A volatile tier that fails (Redis node down) is counted and skipped, so lookups
-keep answering from the persistent tier.
+background. A volatile tier that fails is local in its effect: when Redis nodes are down, the
+other nodes' keys are still answered by Redis and only the down nodes' keys are asked of the
+persistent tier; keys no tier could be asked about raise an error (never the default value).
+Failures are counted in the stats (`volatile_errors`, `volatile_unavailable_keys`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from hps.config.schema import TableConfig
-from hps.errors import BackendError
+from hps.errors import BackendError, PartialBackendError
 from hps.lookup.stats import DEFAULT, PERSISTENT, VOLATILE, TableStats
 from hps.storage.base import KeyValueBackend
 
@@ -38,21 +40,34 @@ class TierChain:
 
         Returns `(vectors: (n, dim) float32, source: (n,) uint8)`, where `source` holds the
         level that answered each key (`VOLATILE`, `PERSISTENT` or `DEFAULT` of `hps.lookup.stats`).
+        Keys the volatile tier could not ask (their node is down: `PartialBackendError`, or the
+        whole tier on any other `BackendError`) go to the persistent tier with the misses; those
+        it does not hold either raise `BackendError` naming the count and the volatile tier's
+        failure: only keys known to be absent get the default value.
         """
         n = len(keys)
         vectors = np.empty((n, table.dim), dtype=np.float32)
         source = np.full(n, DEFAULT, dtype=np.uint8)
         missing = np.ones(n, dtype=bool)
+        unavailable = None  # (n,) bool: keys the volatile tier could not ask
+        failure: BackendError | None = None
         if self.volatile is not None and n:
             started = time.perf_counter()
+            found = None
             try:
                 found_vectors, found = self.volatile.find(table.tag, keys)
+            except PartialBackendError as exc:
+                found_vectors, found, unavailable, failure = exc.vectors, exc.found, exc.unavailable, exc
             except BackendError as exc:
-                stats.count_volatile_error()
-                log.warning("volatile tier failed for %s (%d keys), using the persistent tier: %s",
-                            table.tag, n, exc)
-            else:
+                unavailable, failure = np.ones(n, dtype=bool), exc
+            if failure is None:
                 stats.record_tier("volatile", time.perf_counter() - started)
+            else:
+                lost = int(np.count_nonzero(unavailable))
+                stats.count_volatile_error(lost)
+                log.warning("volatile tier could not ask %d of %d keys of %s%s: %s", lost, n, table.tag,
+                            ", asking the persistent tier" if self.persistent is not None else "", failure)
+            if found is not None:
                 vectors[found] = found_vectors[found]
                 source[found] = VOLATILE
                 missing = ~found
@@ -64,8 +79,18 @@ class TierChain:
             vectors[idx[found]] = found_vectors[found]
             missing[idx[found]] = False
             source[idx[found]] = PERSISTENT
-            if self.promote_misses and self.volatile is not None and found.any():
-                self._promote(table.tag, keys[idx[found]], found_vectors[found])
+            if self.promote_misses and self.volatile is not None:
+                promote = found if unavailable is None else found & ~unavailable[idx]  # not onto a down node
+                if promote.any():
+                    self._promote(table.tag, keys[idx[promote]], found_vectors[promote])
+        if unavailable is not None:
+            lost = unavailable & missing
+            if lost.any():
+                where = "the persistent tier does not hold them" if self.persistent is not None \
+                    else "there is no persistent tier"
+                raise BackendError(f"table {table.tag}: {int(np.count_nonzero(lost))} of {n} keys could not "
+                                   f"be answered: the volatile tier could not ask them and {where}: "
+                                   f"{failure}") from failure
         if missing.any():
             vectors[missing] = table.default_value
         return vectors, source

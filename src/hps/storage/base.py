@@ -70,7 +70,9 @@ class KeyValueBackend(Protocol):
         """Look up `keys: (n,) int64` (duplicates allowed).
 
         Returns `(vectors: (n, dim) float32, found: (n,) bool)`; rows of missing keys are
-        unspecified (callers fill them from the next tier or the default value)."""
+        unspecified (callers fill them from the next tier or the default value). A tier that
+        could ask only some keys (a Redis node down) raises `PartialBackendError` carrying
+        `vectors`, `found` and `unavailable: (n,) bool`."""
 
     def insert_or_assign(self, tag: str, keys: np.ndarray, vectors: np.ndarray) -> None:
         """Upsert `keys: (n,) int64` → `vectors: (n, dim) float32`; may evict per the overflow

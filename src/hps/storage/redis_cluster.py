@@ -24,18 +24,23 @@ without client threads: the sockets do the waiting, and parsing holds the GIL an
 `num_node_connections` bounds the connections per node, i.e. how many calls (from several
 threads) run at once.
 
-Failures: a node that refuses, times out (`timeout_ms`, default 2 s, per socket operation) or
-answers an error makes the call raise `BackendError` naming the node(s), the table tag and the
-key count; the slot map is refreshed on the next call, so the backend recovers by itself once
-the node is back. A node that failed to answer is skipped for `retry_after_ms` (default 1 s):
-calls that need it fail at once instead of each waiting out the timeout of a hung node. A
-MOVED/ASK reply (resharding) refreshes the slot map and retries once.
-Shapes and dtypes are checked before anything is sent; a node failing in the middle of an
-insert can leave the other nodes' rows written (an upsert, so retrying is safe).
+Failures stay local to the failed node's keys (`redis_topology` has the details): a node that
+refuses, times out (`timeout_ms`, default 2 s, per socket operation) or drops the connection is
+marked down and not sent anything for `retry_after_ms` (default 1 s), after which a background
+PING decides whether it is back; a hung node is waited for once, not once per call, and the
+slot map is re-read from nodes that are up. `find` still reads the other nodes' keys and raises
+`PartialBackendError` with `vectors`, `found` and `unavailable` (the down nodes' keys), naming
+the nodes; the tier chain sends only those keys on to the persistent tier. Writes, erases and
+the other calls raise `BackendError` naming the node(s); a write needing a node known to be down
+or refusing connections sends nothing at all; one whose node fails mid-way can leave the other
+nodes' rows written (an upsert, so retrying is safe, as the Kafka consumer does). A MOVED/ASK
+reply (resharding, failover) refreshes the slot map and retries once. Shapes and dtypes are
+checked before anything is sent.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -44,11 +49,12 @@ from typing import TYPE_CHECKING, Iterator
 import numba
 import numpy as np
 
-from hps.errors import BackendError, ClosedError, KeyInputError, require
+from hps.errors import BackendError, ClosedError, KeyInputError, PartialBackendError, require
 from hps.storage.partition import partition_of
 from hps.storage.redis_protocol import KEY_DTYPES, HmgetSink, field_records, flat, pair_records, resp_head
 from hps.storage.redis_topology import ClusterTopology, NodeBatch, connection_kwargs, sni_connection_class
 
+log = logging.getLogger(__name__)
 __all__ = ["RedisClusterBackend", "connection_kwargs", "hash_key", "sni_connection_class", "tag_of_hash_key"]
 
 if TYPE_CHECKING:
@@ -111,8 +117,9 @@ class RedisClusterBackend:
     `RedisClusterBackend(config, timeout_ms=2000, key_bytes=8, retry_after_ms=1000)`:
     `config.address` lists seed nodes; `timeout_ms` bounds every connect / socket read;
     `key_bytes` is the hash-field width, 8 for int64 keys or 4 for a cluster HugeCTR filled with
-    32-bit keys (`supportlonglong` false); a node that failed is not tried again for
-    `retry_after_ms` (calls needing it raise `BackendError` at once)."""
+    32-bit keys (`supportlonglong` false); a node that failed is not sent anything for
+    `retry_after_ms`, then probed in the background (calls needing it meanwhile fail at once:
+    `PartialBackendError` for `find`, `BackendError` otherwise)."""
 
     name = "redis_cluster"
     is_shared = True
@@ -161,6 +168,9 @@ class RedisClusterBackend:
         self._check_open()
         found = set(self._tables)
         for node in self._topology.primaries("(tables)"):
+            why = self._topology.down_reason(node.name)
+            if why is not None:
+                raise BackendError(f"redis_cluster: listing tables: node {node.name} is down: {why}")
             try:
                 with self._topology.gate:
                     names = list(node.redis_connection.scan_iter(match=b"hps_et{*}v", count=1000))
@@ -185,7 +195,11 @@ class RedisClusterBackend:
 
     # -- batch operations ----------------------------------------------------------------------
     def find(self, tag: str, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """`keys: (n,) int64` → `(vectors: (n, dim) float32, found: (n,) bool)`; misses unspecified."""
+        """`keys: (n,) int64` → `(vectors: (n, dim) float32, found: (n,) bool)`; misses unspecified.
+
+        When some nodes cannot be asked (down, hung, or answering an error such as CLUSTERDOWN),
+        the other nodes' keys are still read, and `PartialBackendError` carries `vectors`,
+        `found` and `unavailable: (n,) bool` (the keys whose node could not be asked)."""
         t = self._table(tag)
         keys = self._keys(tag, keys)
         n = keys.shape[0]
@@ -199,9 +213,11 @@ class RedisClusterBackend:
         out_u8 = out.view(np.uint8)
         per_value = 1 + len(str(row_bytes)) + 2 + row_bytes + 2  # "$64\r\n" + row + "\r\n"
         sinks: list[HmgetSink] = []
+        spans: dict[str, list[tuple[int, int]]] = {}  # node → its ranges of partition-sorted rows
 
         def plan(batches):
             sinks.clear()
+            spans.clear()
             found[:] = False
             for p, a, b in g.chunks(self._batch):
                 batch = self._batch_for(batches, t, p)
@@ -211,16 +227,32 @@ class RedisClusterBackend:
                 batch.add(a, resp_head([b"HMGET", t.hv[p]], b - a), flat(rec, a, b))
                 batch.sink.starts.append(a)
                 batch.sink.capacity += 24 + (b - a) * per_value
+                spans.setdefault(batch.name, []).append((a, b))
 
-        self._topology.round_trip(tag, n, plan)
+        trip = self._topology.round_trip(tag, n, plan, partial=True)
         bad = sum(s.bad for s in sinks)
         if bad:
             raise BackendError(f"redis_cluster: table {tag}: {bad} of {n} values read back do not hold "
                                f"{t.dim} float32 ({row_bytes} bytes); is the table's dim right?")
+        unavailable = None
+        if trip.failed:
+            lost_sorted = np.zeros(n, np.bool_)
+            for name in trip.failed:
+                for a, b in spans.get(name, ()):
+                    lost_sorted[a:b] = True
+            unavailable = np.empty(n, np.bool_)
+            unavailable[g.order] = lost_sorted
+            found &= ~unavailable
         if self._policy != "evict_random":
             hit_sorted = found[g.order]
             if hit_sorted.any():
                 self._touch(t, g.keys[hit_sorted], g.parts_sorted[hit_sorted])
+        if unavailable is not None:
+            detail = "; ".join(f"node {name}: {why}" for name, why in trip.failed.items())
+            raise PartialBackendError(
+                f"redis_cluster: table {tag}: {int(unavailable.sum())} of {n} keys not asked, "
+                f"{len(trip.failed)} of {len(trip.batches)} node(s) failed: {detail}",
+                out, found, unavailable, tuple(trip.failed))
         return out, found
 
     def insert_or_assign(self, tag: str, keys: np.ndarray, vectors: np.ndarray) -> None:
@@ -250,7 +282,7 @@ class RedisClusterBackend:
                 if check_size and b == g.ends[p]:
                     batch.add(p, resp_head([b"HLEN", t.hv[p]], 0))
 
-        replies = self._topology.round_trip(tag, n, plan)
+        replies = self._topology.round_trip(tag, n, plan).replies
         if check_size:
             full = [p for p, r in replies if p is not None and int(r) >= self._margin]
             for p in full:
@@ -272,7 +304,7 @@ class RedisClusterBackend:
                 batch.add("v", resp_head([b"HDEL", t.hv[p]], b - a), flat(rec, a, b))
                 batch.add(None, resp_head([b"HDEL", t.ht[p]], b - a), flat(rec, a, b))
 
-        return sum(int(r) for k, r in self._topology.round_trip(tag, n, plan) if k == "v")
+        return sum(int(r) for k, r in self._topology.round_trip(tag, n, plan).replies if k == "v")
 
     def size(self, tag: str) -> int:
         """Rows in table `tag`: the sum of HLEN over its value hashes."""
@@ -282,7 +314,7 @@ class RedisClusterBackend:
             for p in range(self._num_partitions):
                 self._batch_for(batches, t, p).add(p, resp_head([b"HLEN", t.hv[p]], 0))
 
-        return sum(int(r) for _, r in self._topology.round_trip(tag, 0, plan))
+        return sum(int(r) for _, r in self._topology.round_trip(tag, 0, plan).replies)
 
     def items(self, tag: str, batch_rows: int = 65536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """HSCAN every value hash; yields `(keys: (m,) int64, vectors: (m, dim) float32)`, m ≤ batch_rows.
@@ -364,7 +396,10 @@ class RedisClusterBackend:
             batch.add(None, resp_head([b"EVAL", _LFU_INCREMENT, b"1", t.ht[p]], b - a), flat(meta, a, b))
 
     def _touch(self, t: _Table, keys: np.ndarray, parts: np.ndarray) -> None:
-        """Refresh access metadata of found `keys` (sorted by partition `parts`)."""
+        """Refresh access metadata of found `keys` (sorted by partition `parts`).
+
+        Metadata only orders evictions: a node failing here is marked down (the next call
+        reports its keys) but does not fail the lookup whose rows were already read."""
         meta = self._meta_records(keys)
         ends = np.cumsum(np.bincount(parts, minlength=self._num_partitions))
         g = _Grouping(keys, None, parts, ends)
@@ -373,7 +408,10 @@ class RedisClusterBackend:
             for p, a, b in g.chunks(self._batch):
                 self._add_meta(self._batch_for(batches, t, p), t, p, meta, a, b)
 
-        self._topology.round_trip(t.tag, keys.shape[0], plan)
+        trip = self._topology.round_trip(t.tag, keys.shape[0], plan, partial=True)
+        if trip.failed:
+            log.warning("redis_cluster: table %s: access metadata of %d keys not refreshed: %s", t.tag,
+                        keys.shape[0], "; ".join(f"node {n}: {m}" for n, m in trip.failed.items()))
 
     def _batch_for(self, batches: dict, t: _Table, p: int) -> NodeBatch:
         return self._topology.batch_for(batches, int(t.slots[p]), f"table {t.tag}: partition {p}")
@@ -393,7 +431,7 @@ class RedisClusterBackend:
             self._batch_for(batches, t, p).add(0, resp_head([b"HSCAN", t.hv[p], cursor, b"COUNT",
                                                                b"%d" % count], 0))
 
-        (_, reply), = self._topology.round_trip(t.tag, 0, plan)
+        (_, reply), = self._topology.round_trip(t.tag, 0, plan).replies
         return reply[0], reply[1]
 
     def _partition_dump(self, t: _Table, p: int) -> tuple[list[bytes], list[bytes]]:
@@ -404,7 +442,7 @@ class RedisClusterBackend:
             if self._policy != "evict_random":
                 b.add("m", resp_head([b"HGETALL", t.ht[p]], 0))
 
-        got = dict(self._topology.round_trip(t.tag, 0, plan))
+        got = dict(self._topology.round_trip(t.tag, 0, plan).replies)
         return got["k"], got.get("m", [])
 
     def _resolve_overflow(self, t: _Table, p: int) -> None:
@@ -443,7 +481,7 @@ class RedisClusterBackend:
                 nb.add(None, resp_head([b"HDEL", t.ht[p]], b - a), flat(rec, a, b))
                 nb.add("n", resp_head([b"HLEN", t.hv[p]], 0))
 
-            (_, left), = self._topology.round_trip(t.tag, b - a, plan)
+            (_, left), = self._topology.round_trip(t.tag, b - a, plan).replies
             if int(left) <= self._target:
                 break
 
