@@ -1,0 +1,323 @@
+"""SharedHashMapBackend (`multi_process_hash_map`): the backend contract, and what only a table
+shared between processes has to get right: exact answers in other processes, no torn rows while
+another process writes, a secondary started before its owner, the owner exiting, auto-remove,
+growth by generation and the size refusal. Segments get unique names and are removed afterwards.
+
+Processes are started with multiprocessing's spawn context (a fresh interpreter, as a Triton
+python-backend instance is), so each test pays an interpreter start; the compiled kernels come
+from numba's cache."""
+
+from __future__ import annotations
+
+import glob
+import multiprocessing as mp
+import os
+import signal
+import time
+import uuid
+
+import numpy as np
+import pytest
+
+from hps.config.schema import HashMapConfig
+from hps.errors import BackendError, ClosedError
+from hps.storage import make_backend
+from hps.storage.shared_hash_map import SharedHashMapBackend
+from tests.storage.backend_contract import BackendContract, _rows
+
+TAG = "hps_et.shm.t0"
+DIM = 8
+
+
+def _config(name: str, **kwargs) -> HashMapConfig:
+    return HashMapConfig(type="multi_process_hash_map", shared_memory_name=name, **kwargs)
+
+
+@pytest.fixture
+def shm_name():
+    """A unique shared_memory_name; every /dev/shm file of it is removed afterwards."""
+    name = f"hps_test_{uuid.uuid4().hex[:12]}"
+    yield name
+    for path in glob.glob(f"/dev/shm/{name}.*"):
+        os.unlink(path)
+
+
+def _files(name: str) -> list[str]:
+    return sorted(os.path.basename(p) for p in glob.glob(f"/dev/shm/{name}.*"))
+
+
+class TestSharedHashMapContract(BackendContract):
+    @pytest.fixture
+    def backend(self, shm_name):
+        b = SharedHashMapBackend(_config(shm_name, num_partitions=4))
+        yield b
+        b.close()
+
+
+# -- child processes (module-level: spawn pickles them by name) ---------------------------------
+
+
+def _reader_proc(name: str, dim: int, keys: np.ndarray, queue, timeout_s: float = 30.0) -> None:
+    """Attach as a secondary, find `keys`, send back (vectors, found) or the error text."""
+    try:
+        b = SharedHashMapBackend(_config(name, initialize_after_startup=False), attach_timeout_s=timeout_s)
+        b.create_table(TAG, dim)
+        queue.put(b.find(TAG, keys))
+        b.close()
+    except Exception as exc:  # noqa: BLE001 - reported to the parent
+        queue.put(f"{type(exc).__name__}: {exc}")
+
+
+def _owner_proc(name: str, dim: int, keys: np.ndarray, ready, release, auto_remove: bool = True) -> None:
+    """Create and load the table, signal `ready`, wait for `release`, then exit (closing or not)."""
+    b = SharedHashMapBackend(_config(name, shared_memory_auto_remove=auto_remove))
+    b.create_table(TAG, dim)
+    b.reserve(TAG, keys.shape[0])
+    b.insert_or_assign(TAG, keys, _rows(keys, dim))
+    b.mark_loaded(TAG)
+    ready.set()
+    release.wait(30)
+    b.close()
+
+
+def _torn_row_reader(name: str, keys: np.ndarray, seconds: float, queue) -> None:
+    """Find `keys` again and again while another process rewrites them: every row must be one
+    whole version (all elements equal), never a mix. Sends (finds, torn rows, versions seen)."""
+    b = SharedHashMapBackend(_config(name, initialize_after_startup=False), attach_timeout_s=20)
+    b.create_table(TAG, 64)
+    finds = torn = 0
+    versions = set()
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        vectors, found = b.find(TAG, keys)
+        assert found.all()
+        torn += int((vectors != vectors[:, :1]).any(axis=1).sum())
+        versions.update(np.unique(vectors[:, 0]).tolist())
+        finds += 1
+    b.close()
+    queue.put((finds, torn, len(versions)))
+
+
+def _spawn(target, *args) -> mp.Process:
+    proc = mp.get_context("spawn").Process(target=target, args=args, daemon=True)
+    proc.start()
+    return proc
+
+
+def _get(queue, timeout: float = 60):
+    got = queue.get(timeout=timeout)
+    if isinstance(got, str):
+        pytest.fail(got)
+    return got
+
+
+# -- across processes ---------------------------------------------------------------------------
+
+
+def test_secondary_process_answers_exactly_and_sees_updates(shm_name):
+    owner = SharedHashMapBackend(_config(shm_name))
+    try:
+        owner.create_table(TAG, DIM)
+        keys = np.random.default_rng(0).choice(2**62, size=20_000, replace=False).astype(np.int64)
+        owner.reserve(TAG, keys.shape[0])
+        owner.insert_or_assign(TAG, keys, _rows(keys))
+        owner.mark_loaded(TAG)
+        queue = mp.get_context("spawn").Queue()
+        query = np.concatenate([keys[::7], -keys[:100] - 1])
+        proc = _spawn(_reader_proc, shm_name, DIM, query, queue)
+        vectors, found = _get(queue)
+        proc.join(30)
+        assert found[: keys[::7].shape[0]].all() and not found[keys[::7].shape[0]:].any()
+        np.testing.assert_array_equal(vectors[found], _rows(query[found]))
+        # an update (with growth to a new generation) made here is what the next process sees
+        more = np.arange(1, 60_001, dtype=np.int64) * -3
+        owner.insert_or_assign(TAG, keys[:10], _rows(keys[:10], salt=5.0))
+        owner.insert_or_assign(TAG, more, _rows(more))
+        proc = _spawn(_reader_proc, shm_name, DIM, np.concatenate([keys[:10], more]), queue)
+        vectors, found = _get(queue)
+        proc.join(30)
+        assert found.all()
+        np.testing.assert_array_equal(vectors[:10], _rows(keys[:10], salt=5.0))
+        np.testing.assert_array_equal(vectors[10:], _rows(more))
+    finally:
+        owner.close()
+    assert _files(shm_name) == []  # auto-remove: the last process to detach removed every file
+
+
+def test_no_torn_rows_while_another_process_writes(shm_name):
+    """A reader process checks rows whose elements are all equal while this process rewrites them
+    (values and new keys, so the slots change and the table grows by generation meanwhile)."""
+    dim = 64
+    writer = SharedHashMapBackend(_config(shm_name, max_batch_size=4096))
+    try:
+        writer.create_table(TAG, dim)
+        keys = np.arange(20_000, dtype=np.int64) * 11
+        writer.insert_or_assign(TAG, keys, np.zeros((keys.shape[0], dim), np.float32))
+        writer.mark_loaded(TAG)
+        queue = mp.get_context("spawn").Queue()
+        proc = _spawn(_torn_row_reader, shm_name, keys, 3.0, queue)
+        version, extra = 0, 0
+        deadline = time.monotonic() + 25
+        while queue.empty() and time.monotonic() < deadline:
+            version += 1
+            writer.insert_or_assign(TAG, keys, np.full((keys.shape[0], dim), version, np.float32))
+            if version % 10 == 0:  # new keys now and then: slot changes and growth
+                new = -np.arange(extra + 1, extra + 3001, dtype=np.int64)
+                extra += 3000
+                writer.insert_or_assign(TAG, new, np.zeros((new.shape[0], dim), np.float32))
+        finds, torn, versions = _get(queue)
+        proc.join(30)
+        assert torn == 0
+        assert finds >= 3 and versions >= 2, (finds, versions)  # it really read while we wrote
+    finally:
+        writer.close()
+
+
+def test_secondary_started_before_owner_waits_then_attaches(shm_name):
+    queue = mp.get_context("spawn").Queue()
+    keys = np.arange(1000, dtype=np.int64)
+    proc = _spawn(_reader_proc, shm_name, DIM, keys, queue, 30.0)
+    time.sleep(1.0)  # the secondary is waiting: no file yet
+    owner = SharedHashMapBackend(_config(shm_name))
+    try:
+        owner.create_table(TAG, DIM)
+        owner.reserve(TAG, keys.shape[0])
+        owner.insert_or_assign(TAG, keys[:500], _rows(keys[:500]))
+        time.sleep(0.3)  # created and half loaded: still waiting
+        assert queue.empty()
+        owner.insert_or_assign(TAG, keys[500:], _rows(keys[500:]))
+        owner.mark_loaded(TAG)
+        vectors, found = _get(queue)
+        proc.join(30)
+        assert found.all()  # it attached after the load, not in the middle of it
+        np.testing.assert_array_equal(vectors, _rows(keys))
+    finally:
+        owner.close()
+
+
+def test_secondary_wait_is_bounded_and_says_why(shm_name):
+    secondary = SharedHashMapBackend(_config(shm_name, initialize_after_startup=False), attach_timeout_s=0.2)
+    with pytest.raises(BackendError, match=rf"waited 0.2 s for table {TAG}.*no process created it"):
+        secondary.create_table(TAG, DIM)
+    owner = SharedHashMapBackend(_config(shm_name))
+    owner.create_table(TAG, DIM)
+    owner.reserve(TAG, 10)
+    with pytest.raises(BackendError, match=rf"being loaded \(0 of 10 rows\): its owner, pid {os.getpid()}"):
+        secondary.create_table(TAG, DIM)
+    owner.mark_loaded(TAG)
+    secondary.create_table(TAG, DIM)
+    with pytest.raises(BackendError, match=f"{TAG} exists with dim {DIM}, not 3"):
+        SharedHashMapBackend(_config(shm_name, initialize_after_startup=False)).create_table(TAG, 3)
+    secondary.close()
+    owner.close()
+    assert _files(shm_name) == []
+
+
+@pytest.mark.parametrize("how", ["close", "kill"])
+def test_secondary_outlives_the_owner_and_keeps_answering(shm_name, how):
+    ctx = mp.get_context("spawn")
+    ready, release = ctx.Event(), ctx.Event()
+    keys = np.arange(5000, dtype=np.int64) * 3
+    owner = _spawn(_owner_proc, shm_name, DIM, keys, ready, release)
+    assert ready.wait(60)
+    secondary = SharedHashMapBackend(_config(shm_name, initialize_after_startup=False), attach_timeout_s=5)
+    secondary.create_table(TAG, DIM)
+    if how == "kill":
+        os.kill(owner.pid, signal.SIGKILL)
+    else:
+        release.set()
+    owner.join(30)
+    vectors, found = secondary.find(TAG, keys)
+    assert found.all()
+    np.testing.assert_array_equal(vectors, _rows(keys))
+    secondary.insert_or_assign(TAG, keys[:5], _rows(keys[:5], salt=1.0))  # and may write
+    assert secondary.find(TAG, keys[:5])[0][:, 0].tolist() == _rows(keys[:5], salt=1.0)[:, 0].tolist()
+    assert _files(shm_name)  # still there while attached
+    secondary.close()
+    assert _files(shm_name) == []  # the last to detach removed them
+
+
+def test_auto_remove_false_keeps_the_table_for_the_next_start(shm_name):
+    keys = np.arange(100, dtype=np.int64)
+    owner = SharedHashMapBackend(_config(shm_name, shared_memory_auto_remove=False))
+    owner.create_table(TAG, DIM)
+    owner.insert_or_assign(TAG, keys, _rows(keys))
+    owner.mark_loaded(TAG)
+    owner.close()
+    assert len(_files(shm_name)) == 3  # header, data, users
+    later = SharedHashMapBackend(_config(shm_name, initialize_after_startup=False), attach_timeout_s=1)
+    later.create_table(TAG, DIM)  # attaches at once: the rows are still there
+    vectors, found = later.find(TAG, keys)
+    assert found.all()
+    np.testing.assert_array_equal(vectors, _rows(keys))
+    later.drop_table(TAG)  # drop removes it (no one else attached)
+    assert _files(shm_name) == []
+
+
+def test_auto_remove_waits_for_the_last_process(shm_name):
+    first = SharedHashMapBackend(_config(shm_name))
+    second = SharedHashMapBackend(_config(shm_name, initialize_after_startup=False))
+    first.create_table(TAG, DIM)
+    first.mark_loaded(TAG)
+    second.create_table(TAG, DIM)
+    first.close()
+    assert len(_files(shm_name)) == 3
+    second.close()
+    assert _files(shm_name) == []
+    with pytest.raises(ClosedError):
+        second.find(TAG, np.zeros(1, np.int64))
+
+
+def test_size_refusals_name_the_sizes(shm_name):
+    small = SharedHashMapBackend(_config(shm_name, shared_memory_size=1 << 20))
+    small.create_table(TAG, DIM)
+    keys = np.arange(10, dtype=np.int64)
+    small.insert_or_assign(TAG, keys, _rows(keys))
+    with pytest.raises(BackendError, match=r"needs \d+ B \(.* MiB\) for 100000 rows of dim 8, but "
+                                           r"volatile_db\.shared_memory_size is 1048576 B.*--shm-size"):
+        small.reserve(TAG, 100_000)
+    big = np.arange(100_000, dtype=np.int64)
+    with pytest.raises(BackendError, match="shared_memory_size is 1048576 B"):
+        small.insert_or_assign(TAG, big, _rows(big))
+    vectors, found = small.find(TAG, keys)  # nothing half-applied
+    assert found.all() and small.size(TAG) == 10
+    small.close()
+    vfs = os.statvfs("/dev/shm")
+    free = vfs.f_bavail * vfs.f_frsize
+    huge = SharedHashMapBackend(_config(shm_name, shared_memory_size=1 << 50))
+    huge.create_table(TAG, 1024)
+    with pytest.raises(BackendError, match=r"/dev/shm has \d+ B .* free of"):
+        huge.reserve(TAG, free // 4096 + 1000)
+    huge.close()
+    assert _files(shm_name) == []
+
+
+def test_growth_by_generation_keeps_rows_and_frees_old_segments(shm_name):
+    b = SharedHashMapBackend(_config(shm_name, max_batch_size=1000))
+    reader = SharedHashMapBackend(_config(shm_name, initialize_after_startup=False))
+    try:
+        b.create_table(TAG, 5)
+        b.mark_loaded(TAG)
+        reader.create_table(TAG, 5)
+        keys = np.random.default_rng(3).choice(2**62, size=30_000, replace=False).astype(np.int64)
+        for chunk in np.array_split(keys, 13):
+            b.insert_or_assign(TAG, chunk, _rows(chunk, dim=5))
+            vectors, found = reader.find(TAG, chunk)  # the reader follows every generation
+            assert found.all()
+            np.testing.assert_array_equal(vectors, _rows(chunk, dim=5))
+        assert reader.size(TAG) == keys.shape[0] and b.partition_sizes(TAG).sum() == keys.shape[0]
+        data = [f for f in _files(shm_name) if f.rsplit(".", 1)[-1].isdigit()]
+        assert len(data) == 1 and int(data[0].rsplit(".", 1)[-1]) > 1  # old generations unlinked
+        assert reader.erase(TAG, keys[:100]) == 100  # any process may write
+        assert not b.find(TAG, keys[:100])[1].any()
+    finally:
+        reader.close()
+        b.close()
+
+
+def test_make_backend_maps_multi_process_hash_map(shm_name):
+    backend = make_backend(_config(shm_name))
+    assert isinstance(backend, SharedHashMapBackend) and backend.is_shared
+    backend.close()
+    with pytest.raises(BackendError, match="plain file name"):
+        SharedHashMapBackend(_config("a/b"))
