@@ -237,6 +237,9 @@ class GuardProxy:
                     return
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             return
+        except Exception as exc:  # anything else ends this connection only, never the front
+            print(f"hps guard: connection closed after {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+            return
         finally:
             for w in ((upstream[1],) if upstream else ()) + (writer,):
                 w.close()

@@ -115,6 +115,7 @@ class TritonServer:
         self.upstream_http_port = free_port("127.0.0.1") if self.input_guard else self.http_port
         self.process: subprocess.Popen | None = None
         self.guard_process: subprocess.Popen | None = None
+        self._guard_log = None
         self._log_file = None
         self._console_tail: collections.deque[str] | None = None
 
@@ -176,8 +177,9 @@ class TritonServer:
             self.process = subprocess.Popen(self.command(), stdout=stdout, stderr=subprocess.STDOUT,
                                             stdin=subprocess.DEVNULL, env=env, start_new_session=True)
             if self.input_guard:
+                self._guard_log = tempfile.TemporaryFile()  # a file, not a pipe: a full pipe would block it
                 self.guard_process = subprocess.Popen(self.guard_command(), stdout=subprocess.DEVNULL,
-                                                      stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                                      stderr=self._guard_log, stdin=subprocess.DEVNULL,
                                                       start_new_session=True)
         except OSError as exc:
             self.stop()
@@ -209,7 +211,8 @@ class TritonServer:
                 self.stop()
                 raise ServerError(self._failure(f"tritonserver exited with code {code} before it was ready"))
             if self.guard_process is not None and self.guard_process.poll() is not None:
-                message = self.guard_process.stderr.read().decode(errors="replace").strip()
+                self._guard_log.seek(0)
+                message = self._guard_log.read().decode(errors="replace").strip()
                 self.stop()
                 raise ServerError(f"the HTTP guard on {self.address}:{self.http_port} exited with code "
                                   f"{self.guard_process.returncode} before it was ready: {message}")
@@ -241,8 +244,9 @@ class TritonServer:
                 except subprocess.TimeoutExpired:
                     guard.kill()
                     guard.wait(timeout=5)
-            if guard.stderr is not None:
-                guard.stderr.close()
+            if self._guard_log is not None:
+                self._guard_log.close()
+                self._guard_log = None
         if self.process is None:
             return None
         proc = self.process
