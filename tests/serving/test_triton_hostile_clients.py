@@ -182,3 +182,18 @@ def test_client_mistakes_are_http_400_and_grpc_invalid_argument(served, mistake,
     finally:
         client.close()
     assert_good_request_exact(served)
+
+
+def test_logging_and_trace_settings_are_closed_to_clients(served):
+    server = served["server"]
+    status, answer = post(server, "/v2/logging", json.dumps({"log_verbose_level": 3}).encode())
+    assert status == 403 and "restricted" in answer["error"]
+    status, _ = post(server, "/v2/trace/setting", json.dumps({"trace_rate": "1"}).encode())
+    assert status == 403
+    client = grpcclient.InferenceServerClient(server.url_grpc)
+    try:
+        with pytest.raises(InferenceServerException, match="restricted"):
+            client.update_log_settings({"log_verbose_level": 3})
+    finally:
+        client.close()
+    assert_good_request_exact(served)

@@ -12,6 +12,8 @@ Safe by default, for clients that reach the port:
   binary has it, else through `guard.py`, an HTTP front on the client port that refuses oversized or
   inconsistent inference requests with HTTP 400 before Triton allocates for them (Triton 2.51, the
   bundled one, dies of std::bad_alloc on one JSON input declaring a 4 TiB shape).
+- Triton's logging and trace settings APIs answer only a header no client knows (2.51 already refuses
+  new log or trace file locations over the network, but not verbose logging).
 - a port already in use is named in the error.
 """
 
@@ -112,6 +114,10 @@ class TritonServer:
         self.input_guard = (input_guard is True or
                             (input_guard == "auto" and "--http-max-input-size" not in options))
         self._limit_option = input_guard == "auto" and not self.input_guard
+        # Triton's logging and trace settings (verbose logs that fill the disk and show requests) answer
+        # only requests carrying this header, which no client is told
+        self._restrict = {flag for flag in ("--http-restricted-api", "--grpc-restricted-protocol") if flag in options}
+        self.admin_header = ("hps-admin-token", secrets.token_hex(16))
         self.upstream_http_port = free_port("127.0.0.1") if self.input_guard else self.http_port
         self.process: subprocess.Popen | None = None
         self.guard_process: subprocess.Popen | None = None
@@ -146,6 +152,9 @@ class TritonServer:
             cmd.append(f"--backend-directory={self.install.backend_dir}")
         if self._limit_option:
             cmd.append(f"--http-max-input-size={self.max_input_bytes}")
+        key, value = self.admin_header
+        for flag in sorted(self._restrict):
+            cmd.append(f"{flag}=logging,trace:{key}={value}")
         if self.model_control == "explicit":
             for name in (self.load_models if self.load_models is not None else ["*"]):
                 cmd.append(f"--load-model={name}")
