@@ -347,7 +347,8 @@ class KafkaUpdateSource:
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
         revoked = {(p.topic, p.partition) for p in partitions}
         for topic in [t for t in self._state if any((t, p) in revoked for p in self._partitions_of(t))]:
-            if not self._flush(topic, final=True):
+            closing_while_down = self._stop.is_set() and self._state[topic].retry_at
+            if closing_while_down or not self._flush(topic, final=True):
                 self._drop(topic, revoked)
         for tp in revoked:
             self._assigned.discard(tp)
@@ -391,8 +392,8 @@ class KafkaUpdateSource:
             self._error = exc
             log.exception("%s: Kafka update source stopped on an unexpected error", self.name)
         finally:
-            try:
-                for topic in list(self._state):
+            try:  # one last attempt for what is buffered; a table whose tier is down stays uncommitted
+                for topic in [t for t, state in self._state.items() if not state.retry_at]:
                     self._flush(topic, final=True)
             finally:
                 try:
