@@ -321,3 +321,68 @@ def test_make_backend_maps_multi_process_hash_map(shm_name):
     backend.close()
     with pytest.raises(BackendError, match="plain file name"):
         SharedHashMapBackend(_config("a/b"))
+
+
+# -- HPS: HugeCTR's hps_demo pattern (one process loads, the others attach) ----------------------
+
+
+def _hps_config(root, name: str, initialize: bool) -> dict:
+    return {"supportlonglong": True,
+            "volatile_db": {"type": "multi_process_hash_map", "shared_memory_name": name, "num_partitions": 3,
+                            "initialize_after_startup": initialize},
+            "models": [{"model": "demo", "sparse_files": [str(root / "t0"), str(root / "t1")],
+                        "embedding_table_names": ["t0", "t1"], "embedding_vecsize_per_table": [16, 4],
+                        "maxnum_catfeature_query_per_table_per_sample": [26, 2],
+                        "default_value_for_each_table": [-1.0, 2.5], "deployed_device_list": [0],
+                        "max_batch_size": 4096, "hit_rate_threshold": 1.0, "gpucacheper": 0.1}]}
+
+
+def _hps_secondary(cfg: dict, keys0: np.ndarray, keys1: np.ndarray, queue) -> None:
+    """A secondary HPS (initialize_after_startup false): its lookups, and what its volatile tier is."""
+    try:
+        import hps
+        from hps.storage import shared_hash_map
+
+        shared_hash_map.ATTACH_TIMEOUT_S = 30.0
+        with hps.HPS(cfg, show_progress=False) as ps:
+            tier = (type(ps.volatile).__name__, ps.config.volatile_db.initialize_after_startup)
+            queue.put((ps.lookup(keys0, "demo", 0), ps.lookup(keys1, "demo", 1), tier))
+    except Exception as exc:  # noqa: BLE001 - reported to the parent
+        queue.put(f"{type(exc).__name__}: {exc}")
+
+
+def test_hps_secondary_started_first_answers_exactly_from_the_owners_load(shm_name, tmp_path):
+    import hps
+    from hps.model_format import write_sparse_model
+
+    rng = np.random.default_rng(5)
+    keys0 = rng.choice(2**40, size=6000, replace=False).astype(np.int64)
+    vecs0 = rng.standard_normal((6000, 16)).astype(np.float32)
+    keys1 = np.arange(300, dtype=np.int64) * 13
+    vecs1 = rng.standard_normal((300, 4)).astype(np.float32)
+    write_sparse_model(tmp_path / "t0", keys0, vecs0)
+    write_sparse_model(tmp_path / "t1", keys1, vecs1)
+    q0 = np.concatenate([keys0[::3], [-5, 7]])
+    q1 = np.concatenate([keys1[::2], [1]])
+    queue = mp.get_context("spawn").Queue()
+    proc = _spawn(_hps_secondary, _hps_config(tmp_path, shm_name, False), q0, q1, queue)
+    time.sleep(0.5)
+    with hps.HPS(_hps_config(tmp_path, shm_name, True), show_progress=False) as owner:
+        got0, got1, tier = _get(queue)
+        proc.join(30)
+        np.testing.assert_array_equal(got0, owner.lookup(q0, "demo", 0))
+    assert tier == ("SharedHashMapBackend", False)  # no rows of its own: it read the owner's
+    np.testing.assert_array_equal(got0[:-2], vecs0[::3])
+    np.testing.assert_array_equal(got0[-2:], np.full((2, 16), -1.0, np.float32))
+    np.testing.assert_array_equal(got1[:-1], vecs1[::2])
+    np.testing.assert_array_equal(got1[-1], np.full(4, 2.5, np.float32))
+    assert _files(shm_name) == []
+
+
+def test_multi_process_hash_map_config_is_no_longer_a_warning(recwarn, tmp_path):
+    from hps.config import parse_config
+
+    raw = _hps_config(tmp_path, "x", False)
+    raw["volatile_db"].update(shared_memory_size=1 << 30, shared_memory_auto_remove=False)
+    parse_config(raw)
+    assert not [w for w in recwarn if "shared_memory" in str(w.message) or "in-process" in str(w.message)]

@@ -48,11 +48,11 @@ NOT_ACTED_ON: dict[str, InertKey] = {
     "volatile_db.allocation_rate": InertKey(
         "the hps hash map grows its own arrays; there are no value pages to size", False),
     "volatile_db.shared_memory_size": InertKey(
-        "multi_process_hash_map runs as an in-process hash map; no shared memory segment is made", True),
+        "only volatile_db.type multi_process_hash_map keeps its tables in shared memory", True),
     "volatile_db.shared_memory_name": InertKey(
-        "multi_process_hash_map runs as an in-process hash map; no shared memory segment is made", True),
+        "only volatile_db.type multi_process_hash_map keeps its tables in shared memory", True),
     "volatile_db.shared_memory_auto_remove": InertKey(
-        "multi_process_hash_map runs as an in-process hash map; no shared memory segment is made", True),
+        "only volatile_db.type multi_process_hash_map keeps its tables in shared memory", True),
     "volatile_db.initial_cache_rate": InertKey(
         "every row is loaded at startup (as HugeCTR 24.x's code does, whatever its docs say); "
         "overflow_margin bounds the size", True),

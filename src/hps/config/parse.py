@@ -117,9 +117,6 @@ def _parse_volatile(raw: Any) -> HashMapConfig | RedisClusterConfig | None:
     classes = {"hash_map": HashMapConfig, "parallel_hash_map": HashMapConfig,
                "multi_process_hash_map": HashMapConfig, "redis_cluster": RedisClusterConfig}
     cfg = _parse_typed(raw, "volatile_db", VOLATILE_TYPES, classes, "disabled")
-    if cfg is not None and cfg.type == "multi_process_hash_map":
-        warnings.warn("volatile_db.type: multi_process_hash_map runs as an in-process hash_map in hps "
-                      "(each process holds its own copy)", ConfigWarning, stacklevel=4)
     if isinstance(cfg, RedisClusterConfig):
         parse_host_ports(cfg.address, default_port=7000, where="volatile_db.address")
     return cfg
@@ -363,6 +360,8 @@ def _warn_not_acted_on(obj: Any, section: str, path: str) -> None:
         entry = NOT_ACTED_ON.get(f"{section}.{key}" if section else key)
         if entry is None or not entry.warn:
             continue
+        if key.startswith("shared_memory_") and getattr(obj, "type", None) == "multi_process_hash_map":
+            continue  # read by hps.storage.shared_hash_map
         value = getattr(obj, f.name)
         if value != _default(f):
             warnings.warn(f"{join_path(path, key)}: {short_repr(value)} is read but not acted on by hps: "

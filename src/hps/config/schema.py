@@ -83,7 +83,8 @@ class VolatileDatabaseConfig:
 
 @dataclass(frozen=True)
 class HashMapConfig(VolatileDatabaseConfig):
-    """`volatile_db.type` hash_map / parallel_hash_map (and multi_process_hash_map, run in-process)."""
+    """`volatile_db.type` hash_map / parallel_hash_map, and multi_process_hash_map (the same map in
+    /dev/shm, shared by the processes of a host: `hps.storage.shared_hash_map`)."""
 
     allocation_rate: int = _f(268435456, kind="int", check=("min", 1))
     shared_memory_size: int = _f(17179869184, kind="int", check=("min", 1))

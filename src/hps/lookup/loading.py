@@ -102,6 +102,9 @@ def load_model_into_tiers(config: PsConfig, model: ModelConfig, sparse_models: l
                         and not getattr(volatile, "is_shared", False)):
                     rows.restore_updates_into(volatile, table.tag)  # the in-process map held them too
                 _fill(targets, table.tag, rows, progress)
+                if (volatile is not None and config.volatile_db.initialize_after_startup
+                        and hasattr(volatile, "mark_loaded")):
+                    volatile.mark_loaded(table.tag)  # a shared tier: secondaries waiting for it attach now
                 if action in ("load", "reload"):
                     persistent.finish_load(table.tag, rows.num_rows if persistent in targets else 0)
         return created

@@ -26,15 +26,16 @@ def with_row_home(config: PsConfig) -> PsConfig:
     """`config`, with an in-process hash map holding the rows where no configured tier would.
 
     No tier holds the rows when there is no `persistent_db` and the `volatile_db` is absent, or is
-    an in-process map told not to load (`initialize_after_startup: false`; a Redis Cluster is
-    shared, so it is taken to be filled by another process). Static and uvm caches need no tier."""
+    an in-process map told not to load (`initialize_after_startup: false`; a Redis Cluster or a
+    multi_process_hash_map is shared, so it is taken to be filled by another process). Static and
+    uvm caches need no tier."""
     needing = [m.name for m in config.models if not cache_holds_whole_table(m)]
     if not needing or config.persistent_db is not None:
         return config
     volatile = config.volatile_db
     if volatile is None:
         home, why = HashMapConfig(), "the ps.json has no volatile_db and no persistent_db"
-    elif volatile.initialize_after_startup or volatile.type == "redis_cluster":
+    elif volatile.initialize_after_startup or volatile.type in ("redis_cluster", "multi_process_hash_map"):
         return config
     else:
         home = dataclasses.replace(volatile, initialize_after_startup=True)

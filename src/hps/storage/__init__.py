@@ -21,6 +21,10 @@ def make_backend(config: HashMapConfig | RedisClusterConfig | RocksDBConfig | No
 
     if config is None:
         return None
+    if isinstance(config, HashMapConfig) and config.type == "multi_process_hash_map":
+        from hps.storage.shared_hash_map import SharedHashMapBackend
+
+        return SharedHashMapBackend(config)
     if isinstance(config, HashMapConfig):
         from hps.storage.hash_map import HashMapBackend
 
