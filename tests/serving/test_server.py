@@ -89,6 +89,12 @@ def test_command_line(tmp_path):
     assert server.upstream_http_port != server.http_port
     with pytest.raises(ServerError, match="binds loopback only"):
         TritonServer(tmp_path, address="0.0.0.0", model_control="explicit")
+    key, value = server.admin_header
+    assert f"--http-restricted-api=logging,trace:{key}={value}" in cmd
+    assert f"--grpc-restricted-protocol=logging,trace:{key}={value}" in cmd
+    public = TritonServer(tmp_path, address="0.0.0.0", http_port=0, grpc_port=0, metrics_port=0)
+    key, value = public.admin_header
+    assert f"--http-restricted-api=logging,trace,shared-memory:{key}={value}" in public.command()
     assert TritonServer(tmp_path, address="::1", model_control="explicit", http_port=0, grpc_port=0,
                         metrics_port=0).model_control == "explicit"
     assert f"--backend-config=python,shm-region-prefix-name={server.shm_prefix}" in cmd

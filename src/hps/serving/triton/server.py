@@ -13,7 +13,8 @@ Safe by default, for clients that reach the port:
   inconsistent inference requests with HTTP 400 before Triton allocates for them (Triton 2.51, the
   bundled one, dies of std::bad_alloc on one JSON input declaring a 4 TiB shape).
 - Triton's logging and trace settings APIs answer only a header no client knows (2.51 already refuses
-  new log or trace file locations over the network, but not verbose logging).
+  new log or trace file locations over the network, but not verbose logging); so does the shared-memory
+  registration API when the server binds beyond loopback.
 - a port already in use is named in the error.
 """
 
@@ -153,8 +154,11 @@ class TritonServer:
         if self._limit_option:
             cmd.append(f"--http-max-input-size={self.max_input_bytes}")
         key, value = self.admin_header
+        # shared-memory registration maps any /dev/shm object by name (this server's python-backend regions,
+        # a multi-process hash map's table): useful only to clients on this host, so closed on other addresses
+        apis = "logging,trace" if is_loopback(self.address) else "logging,trace,shared-memory"
         for flag in sorted(self._restrict):
-            cmd.append(f"{flag}=logging,trace:{key}={value}")
+            cmd.append(f"{flag}={apis}:{key}={value}")
         if self.model_control == "explicit":
             for name in (self.load_models if self.load_models is not None else ["*"]):
                 cmd.append(f"--load-model={name}")
