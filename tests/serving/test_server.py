@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from hps.serving.triton import ServerError, TritonServer, find_tritonserver, free_port
-from hps.serving.triton.install import prepare_backends
+from hps.serving.triton.install import prepare_backends, server_backends
 
 IDENTITY_MODEL = '''
 import numpy as np
@@ -171,3 +171,24 @@ def test_serve_model_control_is_opt_in_and_loopback_only(tmp_path, capsys):
     assert "--load-model needs --allow-model-control" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["triton", "serve", str(repo), "--model-control", "explicit"])  # the old open-by-default switch
+
+
+@pytest.mark.triton
+def test_a_backend_the_server_lacks_is_named_before_start(tmp_path):
+    repo = trivial_repo(tmp_path / "repo")
+    (repo / "dense_trt" / "1").mkdir(parents=True)
+    (repo / "dense_trt" / "config.pbtxt").write_text('name: "dense_trt"\nplatform: "tensorrt_plan"\nmax_batch_size: 0\n')
+    (repo / "hps_embedding").mkdir()
+    (repo / "hps_embedding" / "config.pbtxt").write_text('name: "hps_embedding"\nbackend: "hps"\n')
+    server = TritonServer(repo, http_port=0, grpc_port=0, metrics_port=0)
+    if "tensorrt" in server_backends(server.install):
+        pytest.skip("this tritonserver has TensorRT")
+    with pytest.raises(ServerError) as caught:
+        server.start()
+    message = str(caught.value)
+    assert "'dense_trt'" in message and "'tensorrt' backend" in message and "hps triton build --dense" in message
+    assert "'hps_embedding'" in message and "hps triton convert" in message
+    assert server.process is None
+    # models that are not loaded at start do not matter
+    TritonServer(repo, http_port=0, grpc_port=0, metrics_port=0, model_control="explicit",
+                 load_models=["twice"]).check_backends()

@@ -40,7 +40,7 @@ from typing import Iterable, Sequence
 from hps.errors import require
 from hps.serving.triton.errors import ServerError
 from hps.serving.triton.guard import DEFAULT_MAX_INPUT_BYTES
-from hps.serving.triton.install import find_tritonserver, server_options
+from hps.serving.triton.install import find_tritonserver, server_backends, server_options
 
 GUARD_SCRIPT = Path(__file__).resolve().parent / "guard.py"
 CONSOLE = "-"
@@ -179,6 +179,7 @@ class TritonServer:
             if port_in_use(self.address, port):
                 raise ServerError(f"port {port} ({what}) on {self.address} is already in use: stop what listens "
                                   f"there or pick another port ({flag})")
+        self.check_backends()
         env = {**os.environ, **self.install.env}
         if self.log_path == Path(CONSOLE):
             self._console_tail = collections.deque(maxlen=400)
@@ -200,6 +201,37 @@ class TritonServer:
         if self._console_tail is not None:
             threading.Thread(target=self._pump_log, args=(self.process.stdout,), daemon=True).start()
         return self
+
+    def check_backends(self) -> None:
+        """`ServerError` naming each model (of those loaded at start) whose backend this tritonserver lacks,
+        and what to do, instead of Triton's failure to find a backend library."""
+        from hps.serving.triton import config_text
+        from hps.serving.triton.backend_runner import RUNNABLE, backend_of
+
+        base = self.install.backend_dir or self.install.binary.resolve().parent.parent / "backends"
+        if not base.is_dir() or any(a.startswith("--backend-directory") for a in self.extra_args):
+            return  # this server's backends are not known here: Triton will say
+        available = server_backends(self.install) | {"ensemble"}
+        wanted = None if self.model_control == "none" or self.load_models in (None, ["*"]) else set(self.load_models)
+        problems = []
+        for cfg in sorted(self.repo.glob("*/config.pbtxt")):
+            text = cfg.read_text(errors="replace")
+            name = config_text.top_level_field(text, "name") or cfg.parent.name
+            backend = backend_of(config_text.top_level_field(text, "backend"),
+                                 config_text.top_level_field(text, "platform"))
+            if backend is None or backend in available or (wanted is not None and name not in wanted):
+                continue
+            if backend == "hps":
+                todo = "rewrite the repository for hps first: hps triton convert REPO --config ps.json"
+            elif backend in RUNNABLE:
+                todo = "hps triton convert gives it a python-backend runner"
+            else:
+                todo = ("use a tritonserver that has it (on PATH), or replace the model with the ONNX / TorchScript "
+                        "model it was built from (hps triton build --dense model.onnx)")
+            problems.append(f"model {name!r} ({cfg}) needs Triton's {backend!r} backend: {todo}")
+        if problems:
+            raise ServerError(f"{self.install.binary} has only the backends {sorted(available - {'ensemble'})}:\n"
+                              + "\n".join(problems))
 
     def _pump_log(self, stream) -> None:
         """Copy the server's output to stdout, keeping its last lines for error messages."""
