@@ -30,7 +30,8 @@ from hps.errors import ConfigError
 #: Seconds between two lines of one kind (per table, per broker) from a rate-limited log.
 LOG_INTERVAL_S = 10.0
 
-_PROPERTY = re.compile(r'(?:Configuration property|property) "?([A-Za-z0-9_.]+)"?')
+#: The property librdkafka names: 'Configuration property "x" value ...', 'No such configuration property: "x"'.
+_PROPERTY = re.compile(r'[Cc]onfiguration property:? "?([A-Za-z0-9_.]+)"?')
 
 
 class RateLimitedLog:
