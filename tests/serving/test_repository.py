@@ -156,6 +156,8 @@ def test_failed_convert_leaves_nothing_behind(seed_model, tmp_path):
         convert_hugectr_repository(repo, None, wrong, backends={"python", "tensorflow"})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hps_demo", "other.json"]   # no output, no temp dir
     assert {p: p.read_bytes() for p in repo.rglob("*") if p.is_file()} == before
+    with pytest.raises(RepositoryError, match="cannot be inside the repository"):
+        convert_hugectr_repository(repo, repo / "converted", wrong)
     out.mkdir()  # an empty output directory is fine, and is replaced whole
     assert convert_hugectr_repository(repo, out, tmp_path / "hps_demo" / "hps_embedding" / "hps_embedding.json",
                                       backends={"python", "tensorflow"}) == ["hps_embedding"]

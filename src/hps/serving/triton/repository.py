@@ -160,6 +160,8 @@ def convert_hugectr_repository(repo_in: str | os.PathLike, repo_out: str | os.Pa
     dst = src if in_place else Path(repo_out)
     if not in_place and dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
         raise RepositoryError(f"{dst}: output directory exists and is not empty")
+    if not in_place and src.resolve() in dst.resolve().parents:
+        raise RepositoryError(f"{dst}: the output directory cannot be inside the repository {src}")
     config = load_config(ps_json)
     available = set(backends) if backends is not None else server_backends()
     parent = dst.resolve().parent
