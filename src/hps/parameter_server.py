@@ -24,7 +24,7 @@ from hps.cache.factory import cuda_available, make_cache
 from hps.config import ModelConfig, PsConfig, TableConfig, load_config, parse_config
 from hps.errors import ClosedError, HpsError, KeyInputError, UnknownModelError
 from hps.lookup.loading import drop_tables, iter_table_rows, load_model_into_tiers, open_sparse_models
-from hps.lookup.pipeline import TableLookup, is_torch
+from hps.lookup.pipeline import TableLookup, checked_out, is_torch, lookup_into
 from hps.lookup.row_home import with_row_home
 from hps.lookup.stats import TableStats
 from hps.lookup.tiers import TierChain
@@ -92,24 +92,32 @@ class HPS:
             raise
 
     # ------------------------------------------------------------------ lookups
-    def lookup(self, keys: Any, model_name: str, table_id: int, device_id: int = 0) -> Any:
+    def lookup(self, keys: Any, model_name: str, table_id: int, device_id: int = 0, *, out: Any = None) -> Any:
         """Embedding vectors of `keys` from table `table_id` of model `model_name`.
 
         keys: int64 / int32 (uint32 when supportlonglong is false) of any shape `S`, as a numpy
         array, a list, or a torch tensor on the CPU or a GPU.
         Returns float32 of shape `S + (dim,)`: numpy for numpy / list keys, a torch tensor on
         the keys' device for torch keys. Keys missing from every tier get the table's
-        `default_value_for_each_table` in every element."""
+        `default_value_for_each_table` in every element.
+        out: the caller's buffer instead: float32, C-contiguous, writable, shape `S + (dim,)`, a numpy
+        array or a torch tensor in host or GPU memory; filled and returned, with no new array of the
+        vectors' size (a GPU cache writes a same-device `out` directly, a host `out` through the
+        replica's pinned buffers). A wrong `out` raises `KeyInputError` before anything is looked up."""
         replica = self._replica(model_name, table_id, device_id)
-        if type(keys) is np.ndarray and keys.dtype is INT64 and self.config.supportlonglong and not replica.takes_torch:
-            return self._lookup_host(replica, keys)  # the hot path: nothing to convert or range-check
-        if not replica.takes_torch and _is_cpu_int_tensor(keys):
+        if (type(keys) is np.ndarray and keys.dtype is INT64 and self.config.supportlonglong
+                and (out is None or type(out) is np.ndarray)):
+            return self._lookup_host(replica, keys, out)  # the hot path: nothing to convert or range-check
+        if out is None and not replica.takes_torch and _is_cpu_int_tensor(keys):
             # host cache, CPU tensor keys: the numpy path on zero-copy views (torch ops cost µs each)
             import torch
 
             return torch.from_numpy(self.lookup(keys.numpy(), model_name, table_id, device_id))
         table = replica.table
         flat, shape, torch_keys, keys_device = self._validate_keys(keys, replica.model, table)
+        if out is not None:
+            lookup_into(replica, flat, checked_out(out, shape, table.dim, f"lookup of {_where(replica.model, table)}"))
+            return out
         if torch_keys:  # each torch call costs microseconds: skip the ones with nothing to do
             if replica.takes_torch:
                 if flat.device != replica.torch_device:
@@ -123,16 +131,22 @@ class HPS:
                 vectors = vectors.to(keys_device)
             return vectors if len(shape) == 1 else vectors.view(*shape, table.dim)
         if replica.takes_torch:
-            vectors = replica.lookup(replica.to_cache_kind(flat)).cpu().numpy()
+            vectors = replica.lookup_host(flat)  # keys and vectors through pinned buffers
         else:
             vectors = replica.lookup(flat)
         return vectors.reshape(*shape, table.dim)
 
-    def _lookup_host(self, replica: TableLookup, keys: np.ndarray) -> np.ndarray:
-        """`lookup` of int64 numpy keys (any shape) on a host cache, 64-bit key space."""
+    def _lookup_host(self, replica: TableLookup, keys: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """`lookup` of int64 numpy keys (any shape), 64-bit key space, into a new numpy array or the
+        caller's numpy `out`: on a host cache, or through a GPU cache's pinned buffers."""
         if not 0 < keys.ndim <= MAX_KEY_DIMS or keys.size > replica.max_keys:
             self._validate_keys(keys, replica.model, replica.table)  # raises, naming what is wrong
-        return replica.lookup(keys.reshape(-1)).reshape(*keys.shape, replica.table.dim)
+        dim = replica.table.dim
+        flat_out = None if out is None else checked_out(out, keys.shape, dim,
+                                                        f"lookup of {_where(replica.model, replica.table)}")
+        flat = keys.reshape(-1)
+        vectors = replica.lookup_host(flat, flat_out) if replica.takes_torch else replica.lookup(flat, flat_out)
+        return out if out is not None else vectors.reshape(*keys.shape, dim)
 
     def _replica(self, model_name: str, table_id: int, device_id: int) -> TableLookup:
         """The `TableLookup` of one table on one device; raises `UnknownModelError` naming what is unknown."""
@@ -169,16 +183,9 @@ class HPS:
                                 f"memory row-major), got strides {out_t.strides if on_host else out_t.stride()}")
         if on_host and not out_t.flags.writeable:
             raise KeyInputError("lookup_fromdlpack: out is read-only")
-        # HPS.lookup, not an override (hps.inference.HPS.lookup returns host arrays): GPU vectors stay there
-        vectors = HPS.lookup(self, keys_t, model_name, table_id, device_id)
+        # HPS.lookup, not an override (hps.inference.HPS.lookup returns host arrays): it writes into out's memory
         flat_out = out_t.reshape(-1)[:need]  # a view: out is contiguous
-        if on_host:
-            flat_out[:] = (vectors if isinstance(vectors, np.ndarray) else vectors.detach().cpu().numpy()).reshape(-1)
-        else:
-            import torch
-
-            src = torch.from_numpy(vectors) if isinstance(vectors, np.ndarray) else vectors
-            flat_out.copy_(src.reshape(-1))
+        HPS.lookup(self, keys_t, model_name, table_id, device_id, out=flat_out.reshape(*keys_t.shape, dim))
 
     # ------------------------------------------------------------------ updates and models
     def apply_update(self, tag: str, keys: np.ndarray, vectors: np.ndarray, tier: str) -> None:

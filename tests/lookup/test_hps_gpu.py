@@ -11,6 +11,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("triton")
 
 import hps  # noqa: E402
+from hps.errors import KeyInputError  # noqa: E402
 from hps.model_format import write_sparse_model  # noqa: E402
 
 ON_GPU = torch.cuda.is_available()
@@ -121,3 +122,96 @@ def test_asynchronous_misses_are_inserted_in_the_background(table):
         while not np.array_equal(ps.lookup(query, "m", 0).cpu().numpy(), vectors[10:20]):
             assert time.monotonic() < deadline, "the background insert never reached the GPU cache"
             time.sleep(0.01)
+
+
+def _out(kind, shape):
+    """A caller's buffer poisoned with NaN: numpy, a CPU torch tensor or a tensor on the cache's device."""
+    if kind == "numpy":
+        return np.full(shape, np.nan, np.float32)
+    return torch.full(shape, float("nan"), device="cpu" if kind == "torch-cpu" else DEVICE)
+
+
+def _host(array):
+    return array if isinstance(array, np.ndarray) else array.cpu().numpy()
+
+
+@pytest.mark.parametrize("cache", ["gpu", "cpu"])
+@pytest.mark.parametrize("keys_kind", ["numpy", "numpy-int32", "torch"])
+@pytest.mark.parametrize("out_kind", ["numpy", "torch-cpu", "torch-device"])
+def test_lookup_fills_the_callers_out(table, monkeypatch, cache, keys_kind, out_kind):
+    """`lookup(..., out=)` writes every element of the caller's buffer (host or device, numpy or torch) and
+    returns that same object, for numpy and device keys, through the GPU cache and through a host cache;
+    misses (fetched, duplicated, and absent everywhere) included."""
+    tmp_path, keys, vectors = table
+    if cache == "cpu":
+        monkeypatch.setenv("HPS_DEVICE", "cpu")
+    query = np.array([[0, 3, 3, 7], [1537, 9, 0, 12]], dtype=np.int64)  # 7 and 1537 are in no tier
+    given = {"numpy": query, "numpy-int32": query.astype(np.int32),
+             "torch": torch.from_numpy(query).to(DEVICE)}[keys_kind]
+    with hps.HPS(config(tmp_path), show_progress=False) as ps:
+        assert ps._models["m"].replicas[(0, 0)].takes_torch == (cache == "gpu")
+        for _ in range(2):  # cold (misses fetched from the tiers), then warm
+            out = _out(out_kind, (2, 4, DIM))
+            assert ps.lookup(given, "m", 0, out=out) is out
+            np.testing.assert_array_equal(_host(out), expected(keys, vectors, query.reshape(-1)).reshape(2, 4, DIM))
+
+
+@pytest.mark.parametrize("out_kind", ["numpy", "torch-device"])
+def test_a_wrong_out_raises_before_anything_is_written(table, out_kind):
+    tmp_path, keys, vectors = table
+    query = keys[:6].reshape(2, 3)
+    with hps.HPS(config(tmp_path), show_progress=False) as ps:
+        lib = np if out_kind == "numpy" else None
+
+        def make(shape, dtype="float32"):
+            if lib is np:
+                return np.full(shape, 5.0, dtype=dtype)
+            return torch.full(shape, 5.0, dtype=getattr(torch, dtype), device=DEVICE)
+
+        bad = [make((2, 3, DIM), "float64"), make((2, 3, DIM + 1)), make((6, DIM)), make((2, 4, DIM)),
+               make((2, 3, 2 * DIM))[..., ::2], [[0.0] * DIM] * 6]
+        if lib is np:
+            read_only = make((2, 3, DIM))
+            read_only.flags.writeable = False
+            bad.append(read_only)
+        else:
+            bad.append(make((2, 3, DIM)).requires_grad_())
+        for out in bad:
+            for keys_given in (query, torch.from_numpy(query).to(DEVICE)):
+                with pytest.raises(KeyInputError, match="out must be"):
+                    ps.lookup(keys_given, "m", 0, out=out)
+            if not isinstance(out, list):
+                assert (_host(out.detach() if isinstance(out, torch.Tensor) else out) == 5.0).all()
+        assert ps.stats()["models"]["m"]["sparse_embedding0"]["lookups"] == 0  # nothing was looked up
+
+
+def test_numpy_keys_through_chunked_pinned_transfers(table, monkeypatch):
+    """Large copies are cut into chunks (DMA of one overlapping host copies of the others): the same rows,
+    misses fetched from the tiers through the pinned buffers too."""
+    from hps.lookup import transfers
+
+    monkeypatch.setattr(transfers, "CHUNK_BYTES", 96)
+    tmp_path, keys, vectors = table
+    rng = np.random.default_rng(5)
+    with hps.HPS(config(tmp_path, gpucacheper=0.2), show_progress=False) as ps:
+        for n in (200, 64, 200):
+            query = np.concatenate([rng.choice(keys, n - 4), [1, 2, 4, 5]])  # 4 keys in no tier
+            want = expected(keys, vectors, query)
+            np.testing.assert_array_equal(ps.lookup(query, "m", 0), want)
+            out = np.full((n, DIM), np.nan, np.float32)
+            ps.lookup(query, "m", 0, out=out)
+            np.testing.assert_array_equal(out, want)
+
+
+@pytest.mark.parametrize("out_on", ["host", "device"])
+def test_lookup_fromdlpack_writes_through_out(table, out_on):
+    """lookup_fromdlpack routes its write through `out=`: the first n × dim elements, the rest untouched."""
+    tmp_path, keys, vectors = table
+    query = keys[[1, 5, 5, 9]]
+    with hps.HPS(config(tmp_path), show_progress=False) as ps:
+        out = torch.full((4 * DIM + 3,), 9.0, device="cpu" if out_on == "host" else DEVICE)
+        keys_given = torch.from_numpy(query).to(DEVICE)
+        ps.lookup_fromdlpack(torch.utils.dlpack.to_dlpack(keys_given), torch.utils.dlpack.to_dlpack(out), "m", 0)
+        got = out.cpu().numpy()
+        np.testing.assert_array_equal(got[:4 * DIM].reshape(4, DIM), expected(keys, vectors, query))
+        assert (got[4 * DIM:] == 9.0).all()

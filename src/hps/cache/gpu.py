@@ -31,8 +31,8 @@ import threading
 from typing import Any, Callable
 
 from hps.cache.gpu_graphs import FindGraphs, find_counted_eager
-from hps.cache.gpu_static import (GpuStaticTable, GpuUvmTable, interpreting, load_whole_table, normalize_device,
-                                  pow2, run_kernel)
+from hps.cache.gpu_static import (GpuStaticTable, GpuUvmTable, check_out, interpreting, load_whole_table,
+                                  normalize_device, pow2, run_kernel)
 from hps.cache.gpu_whole import GpuWholeTableCache
 from hps.config.schema import ModelConfig, TableConfig
 from hps.errors import ClosedError, ConfigError, KeyInputError, require
@@ -98,7 +98,7 @@ class GpuEmbeddingCache:
         self._closed = False
         self._interpret = interpreting()
         self._dim_p2 = pow2(dim)
-        self._graphs = FindGraphs(self.find, self.torch_device)
+        self._graphs = FindGraphs(self.find, self.torch_device, dim)
         # Launch geometry (benchmarks may override these attributes).
         self.find_block = 32  # H200: 32 keys and 1 warp per program was fastest at dims 16, 32 and 128
         self.find_warps = 1
@@ -139,12 +139,14 @@ class GpuEmbeddingCache:
         run_kernel(kernel, grid, self.torch_device, self._interpret, *args, **kw)
 
     # ---- the protocol ----
-    def find(self, keys: Any) -> tuple[Any, Any]:
+    def find(self, keys: Any, out: Any = None) -> tuple[Any, Any]:
         """Probe `keys: (n,) int64` (duplicates allowed) → `(vectors: (n, dim) float32, found: (n,) bool)`,
-        both on the cache's device; rows of misses are zeros. Stamps hits per `touch_every_calls`."""
+        both on the cache's device; rows of misses are zeros. Stamps hits per `touch_every_calls`.
+        `out`: a contiguous `(n, dim) float32` tensor on the cache's device to write the vectors into
+        (returned as `vectors`); every row is written."""
         keys = self._check_keys(keys, "find")
         n = keys.shape[0]
-        out = torch.empty((n, self.dim), dtype=torch.float32, device=self.device)
+        out = check_out(out, n, self.dim, self.torch_device, "GpuEmbeddingCache.find")
         found = torch.empty(n, dtype=torch.int8, device=self.device)
         if n == 0:
             return out, found.view(torch.bool)
@@ -162,17 +164,19 @@ class GpuEmbeddingCache:
                      num_warps=self.find_warps)
         return out, found.view(torch.bool)
 
-    def find_counted(self, keys: Any) -> tuple[Any, Any, int]:
+    def find_counted(self, keys: Any, out: Any = None) -> tuple[Any, Any, int]:
         """`find` plus the number of hits, as `(vectors, found, num_found: int)` (host-synchronizing);
-        `found` is None when every key was found (the all-hit path skips copying the mask).
+        `found` is None when every key was found (the all-hit path skips copying the mask); `vectors`
+        is `out` when given (see `find`).
 
         On a GPU the probe and the hit count replay a CUDA graph captured once per batch size (up to
         `MAX_GRAPHS` sizes): one replay instead of a Triton launch from Python plus a reduction, which
-        is most of the all-hit path's time (DESIGN.md: launch ≈ 45 µs, replay ≈ 19 µs)."""
+        is most of the all-hit path's time (DESIGN.md: launch ≈ 45 µs, replay ≈ 19 µs). Large batches
+        run eagerly, straight into the result (`gpu_graphs.GRAPH_MAX_BYTES`)."""
         keys = self._check_keys(keys, "find")
         if self._interpret or keys.shape[0] == 0 or self.touch_every_calls != 1 or self.torch_device.type != "cuda":
-            return find_counted_eager(self.find, keys)
-        return self._graphs(keys)
+            return find_counted_eager(self.find, keys, out)
+        return self._graphs(keys, out)
 
     def _write(self, keys: Any, vectors: Any, mode: int, op: str) -> None:
         keys = self._check_keys(keys, op)

@@ -5,6 +5,11 @@ plus a reduction and a host sync, most of its time on a fast GPU (DESIGN.md: lau
 replay ≈ 19 µs). `FindGraphs(find, device)` captures `find` of n keys and the hit count once per n
 (up to `MAX_GRAPHS` sizes) and replays it. The captured kernels read the cache's tensors by address:
 a cache must not reallocate them while it keeps its `FindGraphs`.
+
+A replay writes into the graph's static output, which must then be copied out (a second full read
+and write of the vectors). That is cheap next to the launch cost it saves only for small batches:
+batches whose vectors exceed `GRAPH_MAX_BYTES` run `find` eagerly, writing straight into the result
+(or the caller's `out`), with the hit count the only host synchronization.
 """
 
 from __future__ import annotations
@@ -19,6 +24,9 @@ torch = require("torch", "gpu")
 
 #: Batch sizes with a captured find graph per cache (the oldest capture is dropped first).
 MAX_GRAPHS = 8
+#: Batches whose vectors take more bytes than this skip the graph: the copy out of its static buffer
+#: would cost more than the launch it saves (H100: a launch from Python ~45 µs ≈ copying ~64 MB).
+GRAPH_MAX_BYTES = 32 << 20
 #: Held while a graph is captured, and by `synchronize`: a whole-device synchronize from another thread
 #: during a capture invalidates it (cudaErrorStreamCaptureInvalidated).
 _CAPTURE_LOCK = threading.Lock()
@@ -38,12 +46,13 @@ def synchronize(device: Any) -> None:
         torch.cuda.synchronize(device)
 
 
-def find_counted_eager(find: Callable[[Any], tuple[Any, Any]], keys: Any) -> tuple[Any, Any, int]:
-    """`find(keys)` plus its hit count, without a graph (the CPU interpreter, empty batches):
-    `(vectors, found | None, num_found)`, `found` None when every key was found."""
-    out, found = find(keys)
+def find_counted_eager(find: Callable[..., tuple[Any, Any]], keys: Any, out: Any = None) -> tuple[Any, Any, int]:
+    """`find(keys, out=out)` plus its hit count, without a graph (the CPU interpreter, empty and large
+    batches): `(vectors, found | None, num_found)`, `found` None when every key was found; `vectors` is
+    `out` when given."""
+    vectors, found = find(keys, out=out)
     num_found = int(found.sum())
-    return out, (found if num_found < keys.shape[0] else None), num_found
+    return vectors, (found if num_found < keys.shape[0] else None), num_found
 
 
 class _FindGraph:
@@ -56,18 +65,24 @@ class _FindGraph:
 
 
 class FindGraphs:
-    """`find: (keys (n,) int64) -> (vectors (n, dim) float32, found (n,) bool)` on CUDA `device`,
-    replayed from graphs: `graphs(keys) -> (vectors, found | None, num_found: int)` (host-synchronizing;
-    `found` is None when every key was found)."""
+    """`find: (keys (n,) int64, out=None) -> (vectors (n, dim) float32, found (n,) bool)` on CUDA `device`,
+    replayed from graphs: `graphs(keys, out=None) -> (vectors, found | None, num_found: int)`
+    (host-synchronizing; `found` is None when every key was found; `vectors` is `out` when given).
+    `dim` sizes the vectors: batches of more than `GRAPH_MAX_BYTES` run `find` eagerly."""
 
-    def __init__(self, find: Callable[[Any], tuple[Any, Any]], device: Any) -> None:
+    def __init__(self, find: Callable[..., tuple[Any, Any]], device: Any, dim: int) -> None:
         self._find = find
         self._device = device
         self._graphs: dict[int, _FindGraph] = {}
         self._lock = threading.Lock()
+        #: Batches of more keys than this run eagerly.
+        self.max_graph_keys = max(1, GRAPH_MAX_BYTES // (4 * dim))
 
-    def __call__(self, keys: Any) -> tuple[Any, Any, int]:
+    def __call__(self, keys: Any, out: Any = None) -> tuple[Any, Any, int]:
         n = keys.shape[0]
+        if n > self.max_graph_keys:
+            with on_device(self._device):
+                return find_counted_eager(self._find, keys, out)
         with self._lock, on_device(self._device):
             graph = self._graphs.get(n)
             if graph is None:
@@ -81,9 +96,9 @@ class FindGraphs:
             graph.keys.copy_(keys)
             graph.graph.replay()
             num_found = int(graph.num_found.item())
-            out = graph.out.clone()
+            vectors = graph.out.clone() if out is None else out.copy_(graph.out)
             found = graph.found.clone().view(torch.bool) if num_found < n else None
-        return out, found, num_found
+        return vectors, found, num_found
 
     def _capture(self, n: int) -> _FindGraph:
         """Capture `find` of `n` keys and its hit count into a CUDA graph with static buffers."""

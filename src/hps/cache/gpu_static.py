@@ -81,6 +81,19 @@ def load_whole_table(loader: Callable[[], Any], dim: int, tag: str) -> tuple[np.
     return keys, vectors
 
 
+def check_out(out: Any, n: int, dim: int, device: Any, where: str) -> Any:
+    """`out` if it is a contiguous `(n, dim) float32` tensor on `device`; a new one when `out` is None;
+    else `KeyInputError` naming `where`."""
+    if out is None:
+        return torch.empty((n, dim), dtype=torch.float32, device=device)
+    if (not isinstance(out, torch.Tensor) or out.dtype != torch.float32 or tuple(out.shape) != (n, dim)
+            or out.device != device or not out.is_contiguous()):
+        got = (f"{out.dtype} {tuple(out.shape)} on {out.device}" if isinstance(out, torch.Tensor)
+               else type(out).__name__)
+        raise KeyInputError(f"{where}: out must be a contiguous float32 ({n}, {dim}) tensor on {device}, got {got}")
+    return out
+
+
 def pow2(x: int) -> int:
     """The smallest power of two >= x (1 for x <= 1)."""
     return 1 << max(0, (x - 1).bit_length())
@@ -184,9 +197,9 @@ class _WholeTable:
             keys = keys.to(torch.int64).contiguous()
         return keys
 
-    def _lookup(self, keys: Any) -> tuple[Any, Any]:
+    def _lookup(self, keys: Any, out: Any = None) -> tuple[Any, Any]:
         n = keys.shape[0]
-        out = torch.empty((n, self.dim), dtype=torch.float32, device=self.device)
+        out = check_out(out, n, self.dim, self.torch_device, f"{self._who}.find")
         found = torch.empty(n, dtype=torch.int8, device=self.device)
         if n:
             two = self.hot_rows < self.capacity_rows
@@ -196,12 +209,13 @@ class _WholeTable:
                       TWO_TIERS=two, num_warps=self.find_warps)
         return out, found.view(torch.bool)
 
-    def find(self, keys: Any) -> tuple[Any, Any]:
+    def find(self, keys: Any, out: Any = None) -> tuple[Any, Any]:
         """`keys: (n,) int64` on the table's device → `(vectors (n, dim) float32, found (n,) bool)`;
-        misses hold `default_value`."""
+        misses hold `default_value`. `out`: a contiguous `(n, dim) float32` tensor on the table's device
+        to write every row into (returned as `vectors`)."""
         keys = self._check_keys(keys, "find")
         with self._lock:  # only excludes a running `assign`
-            return self._lookup(keys)
+            return self._lookup(keys, out)
 
     def _slots_of(self, keys: Any) -> Any:
         """Index position of each key, -1 if absent; keys equal to EMPTY get -1 (host-synchronizing)."""

@@ -65,17 +65,18 @@ class GpuWholeTableCache(_WholeTable):
         # 96 µs for 26,624 keys host-synced): a program waits for its longest linear probe
         self.find_block = max(8, min(64, 4096 // pow2(dim)))
         self.find_warps = 2 if pow2(dim) <= 64 else 4
-        self._graphs = FindGraphs(self.find, self.torch_device)
+        self._graphs = FindGraphs(self.find, self.torch_device, dim)
 
     # ---- lookups ----
-    def find_counted(self, keys: Any) -> tuple[Any, Any, int]:
+    def find_counted(self, keys: Any, out: Any = None) -> tuple[Any, Any, int]:
         """`find` plus the number of hits, as `(vectors, found | None, num_found)` (host-synchronizing;
-        `found` is None when every key was found); a CUDA-graph replay per batch size on a GPU."""
+        `found` is None when every key was found; `vectors` is `out` when given); a CUDA-graph replay per
+        batch size on a GPU for small batches, large ones straight into the result."""
         keys = self._check_keys(keys, "find")
         if self._interpret or keys.shape[0] == 0 or self.torch_device.type != "cuda":
-            return find_counted_eager(self.find, keys)
+            return find_counted_eager(self.find, keys, out)
         with self._lock:  # no replay while a write runs
-            return self._graphs(keys)
+            return self._graphs(keys, out)
 
     # ---- writes ----
     def _checked(self, keys: Any, vectors: Any, op: str) -> tuple[Any, Any]:

@@ -7,7 +7,9 @@ below it, synchronously (exact values); at or above it, this batch gets the defa
 for its misses and the insert runs in the background.
 
 Arrays are numpy for the CPU cache and torch tensors on the cache's device for the GPU
-cache; the tiers always work on host numpy arrays.
+cache; the tiers always work on host numpy arrays. With a GPU cache, everything that crosses
+PCIe (numpy keys and their vectors, the deduplicated misses and their rows) goes through the
+replica's reusable pinned buffers (`hps.lookup.transfers`); dedupe and merge stay on the GPU.
 """
 
 from __future__ import annotations
@@ -48,24 +50,32 @@ class TableLookup:
         self.max_keys = model.max_keys_per_call(table.table_id)
         #: True when the cache works on torch tensors (the GPU cache), False for numpy.
         self.takes_torch = cache is not None and cache.array_module == "torch"
+        self._staging: Any = None  # the GPU cache's pinned buffers (`transfers.StagingPool`), made on first use
 
-    def lookup(self, keys: Any) -> Any:
+    def lookup(self, keys: Any, out: Any = None) -> Any:
         """Vectors for flat `keys: (n,) int64` (numpy, or torch on the cache's device).
 
-        Returns `(n, dim) float32` of the same array kind and device."""
+        Returns `(n, dim) float32` of the same array kind and device. `out`: an `(n, dim) float32`
+        array of that kind and device (C-contiguous) to write every row into; it is returned."""
         start = time.perf_counter()
         if self.cache is None:
             vectors, source = self.tiers.fetch(self.table, _to_numpy(keys), self.stats)
             self.stats.record(np.bincount(source, minlength=len(LEVELS)), time.perf_counter() - start)
-            return _like(vectors, keys)
-        if self._find_counted is not None:  # probe and count in one call (GPU graph replay, whole-table CPU cache)
+            return _into(_like(vectors, keys), out)
+        if self.takes_torch:  # GPU caches write straight into `out`
+            if self._find_counted is not None:  # probe and count in one call (graph replay for small batches)
+                vectors, found, num_hits = self._find_counted(keys, out)
+            else:
+                vectors, found = self.cache.find(keys, out=out)
+                num_hits = int(found.sum())
+        elif self._find_counted is not None:  # the whole-table CPU cache
             vectors, found, num_hits = self._find_counted(keys)
         else:
             vectors, found = self.cache.find(keys)
-            num_hits = int(found.sum()) if is_torch(found) else int(np.count_nonzero(found))
+            num_hits = int(np.count_nonzero(found))
         if num_hits == len(keys):
             self.stats.record_cache_hits(num_hits, time.perf_counter() - start)
-            return vectors
+            return _into(vectors, out)
         level_hits = np.zeros(len(LEVELS), dtype=np.int64)
         level_hits[CACHE] = num_hits
         miss_positions = _nonzero(~found)
@@ -75,15 +85,63 @@ class TableLookup:
             level_hits[DEFAULT] = num_misses
             if not self._complete_table:
                 self._insert_in_background(keys[miss_positions])
+        elif self.takes_torch:
+            level_hits += self._fetch_misses_gpu(keys, vectors, miss_positions)
         else:
             miss_keys, inverse = _unique_inverse(keys[miss_positions])
-            host_vectors, source = self.tiers.fetch(self.table, _to_numpy(miss_keys), self.stats)
-            fetched = _like(host_vectors, vectors)
+            host_vectors, source = self.tiers.fetch(self.table, miss_keys, self.stats)
+            self.cache.insert_or_assign(miss_keys, host_vectors)
+            vectors[miss_positions] = host_vectors[inverse]
+            level_hits += np.bincount(source[inverse], minlength=len(LEVELS))
+        self.stats.record(level_hits, time.perf_counter() - start)
+        return _into(vectors, out)
+
+    def _fetch_misses_gpu(self, keys: Any, vectors: Any, miss_positions: Any) -> np.ndarray:
+        """Fill `vectors[miss_positions]` (GPU) from the tiers and insert the rows into the cache: the misses
+        are deduplicated on the GPU, their keys cross PCIe once into pinned memory, their rows once back
+        from it, and the merge is a GPU scatter. Returns the per-level counts of the missed keys."""
+        import torch
+
+        miss_keys, inverse = torch.unique(keys[miss_positions], return_inverse=True)
+        with self.staging().take() as staging:
+            host_keys = staging.small_to_host(miss_keys)
+            host_vectors, source = self.tiers.fetch(self.table, host_keys, self.stats)
+            fetched = staging.to_device(host_vectors)
+            source_dev = torch.from_numpy(source).to(fetched.device, non_blocking=False)
             self.cache.insert_or_assign(miss_keys, fetched)
             vectors[miss_positions] = fetched[inverse]
-            level_hits += np.bincount(source[_to_numpy(inverse)], minlength=len(LEVELS))
-        self.stats.record(level_hits, time.perf_counter() - start)
-        return vectors
+            counts = torch.bincount(source_dev[inverse].to(torch.int64), minlength=len(LEVELS))
+        return counts.cpu().numpy().astype(np.int64)
+
+    def staging(self) -> Any:
+        """This replica's pinned-buffer pool (`hps.lookup.transfers.StagingPool`; GPU caches only)."""
+        if self._staging is None:
+            from hps.lookup.transfers import StagingPool
+
+            self._staging = StagingPool(self.cache.torch_device)
+        return self._staging
+
+    def lookup_host(self, keys: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Vectors of host `keys: (n,) int64` (numpy) through the GPU cache, returned in host memory:
+        `out` (an `(n, dim) float32` C-contiguous numpy array, filled and returned) or a new array.
+        The keys go to the GPU and the vectors come back through the replica's pinned buffers."""
+        n = keys.shape[0]
+        if out is None:
+            out = np.empty((n, self.table.dim), dtype=np.float32)
+        if n == 0:
+            return out
+        with self.staging().take() as staging:
+            vectors = self.lookup(staging.keys_to_device(keys))
+            staging.to_host(vectors, out)
+        return out
+
+    def vectors_to_host(self, vectors: Any, out: np.ndarray) -> np.ndarray:
+        """Copy `vectors: (n, dim) float32` on the cache's device into `out` (numpy, same size) through
+        the replica's pinned buffers; returns `out`."""
+        if vectors.shape[0]:
+            with self.staging().take() as staging:
+                staging.to_host(vectors, out)
+        return out
 
     def _insert_in_background(self, miss_keys: Any) -> None:
         """Fetch `miss_keys` from the tiers and insert them into the cache, off the lookup path.
@@ -164,6 +222,17 @@ def _unique_inverse(keys: Any) -> tuple[Any, Any]:
     return np.unique(keys, return_inverse=True)
 
 
+def _into(vectors: Any, out: Any) -> Any:
+    """`vectors`, copied into `out` unless `out` is None or already is `vectors`."""
+    if out is None or out is vectors:
+        return vectors
+    if is_torch(out):
+        out.copy_(vectors)
+    else:
+        np.copyto(out, vectors)
+    return out
+
+
 def _to_numpy(x: Any) -> np.ndarray:
     if is_torch(x):
         return x.detach().cpu().numpy()
@@ -180,3 +249,64 @@ def _to_device(host: np.ndarray, device: Any) -> Any:
     import torch
 
     return torch.from_numpy(np.ascontiguousarray(host)).to(device)
+
+
+def checked_out(out: Any, shape: tuple, dim: int, where: str) -> Any:
+    """The caller's `out` for vectors of keys of shape `shape`, viewed as `(n, dim)`: a numpy array for
+    host memory (a CPU torch tensor becomes a numpy view of it), a torch tensor for GPU memory.
+
+    `out` must be float32, C-contiguous, writable (no autograd), of shape `shape + (dim,)`, a numpy array
+    or a strided torch tensor on the CPU or a GPU; otherwise `KeyInputError` naming `where`, and nothing
+    is written."""
+    from hps.errors import KeyInputError
+
+    want = (*shape, dim)
+    n = int(np.prod(shape, dtype=np.int64))
+    if type(out) is np.ndarray:
+        if out.dtype == np.float32 and out.shape == want and out.flags.c_contiguous and out.flags.writeable:
+            return out.reshape(n, dim)
+        got = f"numpy {out.dtype} {out.shape}" + ("" if out.flags.c_contiguous else ", not C-contiguous") + (
+            "" if out.flags.writeable else ", read-only")
+    elif is_torch(out) and hasattr(out, "is_contiguous"):
+        import torch
+
+        if (out.dtype is torch.float32 and tuple(out.shape) == want and out.layout is torch.strided
+                and out.device.type in ("cpu", "cuda") and out.is_contiguous() and not out.requires_grad):
+            flat = out.view(n, dim)
+            return flat.numpy() if out.device.type == "cpu" else flat
+        got = (f"torch {out.dtype} {tuple(out.shape)} on {out.device}" + ("" if out.is_contiguous() else ", not contiguous")
+               + (", requires grad" if out.requires_grad else ""))
+    else:
+        got = type(out).__name__
+    raise KeyInputError(f"{where}: out must be a C-contiguous, writable float32 array of shape {want} (numpy, or a "
+                        f"torch tensor on the CPU or a GPU), got {got}")
+
+
+def lookup_into(replica: TableLookup, keys: Any, out: Any) -> None:
+    """Look up flat `keys: (n,) int64` (numpy, or torch on any device) on `replica` and write the vectors
+    into `out: (n, dim) float32` (a `checked_out` view: numpy in host memory or a CUDA tensor): GPU caches
+    write a same-device `out` directly and a host `out` through pinned buffers; nothing of the vectors'
+    size is allocated except on the device, or when `out` is on another device than the cache."""
+    if replica.takes_torch:
+        device = replica.torch_device
+        if is_torch(keys):
+            dev_keys = keys if keys.device == device else keys.to(device)
+        elif is_torch(out) or keys.shape[0] == 0:
+            dev_keys = _to_device(keys, device)
+        else:
+            replica.lookup_host(keys, out)  # host keys, host out: pinned both ways
+            return
+        if not is_torch(out):
+            replica.vectors_to_host(replica.lookup(dev_keys), out)
+        elif out.device == device:
+            replica.lookup(dev_keys, out)
+        else:
+            out.copy_(replica.lookup(dev_keys))
+        return
+    host_keys = _to_numpy(keys)
+    if is_torch(out):
+        import torch
+
+        out.copy_(torch.from_numpy(replica.lookup(host_keys)))
+    else:
+        replica.lookup(host_keys, out)
