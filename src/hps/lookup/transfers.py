@@ -35,7 +35,7 @@ torch = require("torch", "gpu")
 #: Copies of more bytes than this are cut into chunks (at most `MAX_CHUNKS`).
 CHUNK_BYTES = 4 << 20
 MAX_CHUNKS = 64
-#: Pinned buffers grow in steps of this many bytes (and never shrink).
+#: The smallest pinned buffer; they grow to the next power of two of the largest batch seen (never shrink).
 GROW_BYTES = 1 << 20
 
 _POOL: ThreadPoolExecutor | None = None
@@ -79,7 +79,8 @@ class Staging:
         nbytes = count * torch.empty((), dtype=dtype).element_size()
         buf = self._buffers.get(role)
         if buf is None or buf.numel() < nbytes:
-            size = -(-max(nbytes, 1) // GROW_BYTES) * GROW_BYTES
+            # a power of two (torch's pinned allocator rounds to one and keeps freed blocks for reuse)
+            size = 1 << (max(nbytes, GROW_BYTES) - 1).bit_length()
             buf = torch.empty(size, dtype=torch.uint8, pin_memory=self._cuda)
             self._buffers[role] = buf
         return buf[:nbytes].view(dtype)
