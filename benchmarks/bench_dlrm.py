@@ -124,7 +124,7 @@ def main() -> None:
     args = parser.parse_args()
     batches = tuple(b for b in BATCHES if not args.quick or b <= 16384)
     zipf_batches = tuple(b for b in ZIPF_BATCHES if not args.quick or b <= 16384)
-    reps = 50 if args.quick else 200
+    reps = 50 if args.quick else 100
     rows = args.rows
     card = torch.cuda.get_device_name(0)
     prefix = (f"Card: {card}. Table {rows:,} rows × {DIM} fp32 ({rows * DIM * 4 / 1e9:.1f} GB), "
@@ -237,7 +237,7 @@ def zipf(ps: Any, rows: int, batches: tuple, gen: torch.Generator, stats: Callab
     for b in batches:
         n = b * KEYS_PER_SAMPLE
         warm = 2 if n > 1_000_000 else 5
-        reps = (5 if quick else 8) if n > 1_000_000 else (10 if quick else 30)
+        reps = (5 if quick else 8) if n > 1_000_000 else (10 if quick else 16)
         for _ in range(warm):
             ps.lookup(zipf_keys(n, rows, gen), "dlrm", 0)
         batches_k = [zipf_keys(n, rows, gen) for _ in range(reps)]
@@ -269,7 +269,7 @@ def zipf(ps: Any, rows: int, batches: tuple, gen: torch.Generator, stats: Callab
 
 def concurrent(ps: Any, keys: torch.Tensor) -> tuple[list[dict], str]:
     out_rows = []
-    per_thread = 300
+    per_thread = 150
     for threads in (1, 2, 4, 8):
         barrier = threading.Barrier(threads + 1)
         lat: list[float] = []
