@@ -620,6 +620,8 @@ class KafkaUpdateSource:
             if (topic, p) in self._assigned and (topic, p) not in revoked:
                 try:
                     self._consumer.seek(self._kafka.TopicPartition(topic, p, o))
+                    log.debug("%s: %s partition %d rewound to offset %d (kept, its batch dropped)", self.name,
+                              topic, p, o)
                 except self._kafka.KafkaException as exc:  # pragma: no cover
                     log.warning("%s: rewinding %s partition %d to offset %d failed: %s", self.name, topic, p, o, exc)
         n = sum(s.num_messages for s in state.segments)
