@@ -307,6 +307,8 @@ class ClusterTopology:
         """PING a down node (bounded by `timeout_ms`): up again, or down for another `retry_after_ms`."""
         node = self._nodes[name]
         try:
+            if self._closed:
+                return
             node.pool.disconnect(inuse_connections=False)  # idle sockets to it are stale
             self._command(node, "PING")
         except Exception as exc:  # noqa: BLE001 - any failure keeps it down
