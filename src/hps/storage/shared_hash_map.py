@@ -130,7 +130,8 @@ class _Generation:
         fd = os.open(path, os.O_RDWR)
         try:
             size = os.fstat(fd).st_size
-            self.mm = mmap.mmap(fd, size)
+            # page tables filled up front: a secondary's first lookups take no page faults
+            self.mm = mmap.mmap(fd, size, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0))
         finally:
             os.close(fd)
         self.path, self.gen, self.nbytes = path, generation, size
