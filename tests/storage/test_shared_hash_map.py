@@ -386,3 +386,55 @@ def test_multi_process_hash_map_config_is_no_longer_a_warning(recwarn, tmp_path)
     raw["volatile_db"].update(shared_memory_size=1 << 30, shared_memory_auto_remove=False)
     parse_config(raw)
     assert not [w for w in recwarn if "shared_memory" in str(w.message) or "in-process" in str(w.message)]
+
+
+def test_owners_starting_at_once_share_one_table(shm_name):
+    import threading
+
+    backends = [SharedHashMapBackend(_config(shm_name)) for _ in range(4)]
+    barrier = threading.Barrier(4)
+
+    def attach(b: SharedHashMapBackend) -> None:
+        barrier.wait()
+        b.create_table(TAG, DIM)
+
+    threads = [threading.Thread(target=attach, args=(b,)) for b in backends]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    keys = np.arange(50, dtype=np.int64)
+    backends[0].insert_or_assign(TAG, keys, _rows(keys))
+    for b in backends:
+        assert b.find(TAG, keys)[1].all()
+    assert [f for f in _files(shm_name) if not f.endswith(".users")] == sorted(
+        os.path.basename(p) for p in backends[0].segment_paths(TAG)[:2])  # one header, one data segment
+    for b in backends:
+        b.close()
+    assert _files(shm_name) == []
+
+
+def test_a_foreign_file_is_refused_not_overwritten(shm_name):
+    path = f"/dev/shm/{shm_name}.{TAG}"
+    with open(path, "wb") as f:
+        f.write(b"x" * 4096)
+    with pytest.raises(BackendError, match="not an hps shared hash map table"):
+        SharedHashMapBackend(_config(shm_name)).create_table(TAG, DIM)
+    assert open(path, "rb").read(1) == b"x"
+
+
+def test_a_writer_that_died_mid_write_is_an_error_not_a_hang(shm_name, monkeypatch):
+    from hps.storage import shared_hash_map
+
+    monkeypatch.setattr(shared_hash_map, "WRITER_STALL_S", 0.05)
+    b = SharedHashMapBackend(_config(shm_name))
+    b.create_table(TAG, DIM)
+    keys = np.arange(10, dtype=np.int64)
+    b.insert_or_assign(TAG, keys, _rows(keys))
+    table = b._table(TAG)
+    table.header[shared_hash_map.H_SEQ] += 1  # odd, and no process holds the writer lock
+    with pytest.raises(BackendError, match=r"a writer \(pid \d+\) died while writing it.*remove /dev/shm/"):
+        b.find(TAG, keys)
+    table.header[shared_hash_map.H_SEQ] += 1
+    assert b.find(TAG, keys)[1].all()
+    b.close()

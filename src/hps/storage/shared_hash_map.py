@@ -36,15 +36,24 @@ bytes, and each new segment must fit /dev/shm's free space: it is allocated up f
 (`posix_fallocate`), so a full /dev/shm is a `BackendError` naming both figures when the segment is
 made, never a SIGBUS later (Docker's default /dev/shm is 64 MiB: `docker run --shm-size`).
 
+**Pages.** The segments are tmpfs pages: 4 KiB unless the kernel gives shared memory huge pages
+(`/sys/kernel/mm/transparent_hugepage/shmem_enabled` set to `within_size` or `always`, or /dev/shm
+mounted with `huge=within_size`), while the in-process map's large numpy arrays get 2 MiB
+transparent huge pages. On a table much larger than the TLB reach, random finds then cost up to
+~1.35x the in-process map's (benchmarks/results/shared-hash-map.md: the in-process map on 4 KiB
+pages is as slow), for a quarter of the memory with four processes.
+
 **Starting and stopping.** A process with `initialize_after_startup: false` (a secondary) waits in
 `create_table` until the owner has created and loaded the table (`mark_loaded`), at most
 `attach_timeout_s` (default `ATTACH_TIMEOUT_S`), then raises a `BackendError` saying what it saw.
 A process that outlives the owner keeps answering, and may write: the files stay while anyone has
 them attached. With `shared_memory_auto_remove` (the default) the last process to detach a table
-(`close` / `drop_table`, or dying) ... removes the files when it detaches normally; a process that
-dies removes nothing, and the next one to attach and detach does. With it false the files stay
-for the next start: a secondary then attaches at once to the rows left there. `drop_table` removes
-the table's files only when no other process has it attached.
+(`close` or `drop_table`) removes its files; a process that dies removes nothing (its attachment
+ends with it), and the next one to attach and detach does. With it false the files stay for the
+next start: a secondary then attaches at once to the rows left there, and an owner loads over them.
+`drop_table` removes the table's files only when no other process has it attached. A table is
+created whole: its first segment gets a random generation number and its header is written under a
+temporary name, then linked into place, so two owners starting at once end up sharing one table.
 
 A writer that dies mid-write leaves the seqlock odd: readers wait for it for up to
 `WRITER_STALL_S`, then, if no process holds the writer lock, raise a `BackendError` naming the
@@ -385,48 +394,60 @@ class SharedHashMapBackend:
             os.close(fd)
 
     def _open_header(self, base: str, dim: int) -> int | None:
-        """The header's fd once it is initialised; the owner creates it (and generation 1) when it is
-        missing. None when there is nothing to attach to yet."""
-        if self._owner:
+        """The header's fd; the owner creates the table when it is missing. None when there is nothing
+        to attach to yet. A header is published whole (written under a temporary name, then linked to
+        its name), so one that exists is always complete."""
+        while True:
             try:
-                fd = os.open(base, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o660)
-            except FileExistsError:
-                pass
-            else:
-                try:
-                    self._init_header(fd, base, dim)
-                except BaseException:
-                    os.close(fd)
-                    for path in (base, f"{base}.1"):
-                        try:
-                            os.unlink(path)
-                        except FileNotFoundError:
-                            pass
-                    raise
-                return fd
-        try:
-            fd = os.open(base, os.O_RDWR)
-        except FileNotFoundError:
-            return None
-        if os.fstat(fd).st_size < _HEADER_BYTES or int(np.fromfile(base, np.int64, 1)[0]) != _MAGIC:
-            os.close(fd)  # being created: its magic is written last
-            return None
-        return fd
+                fd = os.open(base, os.O_RDWR)
+            except FileNotFoundError:
+                if not self._owner or not self._create(base, dim):
+                    return None
+                continue  # created (or another owner was faster): open it
+            if os.fstat(fd).st_size < _HEADER_BYTES or int(np.fromfile(base, np.int64, 1)[0]) != _MAGIC:
+                os.close(fd)
+                raise BackendError(f"shared hash map: {base} exists but is not an hps shared hash map table; "
+                                   f"remove it or pick another volatile_db.shared_memory_name")
+            return fd
 
-    def _init_header(self, fd: int, base: str, dim: int) -> None:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    def _create(self, base: str, dim: int) -> bool:
+        """Create table `base`: its first data segment, then its header under a temporary name, linked to
+        `base` at the end. Returns False when another process created it first (ours is removed)."""
+        generation = int.from_bytes(os.urandom(4), "little") + 1  # racing creators never share a segment
+        data = f"{base}.{generation}"
+        temp = f"{base}.{os.getpid()}-{generation}.creating"
+        self._new_segment(data, base, MIN_SLOTS, MIN_ROWS, dim, self._num_partitions)
         try:
-            os.ftruncate(fd, _HEADER_BYTES)
-            mm = mmap.mmap(fd, _HEADER_BYTES)
-            header = np.frombuffer(mm, np.int64, _HEADER_BYTES // 8, 0)
-            header[H_DIM], header[H_PARTITIONS], header[H_STATE] = dim, self._num_partitions, CREATED
-            header[H_OWNER_PID], header[H_EXPECTED_ROWS], header[H_GEN], header[H_CLOCK] = os.getpid(), -1, 1, 1
-            self._new_segment(f"{base}.1", base, MIN_SLOTS, MIN_ROWS, dim, self._num_partitions)
-            header[H_MAGIC] = _MAGIC
-            del header
-            mm.close()
+            fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o660)
+            try:
+                os.ftruncate(fd, _HEADER_BYTES)
+                mm = mmap.mmap(fd, _HEADER_BYTES)
+                header = np.frombuffer(mm, np.int64, _HEADER_BYTES // 8, 0)
+                header[H_DIM], header[H_PARTITIONS], header[H_STATE] = dim, self._num_partitions, CREATED
+                header[H_OWNER_PID], header[H_EXPECTED_ROWS] = os.getpid(), -1
+                header[H_GEN], header[H_CLOCK], header[H_MAGIC] = generation, 1, _MAGIC
+                del header
+                mm.close()
+            finally:
+                os.close(fd)
+            try:
+                os.link(temp, base)
+                return True
+            except FileExistsError:
+                os.unlink(data)
+                return False
+        except BaseException:
+            for path in (data,):
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+            raise
         finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
+            try:
+                os.unlink(temp)
+            except FileNotFoundError:
+                pass
 
     def _wait_failure(self, tag: str, base: str) -> str:
         """Why a secondary gave up waiting for table `tag`."""
