@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.hps-installed
 EXTRAS := torch,onnx,redis,kafka,triton,tf,gpu,dev,bench
 
-.PHONY: demo test test-numpy2 install services bench soak perf-analyzer clean
+.PHONY: demo test test-numpy2 install services bench soak perf-analyzer dist clean
 
 demo: $(STAMP)
 	$(VENV)/bin/hps demo
@@ -57,5 +57,10 @@ soak: $(STAMP)
 perf-analyzer: $(STAMP)
 	$(PY) -c "import sys; sys.path.insert(0, 'benchmarks'); import bench_triton; bench_triton.perf_analyzer_binary()"
 
+# The sdist and the wheel of hierarchical-parameter-server (imported as hps) in dist/, ready for `twine upload dist/*`.
+dist: $(STAMP)
+	rm -rf dist
+	$(PY) -m build --outdir dist .
+
 clean:
-	rm -rf $(VENV) $(NP2_VENV) build *.egg-info
+	rm -rf $(VENV) $(NP2_VENV) build dist *.egg-info

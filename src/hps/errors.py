@@ -61,11 +61,20 @@ class MissingDependencyError(HpsError):
     """An optional dependency is not installed; the message names the extra to install."""
 
 
+#: The name hps is published under on PyPI (`hps` there is someone else's package); imported as `hps`.
+DISTRIBUTION = "hierarchical-parameter-server"
+
+
+def pip_install_hint(extra: str) -> str:
+    """The pip command that installs `extra`: "pip install 'hierarchical-parameter-server[triton]'"."""
+    return f"pip install '{DISTRIBUTION}[{extra}]'"
+
+
 def require(module: str, extra: str):
     """Import an optional heavy dependency or raise `MissingDependencyError` naming the extra.
 
-    `require("rocksdict", "rocksdb")` returns the module, or tells the user to
-    `pip install 'hps[rocksdb]'`.
+    `require("torch", "torch")` returns the module, or tells the user to
+    `pip install 'hierarchical-parameter-server[torch]'`.
     """
     import importlib
 
@@ -73,5 +82,5 @@ def require(module: str, extra: str):
         return importlib.import_module(module)
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise MissingDependencyError(
-            f"{module} is not installed; install it with: pip install 'hps[{extra}]'"
+            f"{module} is not installed; install it with: {pip_install_hint(extra)}"
         ) from exc

@@ -26,6 +26,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hps", description="Hierarchical parameter server (HugeCTR HPS compatible).")
+    parser.add_argument("--version", action="version", version=_version_line(),
+                        help="print hps's version (package hierarchical-parameter-server) and exit")
     sub = parser.add_subparsers(metavar="COMMAND")
 
     p = sub.add_parser("inspect", help="models, tables, rows, dims and the memory each tier and cache will take")
@@ -50,11 +52,17 @@ def _parser() -> argparse.ArgumentParser:
                         "from the file, only for files you trust (default: refused)")
     p.set_defaults(run=_convert)
 
-    p = sub.add_parser("demo", help="the seed pipeline end to end: train, split, serve, compare")
-    p.add_argument("--out", help="folder for the artefacts (default: a temporary folder)")
-    p.add_argument("--batch-size", type=int, default=8192, help="global training batch (seed: 65536)")
+    p = sub.add_parser("demo", help="train a small model, split it, serve it through hps (and Triton), compare; "
+                                     "keeps ps.json, the sparse and dense models and a Triton repository in ./hps-demo",
+                       epilog="example: hps demo --out hps-demo --no-triton")
+    p.add_argument("--out", default="hps-demo",
+                   help="folder for the artefacts, kept (default ./hps-demo); created, or empty, or an earlier "
+                        "demo's folder (its files are replaced)")
+    p.add_argument("--batch-size", type=int, default=8192,
+                   help="training samples per step, 10 steps (default 8192; HugeCTR's tutorial used 65536)")
     p.add_argument("--no-triton", action="store_true",
-                   help="skip the Triton Inference Server part (skipped anyway without the triton extra)")
+                   help="do not start Triton Inference Server (the repository is written anyway; skipped "
+                        "anyway without the triton extra)")
     p.set_defaults(run=_demo)
 
     p = sub.add_parser("publish", help="publish a sparse model or .npy files as HCTR Kafka updates")
@@ -112,6 +120,16 @@ def _parser() -> argparse.ArgumentParser:
                    help="largest input a request may declare (default 64 MiB); larger requests get HTTP 400")
     p.set_defaults(run=_triton_serve)
     return parser
+
+
+def _version_line() -> str:
+    """`hps 0.1.0 (hierarchical-parameter-server, Python 3.11.2)`."""
+    import platform
+
+    from hps import __version__
+    from hps.errors import DISTRIBUTION
+
+    return f"hps {__version__} ({DISTRIBUTION}, Python {platform.python_version()})"
 
 
 def _inspect(args: argparse.Namespace) -> int:
@@ -180,10 +198,12 @@ def _convert(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     from hps.demo import run_demo
+    from hps.errors import pip_install_hint
 
     with_triton = not args.no_triton
     if with_triton and importlib.util.find_spec("tritonclient") is None:
-        print("hps demo: the Triton part is skipped: tritonclient is not installed (pip install 'hps[triton]')")
+        print("hps demo: Triton Inference Server is not started: tritonclient is not installed "
+              f"({pip_install_hint('triton')})")
         with_triton = False
     max_diff = run_demo(args.out, global_batch_size=args.batch_size, with_triton=with_triton)
     return 0 if max_diff < 1e-4 else 1

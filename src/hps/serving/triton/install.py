@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hps.errors import pip_install_hint
 from hps.serving.triton.errors import ServerError
 
 CACHE_DIR = Path(os.environ.get("HPS_CACHE_DIR", Path.home() / ".cache" / "hps"))
@@ -53,7 +54,7 @@ def find_tritonserver(binary: str | os.PathLike | None = None) -> TritonInstall:
     spec = importlib.util.find_spec("pytriton")
     if spec is None or not spec.submodule_search_locations:
         raise ServerError("no tritonserver on PATH and nvidia-pytriton is not installed; install it with: "
-                          "pip install 'hps[triton]'")
+                          f"{pip_install_hint('triton')}")
     root = Path(list(spec.submodule_search_locations)[0]) / "tritonserver"
     server = root / "bin" / "tritonserver"
     if not server.is_file():
@@ -61,7 +62,7 @@ def find_tritonserver(binary: str | os.PathLike | None = None) -> TritonInstall:
     if int(np.__version__.split(".")[0]) >= 2:
         raise ServerError(f"the tritonserver of nvidia-pytriton runs its python models on numpy 1.x: with numpy "
                           f"{np.__version__} every output comes back empty; install numpy<2 in this environment "
-                          "(pip install 'hps[triton]' pins it) or pass your own tritonserver binary")
+                          f"({pip_install_hint('triton')} pins it) or pass your own tritonserver binary")
     site = root.parent.parent
     libs = site / "nvidia_pytriton.libs"
     ld = [str(libs), sysconfig.get_config_var("LIBDIR") or ""]

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from hps.config import ModelConfig, PsConfig, load_config
-from hps.errors import ConfigError
+from hps.errors import ConfigError, pip_install_hint
 from hps.serving.triton import config_text
 from hps.serving.triton.backend_runner import DEFAULT_MODEL_FILES, RUNNABLE, backend_of
 from hps.serving.triton.dense_runner import DenseRunner, dense_kind
@@ -257,7 +257,7 @@ def _convert_dense_model(cfg_path: Path, text: str, name: str, backend: str, ava
     module, extra = RUNNABLE[backend]
     if importlib.util.find_spec(module) is None:
         raise RepositoryError(f"{cfg_path}: model {name!r} is a {backend} model, run by hps in the python "
-                              f"backend through {module}, which is not installed: pip install 'hps[{extra}]'")
+                              f"backend through {module}, which is not installed: {pip_install_hint(extra)}")
     for version in versions:
         _copy_new(BACKEND_MODEL_SOURCE, version / "model.py")
     _copy_new(cfg_path, model_dir / "config.pbtxt.hugectr")
