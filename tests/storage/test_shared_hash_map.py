@@ -197,7 +197,8 @@ def test_secondary_started_before_owner_waits_then_attaches(shm_name):
 
 def test_secondary_wait_is_bounded_and_says_why(shm_name):
     secondary = SharedHashMapBackend(_config(shm_name, initialize_after_startup=False), attach_timeout_s=0.2)
-    with pytest.raises(BackendError, match=rf"waited 0.2 s for table {TAG}.*no process created it"):
+    with pytest.raises(BackendError, match=rf"waited for table {TAG} .*\(attach_timeout_s 0.2 s\), but no process "
+                                           rf"created it"):
         secondary.create_table(TAG, DIM)
     owner = SharedHashMapBackend(_config(shm_name))
     owner.create_table(TAG, DIM)
@@ -438,3 +439,31 @@ def test_a_writer_that_died_mid_write_is_an_error_not_a_hang(shm_name, monkeypat
     table.header[shared_hash_map.H_SEQ] += 1
     assert b.find(TAG, keys)[1].all()
     b.close()
+
+
+def test_owners_loading_at_once_load_once(shm_name):
+    """Triton's model instances all start as owners: the first to reserve loads, the others skip their
+    load writes and wait in mark_loaded for it."""
+    import threading
+
+    first, second = SharedHashMapBackend(_config(shm_name)), SharedHashMapBackend(_config(shm_name))
+    keys = np.arange(1000, dtype=np.int64)
+    for b in (first, second):
+        b.create_table(TAG, DIM)
+    first.reserve(TAG, 1000)
+    second.reserve(TAG, 1000)
+    second.insert_or_assign(TAG, keys, _rows(keys, salt=9.0))  # skipped: first loads these rows
+    done = threading.Event()
+    waiter = threading.Thread(target=lambda: (second.mark_loaded(TAG), done.set()))
+    waiter.start()
+    time.sleep(0.2)
+    assert not done.is_set()  # waits for the first's load
+    first.insert_or_assign(TAG, keys, _rows(keys))
+    first.mark_loaded(TAG)
+    waiter.join(10)
+    assert done.is_set()
+    np.testing.assert_array_equal(second.find(TAG, keys)[0], _rows(keys))
+    second.insert_or_assign(TAG, keys[:1], _rows(keys[:1], salt=1.0))  # after the load: a normal write
+    np.testing.assert_array_equal(first.find(TAG, keys[:1])[0], _rows(keys[:1], salt=1.0))
+    first.close()
+    second.close()

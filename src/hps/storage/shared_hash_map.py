@@ -106,7 +106,7 @@ _MAGIC = 0x3130_4D48_5353_5048  # "HPSSHM01" little-endian
 _HEADER_BYTES = 4096
 # header words (int64)
 H_MAGIC, H_DIM, H_PARTITIONS, H_STATE, H_OWNER_PID, H_EXPECTED_ROWS, H_GEN, H_CLOCK = range(8)
-H_WRITER_PID = 9
+H_WRITER_PID, H_OWNER_TOKEN = 9, 10
 H_SEQ = 16  # its own cache line
 # load states
 CREATED, LOADING, READY = 0, 1, 2
@@ -181,7 +181,23 @@ class _SharedTable:
         self.dim = int(self.header[H_DIM])
         self.thread_lock = threading.Lock()
         self.gen: _Generation | None = None
-        self.remap()
+        #: Another owner is loading this table: this process's load writes are skipped (see `reserve`).
+        self.skip_load = False
+        #: Row count last seen while waiting for another process's load (progress extends the wait).
+        self.rows_seen: int | None = None
+
+    def loaded_rows(self) -> int:
+        """Rows in the table now, read from its data file without mapping it (-1 when it is being replaced)."""
+        try:
+            with open(self.data_path(int(self.header[H_GEN])), "rb") as f:
+                f.seek(_STATE_OFFSET + 8 * K.ST_SIZE)
+                return int.from_bytes(f.read(8), "little", signed=True)
+        except FileNotFoundError:
+            return -1
+
+    def removed(self) -> bool:
+        """True when the header file was removed since we opened it (the table was dropped)."""
+        return os.fstat(self.header_fd).st_nlink == 0
 
     def data_path(self, generation: int) -> str:
         return f"{self.base}.{generation}"
@@ -323,6 +339,8 @@ class SharedHashMapBackend:
         self._tables: dict[str, _SharedTable] = {}
         self._lock = threading.Lock()
         self._closed = False
+        #: Names this backend as a table's loader in its header (pids are shared by a process's backends).
+        self._token = int.from_bytes(os.urandom(7), "little") + 1
 
     # -- attaching ----------------------------------------------------------------------------
 
@@ -360,27 +378,46 @@ class SharedHashMapBackend:
                                f"({table.base})")
 
     def _attach(self, tag: str, dim: int) -> _SharedTable:
+        """Attach table `tag`: the owner at once (creating it if needed), a secondary once it is loaded."""
         base = self.base_path(tag)
         users_fd = self._hold_users_lock(base)
+        table: _SharedTable | None = None
         try:
             deadline = time.monotonic() + self._timeout_s
             while True:
-                header_fd = self._open_header(base, dim)
-                if header_fd is not None:
-                    table = _SharedTable(tag, base, header_fd, users_fd)
-                    state = int(table.header[H_STATE])
-                    if self._owner or state == READY or table.dim != dim:
-                        if self._owner and state != READY:
-                            table.header[H_OWNER_PID] = os.getpid()
+                if table is not None and table.removed():
+                    os.close(table.header_fd)
+                    table = None
+                if table is None:
+                    header_fd = self._open_header(base, dim)
+                    if header_fd is not None:
+                        table = _SharedTable(tag, base, header_fd, users_fd)
+                if table is not None:
+                    moved = [deadline]
+                    if self._owner or table.dim != dim or self._loaded(table, self._timeout_s, moved):
+                        table.remap()
                         return table
-                    table.header_mm = None  # not ready: look again
-                    os.close(header_fd)
+                    deadline = moved[0]
                 if time.monotonic() >= deadline:
                     raise BackendError(self._wait_failure(tag, base))
                 time.sleep(_POLL_S)
         except BaseException:
+            if table is not None:
+                os.close(table.header_fd)
             os.close(users_fd)
             raise
+
+    def _loaded(self, table: _SharedTable, timeout_s: float, deadline: list[float]) -> bool:
+        """True once `table` is loaded. While its loader is alive and the row count grows, `deadline[0]`
+        moves to `timeout_s` from now (a long load is waited for; a stalled one is not)."""
+        if int(table.header[H_STATE]) == READY:
+            return True
+        if int(table.header[H_STATE]) == LOADING and _pid_alive(int(table.header[H_OWNER_PID])):
+            rows = table.loaded_rows()
+            if rows != table.rows_seen:
+                table.rows_seen = rows
+                deadline[0] = time.monotonic() + timeout_s
+        return False
 
     def _hold_users_lock(self, base: str) -> int:
         """Open `<base>.users` and hold a shared flock on it (retrying when the file was removed by a
@@ -424,7 +461,7 @@ class SharedHashMapBackend:
                 mm = mmap.mmap(fd, _HEADER_BYTES)
                 header = np.frombuffer(mm, np.int64, _HEADER_BYTES // 8, 0)
                 header[H_DIM], header[H_PARTITIONS], header[H_STATE] = dim, self._num_partitions, CREATED
-                header[H_OWNER_PID], header[H_EXPECTED_ROWS] = os.getpid(), -1
+                header[H_OWNER_PID], header[H_EXPECTED_ROWS], header[H_OWNER_TOKEN] = os.getpid(), -1, 0
                 header[H_GEN], header[H_CLOCK], header[H_MAGIC] = generation, 1, _MAGIC
                 del header
                 mm.close()
@@ -449,9 +486,9 @@ class SharedHashMapBackend:
             except FileNotFoundError:
                 pass
 
-    def _wait_failure(self, tag: str, base: str) -> str:
-        """Why a secondary gave up waiting for table `tag`."""
-        waited = f"waited {self._timeout_s:g} s for table {tag} in shared memory {base}"
+    def _wait_failure(self, tag: str, base: str, loading_owner: bool = False) -> str:
+        """Why a secondary (or an owner using another's load) gave up waiting for table `tag`."""
+        waited = f"waited for table {tag} in shared memory {base} (attach_timeout_s {self._timeout_s:g} s)"
         try:
             header = np.fromfile(base, np.int64, 16)
         except (FileNotFoundError, ValueError):
@@ -463,7 +500,8 @@ class SharedHashMapBackend:
         alive = _pid_alive(pid)
         rows = f" ({int(np.fromfile(f'{base}.{int(header[H_GEN])}', np.int64, 12)[8])} of " \
                f"{int(header[H_EXPECTED_ROWS])} rows)" if state == LOADING and alive else ""
-        who = f"its owner, pid {pid}, " + ("is still loading it" if alive else "exited before loading it completed")
+        who = f"its owner, pid {pid}, " + ("is loading it, with no new row for attach_timeout_s" if alive
+                                           else "exited before loading it completed")
         return f"shared hash map: {waited}; it is {_STATE_NAMES.get(state, state)}{rows}: {who}"
 
     # -- segments -----------------------------------------------------------------------------
@@ -657,22 +695,47 @@ class SharedHashMapBackend:
 
     def reserve(self, tag: str, rows: int) -> None:
         """Size table `tag` for `rows` live rows in total before a load (one segment of the final size,
-        no copies while loading) and mark it as being loaded until `mark_loaded`."""
+        no copies while loading) and claim its load until `mark_loaded`.
+
+        When another owner that is still attached has claimed it (Triton's model instances all start
+        with initialize_after_startup true), this process does not load it again: its writes until
+        `mark_loaded` are skipped and `mark_loaded` waits for the other's load. Owners loading one table
+        at once must load the same rows (the first one's are kept)."""
         table = self._table(tag)
         if self._margin is not None:
             rows = min(rows, self._margin * self._num_partitions + self._batch_rows)
         with table.writing() as gen:
-            if int(table.header[H_STATE]) != READY:
-                table.header[H_EXPECTED_ROWS] = rows
-                table.header[H_STATE] = LOADING
+            header = table.header
+            token, pid = int(header[H_OWNER_TOKEN]), int(header[H_OWNER_PID])
+            if (int(header[H_STATE]) in (LOADING, READY) and token not in (0, self._token)
+                    and _pid_alive(pid)):
+                table.skip_load = True
+                log.info("shared hash map: table %s is %s by pid %d; this process (pid %d) uses its rows instead "
+                         "of loading them again", tag, _STATE_NAMES[int(header[H_STATE])], pid, os.getpid())
+                return
+            header[H_OWNER_PID], header[H_OWNER_TOKEN] = os.getpid(), self._token
+            header[H_EXPECTED_ROWS] = rows
+            header[H_STATE] = LOADING
             if rows > gen.size:
                 self._grow(table, gen, rows, rows - gen.size)
 
     def mark_loaded(self, tag: str) -> None:
-        """The owner has written every row of table `tag`: secondaries waiting for it attach now."""
+        """This process has written every row of table `tag`: secondaries waiting for it attach now.
+        When another owner's load was used instead (`reserve`), waits for that load to finish
+        (`BackendError` if its loader exits first, or stalls for `attach_timeout_s`)."""
         table = self._table(tag)
+        if table.skip_load:
+            deadline = [time.monotonic() + self._timeout_s]
+            while not self._loaded(table, self._timeout_s, deadline):
+                if (time.monotonic() >= deadline[0] or not _pid_alive(int(table.header[H_OWNER_PID]))
+                        or int(table.header[H_OWNER_TOKEN]) == 0):  # 0: its loader detached unfinished
+                    raise BackendError(self._wait_failure(tag, table.base, loading_owner=True))
+                time.sleep(_POLL_S)
+            table.skip_load = False
+            return
         with table.writing():
             table.header[H_STATE] = READY
+            table.header[H_OWNER_PID], table.header[H_OWNER_TOKEN] = os.getpid(), self._token
 
     def insert_or_assign(self, tag: str, keys: np.ndarray, vectors: np.ndarray) -> None:
         """Upsert `keys: (n,) int64` → `vectors: (n, dim) float32` (later duplicates win), from any
@@ -683,7 +746,7 @@ class SharedHashMapBackend:
         keys = check_keys(keys, f"table {tag}")
         vectors = check_vectors(tag, vectors, keys.shape[0], table.dim)
         n = keys.shape[0]
-        if n == 0:
+        if n == 0 or table.skip_load:  # skip_load: another owner loads these rows (`reserve`)
             return
         with table.writing() as gen:
             clock = 0
@@ -770,6 +833,8 @@ class SharedHashMapBackend:
 
     def _detach(self, table: _SharedTable, remove: bool) -> None:
         with table.thread_lock:  # no write of this process in flight
+            if int(table.header[H_OWNER_TOKEN]) == self._token:
+                table.header[H_OWNER_TOKEN] = 0  # its loader is gone: a later owner loads it again
             last = table.detach()
             try:
                 if last and remove:
