@@ -26,6 +26,11 @@ torch = require("torch", "torch")
 
 __all__ = ["LookupLayer", "lookup"]
 
+#: True while `torch.jit.trace` records: the layer then calls the op, which the trace records (the numpy
+#: fast path would be recorded as a constant output). The C function, not `torch.jit.is_tracing()` (a
+#: Python wrapper around it): this runs on every eager call.
+_is_tracing = torch._C._is_tracing
+
 def _check(keys: Any, ps_config_file: str, model_name: str, table_id: int, emb_vec_size: int) -> None:
     """Static checks (valid on fake tensors too): a (B, N) tensor whose dtype matches supportlonglong,
     a known model and table, and emb_vec_size equal to the table's dim."""
@@ -114,7 +119,12 @@ class LookupLayer(torch.nn.Module):
 
     def forward(self, keys: torch.Tensor) -> torch.Tensor:
         """keys: (B, N) int64|int32 → (B, N, emb_vec_size) float32 on keys.device."""
-        if type(keys) is torch.Tensor and not torch.compiler.is_compiling():
+        if torch.jit.is_scripting():
+            # TorchScript compiles this branch only (`is_scripting` is a constant there): the op, by name, so a
+            # saved model runs wherever `hps.torch` was imported, and `torch.jit.fork` can run lookups at once
+            return torch.ops.hps.lookup(keys, self.ps_config_file, self.model_name, self.table_id,
+                                        self.emb_vec_size)
+        if type(keys) is torch.Tensor and not torch.compiler.is_compiling() and not _is_tracing():
             # eager: skip the custom-op dispatcher (~0.2 ms per call on a CPU); the model, table and dim
             # were checked at construction, so keys of the right dtype and rank go straight to the HPS
             if keys.dtype is self._key_dtype and keys.dim() == 2:

@@ -1,4 +1,5 @@
-"""hps.torch: LookupLayer values, the hps::lookup custom op under torch.compile / torch.export, errors."""
+"""hps.torch: LookupLayer values, the hps::lookup custom op under torch.compile / torch.export /
+torch.jit.trace / torch.jit.script, errors (TorchScript as HugeCTR's users use it: tests/compat/test_torch_torchscript.py)."""
 
 from __future__ import annotations
 
@@ -62,6 +63,31 @@ def test_torch_export_with_dynamic_batch(small_model):
     other = torch.tensor([[7, 8, 9]] * 5)
     with torch.no_grad():
         torch.testing.assert_close(exported.module()(other), model(other))
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.*` is deprecated:DeprecationWarning")
+def test_torch_jit_trace_records_the_op(small_model):
+    """A trace records the hps::lookup op, not the vectors of the example keys as a constant."""
+    path, table = small_model
+    model = _Model(path).eval()
+    with torch.no_grad():
+        traced = torch.jit.trace(model, (torch.tensor([[1, 2, 3], [4, 5, 6]]),))
+        assert "ops.hps.lookup" in traced.lookup.code
+        other = torch.tensor([[7, 8, 9], [10, 11, 70], [12, 13, 14]])
+        torch.testing.assert_close(traced(other), model(other), rtol=0, atol=0)
+        layer = torch.jit.trace(hps_torch.LookupLayer(path, "m", 0, DIM), (torch.tensor([[1, 2]]),))
+        np.testing.assert_array_equal(layer(other).numpy(), expected_vectors(table, other.numpy()))
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.*` is deprecated:DeprecationWarning")
+def test_torch_jit_script_matches_eager(small_model):
+    path, table = small_model
+    model = _Model(path).eval()
+    scripted = torch.jit.script(model)
+    keys = torch.tensor([[7, 8, 9], [10, 11, 70]])
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(keys), model(keys), rtol=0, atol=0)
+    np.testing.assert_array_equal(scripted.lookup(keys).numpy(), expected_vectors(table, keys.numpy()))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
