@@ -119,3 +119,34 @@ def test_chunks_cover_the_range_exactly(monkeypatch):
         pieces = transfers.chunks(n, 4)
         covered = [i for a, b in pieces for i in range(a, b)]
         assert covered == list(range(n)) and len(pieces) <= transfers.MAX_CHUNKS
+
+
+@pytest.mark.skipif(DEVICE == "cpu", reason="graph replays run on CUDA only")
+def test_concurrent_callers_on_their_own_streams_get_their_own_rows():
+    """Graph replays of one batch size from threads on separate streams: the host waits for the hit count
+    outside the graphs' lock, so each caller's copies out must be ordered before the next replay."""
+    import threading
+
+    cache = GpuEmbeddingCache(8192, DIM, DEVICE)
+    keys = np.arange(2000, dtype=np.int64) * 5
+    cache.insert_or_assign(tkeys(keys), tvec(rows(keys, DIM)))
+    errors: list[str] = []
+
+    def worker(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        stream = torch.cuda.Stream()
+        with torch.cuda.stream(stream):
+            for _ in range(60):
+                absent = rng.integers(0, 2) * 3
+                query = np.concatenate([rng.choice(keys, 64 - absent), [1, 2, 3][:absent]])
+                vectors, found, num_found = cache.find_counted(tkeys(query))
+                got, mask = vectors.cpu().numpy(), (np.ones(64, bool) if found is None else found.cpu().numpy())
+                if num_found != 64 - absent or not np.array_equal(got[mask], rows(query[mask], DIM)):
+                    errors.append(f"seed {seed}: {num_found} found, rows differ")
+
+    threads = [threading.Thread(target=worker, args=(seed,)) for seed in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors[:3]

@@ -143,8 +143,10 @@ def test_lookup_fills_the_callers_out(table, monkeypatch, cache, keys_kind, out_
     returns that same object, for numpy and device keys, through the GPU cache and through a host cache;
     misses (fetched, duplicated, and absent everywhere) included."""
     tmp_path, keys, vectors = table
-    if cache == "cpu":
+    if cache == "cpu":  # the host cache, also on a GPU machine (cuda_available is cached per process)
         monkeypatch.setenv("HPS_DEVICE", "cpu")
+        monkeypatch.setattr("hps.parameter_server.cuda_available", lambda: False)
+        monkeypatch.setattr("hps.cache.factory.cuda_available", lambda: False)
     query = np.array([[0, 3, 3, 7], [1537, 9, 0, 12]], dtype=np.int64)  # 7 and 1537 are in no tier
     given = {"numpy": query, "numpy-int32": query.astype(np.int32),
              "torch": torch.from_numpy(query).to(DEVICE)}[keys_kind]

@@ -25,8 +25,9 @@ torch = require("torch", "gpu")
 #: Batch sizes with a captured find graph per cache (the oldest capture is dropped first).
 MAX_GRAPHS = 8
 #: Batches whose vectors take more bytes than this skip the graph: the copy out of its static buffer
-#: would cost more than the launch it saves (H100: a launch from Python ~45 µs ≈ copying ~64 MB).
-GRAPH_MAX_BYTES = 32 << 20
+#: would cost more than the launch it saves (H100: a launch from Python ~45 µs ≈ copying ~64 MB; at 4,096 × 26
+#: keys of dim 128, 54 MB, eager took 188 µs p50 on an H100 where an earlier run replayed it in 150).
+GRAPH_MAX_BYTES = 64 << 20
 #: Held while a graph is captured, and by `synchronize`: a whole-device synchronize from another thread
 #: during a capture invalidates it (cudaErrorStreamCaptureInvalidated).
 _CAPTURE_LOCK = threading.Lock()
@@ -58,8 +59,10 @@ def find_counted_eager(find: Callable[..., tuple[Any, Any]], keys: Any, out: Any
 class _FindGraph:
     """A captured find of a fixed number of keys: the graph and its static buffers."""
 
-    def __init__(self, graph: Any, keys: Any, out: Any, found: Any, num_found: Any) -> None:
-        self.graph, self.keys, self.out, self.found, self.num_found = graph, keys, out, found, num_found
+    def __init__(self, graph: Any, keys: Any, out: Any, flags: Any) -> None:
+        #: `flags`: int8, the found mask in its first n bytes, the hit count as an int64 in its last 8
+        #: (one copy out takes both)
+        self.graph, self.keys, self.out, self.flags = graph, keys, out, flags
         #: The stream of the last caller: its copies out of the static buffers are queued there.
         self.stream: Any = None
 
@@ -95,9 +98,12 @@ class FindGraphs:
             graph.stream = stream
             graph.keys.copy_(keys)
             graph.graph.replay()
-            num_found = int(graph.num_found.item())
+            # copied out before the host waits, on this stream: the next caller's replay queues behind these
+            # copies (wait_stream above), so the wait below runs outside the lock
             vectors = graph.out.clone() if out is None else out.copy_(graph.out)
-            found = graph.found.clone().view(torch.bool) if num_found < n else None
+            flags = graph.flags.clone()
+        num_found = int(flags[-8:].view(torch.int64).item())
+        found = flags[:n].view(torch.bool) if num_found < n else None
         return vectors, found, num_found
 
     def _capture(self, n: int) -> _FindGraph:
@@ -113,7 +119,9 @@ class FindGraphs:
         # when it was first made, and a capture there records nothing of kernels launched on another
         # device (they run once, eagerly, and every replay would return that first result).
         # thread_local: other threads may launch work (inserts, updates) while this one captures.
+        flags = torch.zeros(-(-n // 8) * 8 + 8, dtype=torch.int8, device=self._device)
         with _CAPTURE_LOCK, torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):
             out, found = self._find(keys)
-            num_found = found.view(torch.int8).sum()
-        return _FindGraph(graph, keys, out, found.view(torch.int8), num_found)
+            flags[:n].copy_(found.view(torch.int8))
+            flags[-8:].view(torch.int64).copy_(found.view(torch.int8).sum().view(1))
+        return _FindGraph(graph, keys, out, flags)
