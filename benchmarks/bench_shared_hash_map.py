@@ -332,7 +332,8 @@ def main() -> None:
             vis_rows.append({"keys_per_update": batch, "updates": int(w.shape[0]), "polls": int(starts.shape[0]),
                              "stale_polls_after_write_returned": stale,
                              "write_call_p50_ms": float(np.percentile(dur, 50)),
-                             "visible_p50_ms": float(np.percentile(lat, 50)), "visible_p99_ms": float(np.percentile(lat, 99)),
+                             "visible_p50_ms": float(np.percentile(lat, 50)),
+                             "visible_p99_ms": float(np.percentile(lat, 99)),
                              "visible_max_ms": float(lat.max()), "updates_never_seen": int((~seen).sum())})
         write_results("shared-hash-map", "update_visibility", vis_rows, notes=(
             f"The owner process rewrites the first 1 or 1,000 keys of the {rows:,}-row table {_VERSIONS} times, "

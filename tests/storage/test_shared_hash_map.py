@@ -467,3 +467,54 @@ def test_owners_loading_at_once_load_once(shm_name):
     np.testing.assert_array_equal(first.find(TAG, keys[:1])[0], _rows(keys[:1], salt=1.0))
     first.close()
     second.close()
+
+
+@pytest.mark.kafka
+def test_two_hps_processes_of_one_host_share_the_table_and_every_update(shm_name, tmp_path):
+    """Two HPS processes on one host (both owners, as Triton's model instances): one table in /dev/shm,
+    one Kafka group for the host (`hps.volatile.<host>`: each update applied once, to the one copy) and
+    a cache group per process, so both see each update."""
+    pytest.importorskip("confluent_kafka")
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from hps.update.publisher import KafkaPublisher
+    from tests.kafka_fixture import TEST_CONSUMER_CONFIG, kafka_broker
+    from tests.update.test_hps_updates import MODEL, TABLE, _ps_config, _write_model
+
+    root = Path(__file__).resolve().parents[2]
+    sparse, keys, vectors = _write_model(tmp_path)
+    sample, new = keys[::3], vectors[::3] + 42.0
+    np.save(tmp_path / "keys.npy", sample)
+    np.save(tmp_path / "new.npy", new)
+    with kafka_broker() as brokers:
+        config = _ps_config(tmp_path, sparse, brokers)
+        config.pop("persistent_db", None)
+        config["volatile_db"] = {"type": "multi_process_hash_map", "shared_memory_name": shm_name,
+                                 "num_partitions": 2, "update_filters": [".+"]}
+        ps_json = tmp_path / "ps.json"
+        ps_json.write_text(json.dumps(config))
+        env = dict(os.environ, HPS_HOSTNAME="host-x", HPS_KAFKA_CONSUMER_CONFIG=json.dumps(TEST_CONSUMER_CONFIG))
+        procs = [subprocess.Popen([sys.executable, "-m", "tests.update.consumer_proc", "hps", str(ps_json), MODEL,
+                                   str(tmp_path / "keys.npy"), str(tmp_path / "new.npy"), "60"],
+                                  cwd=root, env=env, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+        try:
+            groups = []
+            for p in procs:
+                word, _, rest = p.stdout.readline().partition(" ")
+                assert word == "ready"
+                groups.append(json.loads(rest))
+            assert len(_files(shm_name)) == 3  # one table: header, data, users
+            with KafkaPublisher(brokers) as pub:
+                pub.publish(MODEL, TABLE, sample, new)
+            assert [p.wait(90) for p in procs] == [0, 0]
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait(10)
+    for process_groups in groups:
+        assert process_groups[1] == "hps.volatile.host-x" and process_groups[0].startswith("hps.cache.host-x.")
+    assert _files(shm_name) == []

@@ -312,6 +312,9 @@ class SharedHashMapBackend:
     #: Filled by one process, read by all: a secondary with initialize_after_startup false is not
     #: given rows of its own (`hps.lookup.row_home`).
     is_shared = True
+    #: Shared by the processes of one host only: Kafka updates go to one consumer group per host
+    #: (`hps.volatile.<hostname>`), not one for every server as for Redis (`hps.update`).
+    host_local = True
 
     def __init__(self, config: HashMapConfig, *, attach_timeout_s: float | None = None,
                  shm_dir: str = SHM_DIR) -> None:
@@ -521,8 +524,8 @@ class SharedHashMapBackend:
                 os.posix_fallocate(fd, 0, nbytes)
             except OSError as exc:
                 if exc.errno in (errno.ENOSPC, errno.ENOMEM, errno.EFBIG):
-                    raise BackendError(self._no_room(base, nbytes, capacity_rows, dim, "/dev/shm could not allocate it")) \
-                        from exc
+                    why = f"{self._dir} could not allocate it ({os.strerror(exc.errno)})"
+                    raise BackendError(self._no_room(base, nbytes, capacity_rows, dim, why)) from exc
                 raise
             mm = mmap.mmap(fd, nbytes)
             words = np.frombuffer(mm, np.int64, 8, 0)

@@ -7,10 +7,15 @@
 
 Consumer groups are HugeCTR's (reference §2.12): `hps.volatile` when the volatile tier is shared
 (Redis Cluster: one group for every server), `hps.volatile.<hostname>` when it is per process
-(hash map: every host consumes everything), and `hps.persistent.<hostname>`. The hostname is
+(hash map: every host consumes everything) or per host (multi_process_hash_map: the processes of a
+host share the group, each applying its partitions to the one copy), and `hps.persistent.<hostname>`. The hostname is
 `socket.gethostname()`, or the environment variable `HPS_HOSTNAME` when set: two hps processes
 with hash maps on one host must set distinct `HPS_HOSTNAME`s, or they share one group and each sees
 only part of the updates (HugeCTR had the same trap, with no way out).
+
+An in-process volatile tier (hash map) is rebuilt from the sparse files at every start, so its source
+reads each partition from its first offset the first time this process gets it, whatever the group
+committed: every retained update is applied again over the files, and a restart reverts none.
 """
 
 from __future__ import annotations
@@ -94,7 +99,9 @@ def start_update_sources(hps: Any, config: Any = None, *, consumer_config: dict[
     plans = []
     if hps.volatile is not None and config.volatile_db is not None:
         shared = bool(getattr(hps.volatile, "is_shared", False))
-        plans.append(("volatile", volatile_group_id(shared, hostname), config.volatile_db.update_filters, {}))
+        # a tier shared by the processes of one host (multi_process_hash_map): one group per host
+        across_hosts = shared and not getattr(hps.volatile, "host_local", False)
+        plans.append(("volatile", volatile_group_id(across_hosts, hostname), config.volatile_db.update_filters, {}))
         if shared:  # one server of the group writes Redis; every server must still update its caches
             plans.append(("cache", cache_group_id(hostname), config.volatile_db.update_filters, {}))
     if (hps.persistent is not None and config.persistent_db is not None
