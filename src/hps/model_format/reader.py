@@ -11,11 +11,13 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from hps.errors import ModelFormatError
+from hps.model_format.remote import RemoteFiles, identity, is_remote, join, local_path
 
 KEY_FILE = "key"
 VECTOR_FILE = "emb_vector"
@@ -82,7 +84,13 @@ class SparseModel:
     """
 
     def __init__(self, path: str | os.PathLike[str], dim: int) -> None:
-        self.path = Path(path)
+        self._remote: RemoteFiles | None = None
+        self._identity: dict[str, dict] = {}
+        self._keys_digest: str | None = None
+        if is_remote(path):
+            self._open_remote(str(path), dim)
+            return
+        self.path = Path(local_path(path))
         self.dim = check_dim(dim, f"sparse model {self.path}")
         if not self.path.exists():
             raise ModelFormatError(f"sparse model directory {self.path} does not exist")
@@ -100,72 +108,154 @@ class SparseModel:
                     f"sparse model file {file} is missing (the directory holds {present}); "
                     f"a HugeCTR sparse model needs '{KEY_FILE}' and '{VECTOR_FILE}'"
                 )
-        key_bytes = self.key_path.stat().st_size
-        vector_bytes = self.vector_path.stat().st_size
+        slot_path = self.path / SLOT_ID_FILE
+        slot_bytes = slot_path.stat().st_size if slot_path.exists() else None
+        self.num_rows = self._check_sizes(self.key_path.stat().st_size, self.vector_path.stat().st_size,
+                                          slot_bytes, str(slot_path))
+        self._keys: np.ndarray | None = None
+        self._vectors: np.ndarray | None = None
+
+    def _open_remote(self, url: str, dim: int) -> None:
+        """Validate a table behind an fsspec URL from its objects' `info()` alone (no data read)."""
+        self._remote = remote = RemoteFiles(url)
+        self.path = remote.url  # a str: pathlib would fold "s3://b" into "s3:/b"
+        self.dim = check_dim(dim, f"sparse model {remote.where}")
+        self.key_path = join(remote.url, KEY_FILE)
+        self.vector_path = join(remote.url, VECTOR_FILE)
+        infos = {name: remote.info(name) for name in (KEY_FILE, VECTOR_FILE)}
+        for name, info in infos.items():
+            if info is None:
+                present = remote.names()
+                if present is None:
+                    raise ModelFormatError(f"sparse model directory {remote.where} does not exist (nothing is "
+                                           f"stored under it)")
+                raise ModelFormatError(
+                    f"sparse model file {remote.child_where(name)} is missing (the directory holds {present}); "
+                    f"a HugeCTR sparse model needs '{KEY_FILE}' and '{VECTOR_FILE}'"
+                )
+        slot_info = remote.info(SLOT_ID_FILE)
+        self._identity = {name: identity(info) for name, info in infos.items()}
+        self.num_rows = self._check_sizes(int(infos[KEY_FILE]["size"]), int(infos[VECTOR_FILE]["size"]),
+                                          None if slot_info is None else int(slot_info["size"]),
+                                          remote.child_where(SLOT_ID_FILE))
+        self._keys = None
+        self._vectors = None
+
+    @property
+    def where(self) -> str:
+        """The table's directory as messages show it (a URL without its userinfo or query)."""
+        return self._remote.where if self._remote is not None else str(self.path)
+
+    @property
+    def is_remote(self) -> bool:
+        """True when the table is read through fsspec (a URL), False for a local directory."""
+        return self._remote is not None
+
+    def _file_where(self, name: str) -> str:
+        return self._remote.child_where(name) if self._remote is not None else str(self.path / name)
+
+    def _check_sizes(self, key_bytes: int, vector_bytes: int, slot_bytes: int | None, slot_where: str) -> int:
+        """The row count that the file sizes (bytes) agree on for `self.dim`, or `ModelFormatError`."""
+        key_where, vector_where = self._file_where(KEY_FILE), self._file_where(VECTOR_FILE)
         if key_bytes == 0:
-            raise ModelFormatError(f"{self.key_path} is empty; a sparse model needs at least one key")
+            raise ModelFormatError(f"{key_where} is empty; a sparse model needs at least one key")
         if key_bytes % KEY_DTYPE.itemsize:
             raise ModelFormatError(
-                f"{self.key_path} holds {key_bytes} bytes, not a multiple of 8 (keys are int64): "
+                f"{key_where} holds {key_bytes} bytes, not a multiple of 8 (keys are int64): "
                 f"{key_bytes // 8} whole keys and {key_bytes % 8} stray bytes"
             )
         num_keys = key_bytes // KEY_DTYPE.itemsize
         row_bytes = VECTOR_DTYPE.itemsize * self.dim
         if vector_bytes % row_bytes:
             raise ModelFormatError(
-                f"{self.vector_path} holds {vector_bytes} bytes, not a multiple of 4 x dim {self.dim} = "
-                f"{row_bytes} bytes per row; {self.key_path} holds {num_keys} keys"
+                f"{vector_where} holds {vector_bytes} bytes, not a multiple of 4 x dim {self.dim} = "
+                f"{row_bytes} bytes per row; {key_where} holds {num_keys} keys"
                 f"{_dim_hint(vector_bytes, num_keys)}; "
                 f"is embedding_vecsize_per_table right?"
             )
         num_vectors = vector_bytes // row_bytes
         if num_vectors != num_keys:
             raise ModelFormatError(
-                f"{self.vector_path} holds {vector_bytes} bytes = {num_vectors} rows of dim {self.dim}, "
-                f"but {self.key_path} holds {num_keys} keys{_dim_hint(vector_bytes, num_keys)}; "
+                f"{vector_where} holds {vector_bytes} bytes = {num_vectors} rows of dim {self.dim}, "
+                f"but {key_where} holds {num_keys} keys{_dim_hint(vector_bytes, num_keys)}; "
                 f"is embedding_vecsize_per_table right?"
             )
-        slot_path = self.path / SLOT_ID_FILE
-        if slot_path.exists():
-            slot_bytes = slot_path.stat().st_size
-            if slot_bytes != key_bytes:
-                raise ModelFormatError(
-                    f"{slot_path} holds {slot_bytes} bytes = {slot_bytes / 8:g} slot ids, but "
-                    f"{self.key_path} holds {num_keys} keys; expected one int64 slot id per key "
-                    f"({key_bytes} bytes)"
-                )
-        self.num_rows = int(num_keys)
-        self._keys: np.memmap | None = None
-        self._vectors: np.memmap | None = None
+        if slot_bytes is not None and slot_bytes != key_bytes:
+            raise ModelFormatError(
+                f"{slot_where} holds {slot_bytes} bytes = {slot_bytes / 8:g} slot ids, but "
+                f"{key_where} holds {num_keys} keys; expected one int64 slot id per key "
+                f"({key_bytes} bytes)"
+            )
+        return int(num_keys)
 
     def __len__(self) -> int:
         return self.num_rows
 
     def __repr__(self) -> str:
-        return f"SparseModel({str(self.path)!r}, dim={self.dim}, num_rows={self.num_rows})"
+        return f"SparseModel({self.where!r}, dim={self.dim}, num_rows={self.num_rows})"
 
     @property
     def keys(self) -> np.ndarray:
-        """All keys, `(num_rows,) int64`, a read-only memory map of `key`."""
+        """All keys, `(num_rows,) int64`, a read-only memory map of `key` (a remote table: the whole
+        file read into memory once, 8 bytes per row, read-only)."""
         if self._keys is None:
-            self._keys = np.memmap(self.key_path, dtype=KEY_DTYPE, mode="r", shape=(self.num_rows,))
+            if self._remote is not None:
+                self._keys = self._read_remote_keys()
+            else:
+                self._keys = np.memmap(self.key_path, dtype=KEY_DTYPE, mode="r", shape=(self.num_rows,))
         return self._keys
 
     @property
     def vectors(self) -> np.ndarray:
-        """All vectors, `(num_rows, dim) float32`, a read-only memory map of `emb_vector`."""
+        """All vectors, `(num_rows, dim) float32`, a read-only memory map of `emb_vector` (a remote
+        table: the whole file read into memory once, read-only; stream it with `iter_chunks` instead)."""
         if self._vectors is None:
-            self._vectors = np.memmap(
-                self.vector_path, dtype=VECTOR_DTYPE, mode="r", shape=(self.num_rows, self.dim)
-            )
+            if self._remote is not None:
+                self._check_unchanged()
+                data = self._remote.read_ranges(VECTOR_FILE, [0], [self.num_rows * self.dim * VECTOR_DTYPE.itemsize])[0]
+                self._check_unchanged()
+                vectors = data.view(VECTOR_DTYPE).astype(np.float32, copy=False).reshape(self.num_rows, self.dim)
+                vectors.flags.writeable = False
+                self._vectors = vectors
+            else:
+                self._vectors = np.memmap(
+                    self.vector_path, dtype=VECTOR_DTYPE, mode="r", shape=(self.num_rows, self.dim)
+                )
         return self._vectors
+
+    def _read_remote_keys(self) -> np.ndarray:
+        """The remote `key` file, `(num_rows,) int64` read-only, checked against the object that was
+        validated (size and ETag / mtime before and after)."""
+        self._check_unchanged()
+        data = self._remote.read_ranges(KEY_FILE, [0], [self.num_rows * KEY_DTYPE.itemsize])[0]
+        self._check_unchanged()
+        keys = data.view(KEY_DTYPE).astype(np.int64, copy=False)
+        keys.flags.writeable = False
+        return keys
+
+    def _check_unchanged(self) -> None:
+        """Raise `ModelFormatError` if a remote file is no longer the object validated at open
+        (rewritten, resized or removed since): its rows must not be mixed with the validated ones."""
+        if self._remote is None:
+            return
+        for name, validated in self._identity.items():
+            info = self._remote.info(name)
+            now = None if info is None else identity(info)
+            if now != validated:
+                what = "was removed" if now is None else f"changed (now {now}, validated {validated})"
+                raise ModelFormatError(
+                    f"sparse model file {self._remote.child_where(name)} {what} while the table was being "
+                    f"read; nothing read from it is kept: load it again once it is complete")
 
     def iter_chunks(self, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Stream the table in file order as copies: yields `(keys: (m,) int64,
         vectors: (m, dim) float32)` with m = chunk_rows except for the last chunk.
 
         Memory use is bounded by one chunk (chunk_rows x (8 + 4 x dim) bytes)."""
-        chunk_rows = check_chunk_rows(chunk_rows, f"{self.path}.iter_chunks")
+        chunk_rows = check_chunk_rows(chunk_rows, f"{self.where}.iter_chunks")
+        if self._remote is not None:
+            yield from self._iter_remote_chunks(chunk_rows)
+            return
         with open(self.key_path, "rb") as key_file, open(self.vector_path, "rb") as vector_file:
             for start in range(0, self.num_rows, chunk_rows):
                 rows = min(chunk_rows, self.num_rows - start)
@@ -181,6 +271,44 @@ class SparseModel:
                     rows, self.dim
                 )
 
+    def _iter_remote_chunks(self, chunk_rows: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """`iter_chunks` of a remote table: each chunk's two ranges fetched (in parts, concurrently)
+        while the previous chunk is being consumed. The objects must still be the validated ones at
+        the start and at the end, and the keys the ones `check_unique_keys` saw; else
+        `ModelFormatError` (raised before the last chunk is yielded, so a loader that writes chunk by
+        chunk fails instead of completing with mixed rows)."""
+        remote = self._remote
+        self._check_unchanged()
+        row_bytes = VECTOR_DTYPE.itemsize * self.dim
+        starts = list(range(0, self.num_rows, chunk_rows))
+
+        def fetch(start: int) -> tuple[np.ndarray, np.ndarray]:
+            stop = min(self.num_rows, start + chunk_rows)
+            key_bytes = remote.read_ranges(KEY_FILE, [start * KEY_DTYPE.itemsize], [stop * KEY_DTYPE.itemsize])[0]
+            vector_bytes = remote.read_ranges(VECTOR_FILE, [start * row_bytes], [stop * row_bytes])[0]
+            return key_bytes, vector_bytes
+
+        digest = hashlib.blake2b(digest_size=16) if self._keys_digest is not None else None
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hps-remote-read") as pool:
+            pending = pool.submit(fetch, starts[0]) if starts else None
+            for index, start in enumerate(starts):
+                key_bytes, vector_bytes = pending.result()
+                last = index + 1 == len(starts)
+                pending = None if last else pool.submit(fetch, starts[index + 1])
+                rows = key_bytes.shape[0] // KEY_DTYPE.itemsize
+                keys = key_bytes.view(KEY_DTYPE).astype(np.int64, copy=False)
+                vectors = vector_bytes.view(VECTOR_DTYPE).astype(np.float32, copy=False).reshape(rows, self.dim)
+                if digest is not None:
+                    digest.update(key_bytes)
+                if last:
+                    self._check_unchanged()
+                    if digest is not None and digest.hexdigest() != self._keys_digest:
+                        raise ModelFormatError(
+                            f"sparse model file {remote.child_where(KEY_FILE)} changed while the table was "
+                            f"being read (its keys differ from those checked for duplicates); nothing read "
+                            f"from it is kept: load it again once it is complete")
+                yield keys, vectors  # fresh writable arrays, as local chunks are
+
     def fingerprint(self) -> dict:
         """What identifies this version of the table's files, cheaply (reads at most 4 MiB).
 
@@ -189,6 +317,8 @@ class SparseModel:
         `FINGERPRINT_SAMPLE_BYTES` bytes. Two fingerprints differ when a file was rewritten, moved,
         resized or touched; equal fingerprints mean the same files, unchanged (a change in the
         middle of a file that keeps its size and mtime is not seen)."""
+        if self._remote is not None:
+            return self._remote_fingerprint()
         files = {}
         for name, file in ((KEY_FILE, self.key_path), (VECTOR_FILE, self.vector_path)):
             try:
@@ -205,17 +335,47 @@ class SparseModel:
                            "sample_blake2b": digest.hexdigest()}
         return {"dim": self.dim, "files": files}
 
+    def _remote_fingerprint(self) -> dict:
+        """`fingerprint` of a remote table, from the objects' `info()` (no data read): per file its
+        URL (without userinfo or query), size and the version fields the store gives (S3: ETag,
+        LastModified; GCS: generation, md5; HDFS: mtime). Where a store gives no such field, the
+        first and last `FINGERPRINT_SAMPLE_BYTES` bytes are hashed as for a local file."""
+        self._check_unchanged()
+        files = {}
+        for name in (KEY_FILE, VECTOR_FILE):
+            entry = {"path": self._remote.child_where(name), **self._identity[name]}
+            if len(self._identity[name]) == 1:  # the size alone
+                size = entry["size"]
+                head = min(size, FINGERPRINT_SAMPLE_BYTES)
+                starts, stops = [0], [head]
+                if size > FINGERPRINT_SAMPLE_BYTES:
+                    starts.append(max(FINGERPRINT_SAMPLE_BYTES, size - FINGERPRINT_SAMPLE_BYTES))
+                    stops.append(size)
+                digest = hashlib.blake2b(digest_size=16)
+                for part in self._remote.read_ranges(name, starts, stops):
+                    digest.update(part)
+                entry["sample_blake2b"] = digest.hexdigest()
+            files[name] = entry
+        return {"dim": self.dim, "files": files}
+
     def check_unique_keys(self) -> None:
         """Raise `ModelFormatError` if a key appears more than once.
 
         Sorts a copy of the keys: 8 bytes per row of extra memory (plus 1 byte per row of
         comparison mask), independent of dim."""
-        report = duplicate_key_report(self.keys)
+        if self._remote is not None and self._keys is None:
+            keys = self._read_remote_keys()  # not kept: 8 bytes a row; a digest checks the load's keys
+            self._keys_digest = hashlib.blake2b(keys.tobytes(), digest_size=16).hexdigest()
+            report = duplicate_key_report(keys)
+            if report is not None:
+                self._keys = keys  # for the message below
+        else:
+            report = duplicate_key_report(self.keys)
         if report is not None:
             extra_rows, distinct, example = report
             rows = np.flatnonzero(self.keys == example)
             shown = ", ".join(str(int(r)) for r in rows[:5]) + (", ..." if rows.shape[0] > 5 else "")
             raise ModelFormatError(
-                f"{self.key_path} holds {self.num_rows} keys of which {distinct} appear more than once "
+                f"{self._file_where(KEY_FILE)} holds {self.num_rows} keys of which {distinct} appear more than once "
                 f"({extra_rows} duplicate rows); e.g. key {example} at rows {shown}"
             )
