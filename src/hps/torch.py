@@ -6,14 +6,20 @@
 
 The lookup is the torch custom op `torch.ops.hps.lookup(keys, ps_config_file, model_name, table_id,
 emb_vec_size)` with a fake (meta) implementation giving the output shape, so the layer works under
-`torch.compile` (one opaque op, no graph break) and `torch.export`. The HPS of a ps.json is created on
-the first lookup, once per process (thread-safe). Keys on a GPU stay there: with the GPU embedding
-cache the vectors are written on that GPU and returned without a host round trip; with a CPU cache
-they come back to the keys' device.
+`torch.compile` (one opaque op, no graph break) and `torch.export`. Under TorchScript the layer is that op
+too: `torch.jit.script` / `torch.jit.trace` of a model holding LookupLayers work, `torch.jit.fork` runs
+lookups of several tables at once (HugeCTR's table-fusion pattern), and a model saved with `torch.jit.save`
+runs after `torch.jit.load` in any Python process that imported `hps.torch` (the import registers the op;
+the layer keeps the ps.json's absolute path, so the loading process may run elsewhere). Eagerly the layer
+skips the op's dispatcher for the HPS's numpy path. The HPS of a ps.json is created on the first lookup,
+once per process (thread-safe). Keys on a GPU stay there: with the GPU embedding cache the vectors are
+written on that GPU and returned without a host round trip; with a CPU cache they come back to the keys'
+device.
 
-Differences from HugeCTR, on purpose: CPU keys work too; every device in `deployed_device_list`
-works (HugeCTR's op was limited to device 0, §3.4); a bad input raises an `HpsError` (HugeCTR
-logged and left the output unset, §1.9 #9). As in HugeCTR the key dtype must match `supportlonglong`
+Differences from HugeCTR, on purpose: CPU keys work too; every device in `deployed_device_list` works
+(HugeCTR's op was limited to device 0, §3.4); a bad input raises an `HpsError` (HugeCTR logged and left
+the output unset, §1.9 #9; under TorchScript it arrives as TorchScript's `RuntimeError`, whose message
+names the `HpsError` class and what is wrong). As in HugeCTR the key dtype must match `supportlonglong`
 (int64 when true, int32 when false).
 """
 
@@ -26,9 +32,14 @@ torch = require("torch", "torch")
 
 __all__ = ["LookupLayer", "lookup"]
 
+# The checks of every eager forward, bound once (each `torch.jit.…` attribute walk costs ~80 ns a call).
+# TorchScript and dynamo recognise these functions by identity, not by name, so the aliases keep working:
+# `_is_scripting()` is a constant True when TorchScript compiles, `_is_compiling()` True when dynamo traces.
+_is_scripting = torch.jit.is_scripting
+_is_compiling = torch.compiler.is_compiling
 #: True while `torch.jit.trace` records: the layer then calls the op, which the trace records (the numpy
 #: fast path would be recorded as a constant output). The C function, not `torch.jit.is_tracing()` (a
-#: Python wrapper around it): this runs on every eager call.
+#: Python wrapper around it).
 _is_tracing = torch._C._is_tracing
 
 def _check(keys: Any, ps_config_file: str, model_name: str, table_id: int, emb_vec_size: int) -> None:
@@ -119,12 +130,12 @@ class LookupLayer(torch.nn.Module):
 
     def forward(self, keys: torch.Tensor) -> torch.Tensor:
         """keys: (B, N) int64|int32 → (B, N, emb_vec_size) float32 on keys.device."""
-        if torch.jit.is_scripting():
+        if _is_scripting():
             # TorchScript compiles this branch only (`is_scripting` is a constant there): the op, by name, so a
             # saved model runs wherever `hps.torch` was imported, and `torch.jit.fork` can run lookups at once
             return torch.ops.hps.lookup(keys, self.ps_config_file, self.model_name, self.table_id,
                                         self.emb_vec_size)
-        if type(keys) is torch.Tensor and not torch.compiler.is_compiling() and not _is_tracing():
+        if type(keys) is torch.Tensor and not _is_compiling() and not _is_tracing():
             # eager: skip the custom-op dispatcher (~0.2 ms per call on a CPU); the model, table and dim
             # were checked at construction, so keys of the right dtype and rank go straight to the HPS
             if keys.dtype is self._key_dtype and keys.dim() == 2:

@@ -164,12 +164,14 @@ def test_scripted_model_with_several_layers_matches_eager(tables):
 def test_fork_wait_table_fusion_is_exact(tables):
     """HugeCTR's fusion test: a scripted forward forks one lookup per table and waits for all of them."""
     ps_json, dtype = tables
-    model = torch.jit.script(FusedModel(ps_json, MODEL_NAME, [EMB_VEC_SIZE] * NUM_TABLES))
+    eager = FusedModel(ps_json, MODEL_NAME, [EMB_VEC_SIZE] * NUM_TABLES)
+    model = torch.jit.script(eager)
     assert "fork" in model.code
     for keys_list in key_batches(dtype, seed=3, count=12):
         out = model(keys_list)
         assert out.shape == (NUM_TABLES * keys_list.shape[1], NUM_QUERY_KEY, EMB_VEC_SIZE)
         np.testing.assert_array_equal(out.numpy(), expected_fused(ps_json, keys_list))
+        np.testing.assert_array_equal(eager(keys_list).numpy(), out.numpy())  # eager fork runs inline
 
 
 def test_scripted_lookup_errors_name_the_problem(tables):
@@ -249,9 +251,12 @@ def test_saved_model_runs_after_load_in_another_process(tmp_path):
         keys_list = key_batches(dtype, seed=4, count=3)[2]
         np.save(tmp_path / name / "keys.npy", keys_list.numpy())
         cases.append((ps_json, keys_list, tmp_path / name))
+    # as in HugeCTR's notebook, the ps.json path given to the layers is relative to the saving process's
+    # directory; the loading process runs in another one (as Triton does)
     _python(tmp_path, "save_model.py", _SAVE, MODEL_NAME, str(EMB_VEC_SIZE), str(NUM_TABLES),
-            json.dumps([[ps_json, str(d / "fused.pt")] for ps_json, _, d in cases]))
-    _python(tmp_path, "load_model.py", _LOAD,
+            json.dumps([[os.path.relpath(ps_json, tmp_path), str(d / "fused.pt")] for ps_json, _, d in cases]))
+    (tmp_path / "elsewhere").mkdir()
+    _python(tmp_path / "elsewhere", "load_model.py", _LOAD,
             json.dumps([[str(d / "fused.pt"), str(d / "keys.npy"), str(d / "out.npy")] for _, _, d in cases]))
     for ps_json, keys_list, d in cases:
         out = np.load(d / "out.npy")

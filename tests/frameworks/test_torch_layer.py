@@ -1,5 +1,6 @@
 """hps.torch: LookupLayer values, the hps::lookup custom op under torch.compile / torch.export /
-torch.jit.trace / torch.jit.script, errors (TorchScript as HugeCTR's users use it: tests/compat/test_torch_torchscript.py)."""
+torch.jit.trace / torch.jit.script, errors. TorchScript as HugeCTR's users use it (fork / wait, save, load in
+another process): tests/compat/test_torch_torchscript.py."""
 
 from __future__ import annotations
 
