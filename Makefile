@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.hps-installed
-EXTRAS := torch,onnx,redis,kafka,triton,tf,gpu,dev,bench
+EXTRAS := torch,onnx,redis,kafka,triton,tf,gpu,dev,bench,remote
 
 .PHONY: demo test test-numpy2 install services bench soak perf-analyzer dist clean
 
@@ -32,7 +32,7 @@ $(STAMP): pyproject.toml
 # The core and every extra but triton on numpy 2 (a venv of its own; the triton extra needs numpy 1.x).
 NP2_VENV  := .venv-numpy2
 NP2_STAMP := $(NP2_VENV)/.hps-installed
-NP2_EXTRAS := torch,onnx,redis,kafka,tf,gpu,dev
+NP2_EXTRAS := torch,onnx,redis,kafka,tf,gpu,dev,remote
 
 test-numpy2: $(NP2_STAMP) services
 	$(NP2_VENV)/bin/python -m pytest -q -m "not triton"
