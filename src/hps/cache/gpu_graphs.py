@@ -15,6 +15,7 @@ batches whose vectors exceed `GRAPH_MAX_BYTES` run `find` eagerly, writing strai
 from __future__ import annotations
 
 import contextlib
+import gc
 import threading
 from typing import Any, Callable
 
@@ -120,8 +121,19 @@ class FindGraphs:
         # device (they run once, eagerly, and every replay would return that first result).
         # thread_local: other threads may launch work (inserts, updates) while this one captures.
         flags = torch.zeros(-(-n // 8) * 8 + 8, dtype=torch.int8, device=self._device)
-        with _CAPTURE_LOCK, torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):
-            out, found = self._find(keys)
-            flags[:n].copy_(found.view(torch.int8))
-            flags[-8:].view(torch.int64).copy_(found.view(torch.int8).sum().view(1))
+        # No garbage collection inside the capture: freeing an unreachable object that holds CUDA resources
+        # (pinned buffers record an event on the stream that last used them, often the legacy default
+        # stream) from the capturing thread invalidates the capture (cudaErrorStreamCaptureImplicit); torch
+        # no longer collects on entering torch.cuda.graph. Seen on an H100 with a closed HPS's pinned buffers.
+        gc.collect()
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            with _CAPTURE_LOCK, torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):
+                out, found = self._find(keys)
+                flags[:n].copy_(found.view(torch.int8))
+                flags[-8:].view(torch.int64).copy_(found.view(torch.int8).sum().view(1))
+        finally:
+            if collecting:
+                gc.enable()
         return _FindGraph(graph, keys, out, flags)
