@@ -22,7 +22,8 @@ Report "shared-hash-map", sections "memory", "find", "update_visibility".
 Keys are scattered 64-bit values (k · 0x9E3779B97F4A7C15 mod 2^64), so neither map takes its
 direct-index path; vectors are a function of the key, so every process checks what it reads.
 
-Run: `python benchmarks/bench_shared_hash_map.py [--quick]`.
+Run: `python benchmarks/bench_shared_hash_map.py [--quick] [--shm-dir DIR]` (DIR: another tmpfs,
+e.g. one mounted with `-o huge=always` to give the segments 2 MiB pages where /dev/shm has none).
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import VM_NOTE, median, percentile, write_results  # noqa: E402
 
 TAG = "hps_et.bench.t0"
+#: Where the segments go: /dev/shm, or (--shm-dir) e.g. a tmpfs mounted with huge=always.
+SHM_DIR = os.environ.get("HPS_BENCH_SHM_DIR", "/dev/shm")
 DIM = 16
 CHUNK = 1 << 20
 _MULT = np.uint64(0x9E3779B97F4A7C15)
@@ -68,7 +71,7 @@ def _pss_kib() -> tuple[int, int]:
     for line in open("/proc/self/smaps"):
         head = line.split()
         if head and "-" in head[0] and len(head) >= 5 and not head[0].endswith(":"):
-            in_shm = len(head) >= 6 and head[5].startswith("/dev/shm/")
+            in_shm = len(head) >= 6 and head[5].startswith(SHM_DIR.rstrip("/") + "/")
         elif in_shm and line.startswith("Pss:"):
             shm += int(head[1])
     return total, shm
@@ -112,7 +115,7 @@ def member(role: str, name: str, rows: int, commands: Any, results: Any) -> None
 
     _warm()
     before = _pss_kib()
-    backend = SharedHashMapBackend(_config(name, role == "owner"), attach_timeout_s=600)
+    backend = SharedHashMapBackend(_config(name, role == "owner"), attach_timeout_s=600, shm_dir=SHM_DIR)
     backend.create_table(TAG, DIM)
     load_s = 0.0
     if role == "owner":
@@ -198,7 +201,7 @@ def speed_worker(kind: str, name: str, rows: int, commands: Any, results: Any) -
             keys = table_keys(start, min(rows, start + CHUNK))
             backend.insert_or_assign(TAG, keys, table_rows(keys))
     else:
-        backend = SharedHashMapBackend(_config(name, False), attach_timeout_s=60)
+        backend = SharedHashMapBackend(_config(name, False), attach_timeout_s=60, shm_dir=SHM_DIR)
         backend.create_table(TAG, DIM)
     results.put((kind, "ready", backend.memory_bytes(TAG), _pss_kib()[0] - before))
     n = min(CHUNK, rows)
@@ -248,7 +251,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="1M rows instead of 10M")
     parser.add_argument("--repeat", type=int, default=15)
+    parser.add_argument("--shm-dir", default=SHM_DIR, help="tmpfs for the segments (default /dev/shm); results "
+                        "from another directory go to sections named after it")
     args = parser.parse_args()
+    os.environ["HPS_BENCH_SHM_DIR"] = args.shm_dir  # for the spawned processes
+    suffix = "" if args.shm_dir == "/dev/shm" else f" [{args.shm_dir}]"
     rows = 1_000_000 if args.quick else 10_000_000
     name = f"hps_bench_{uuid.uuid4().hex[:10]}"
     ctx = mp.get_context("spawn")
@@ -256,7 +263,7 @@ def main() -> None:
     commands = {role: ctx.Queue() for role in ("owner", "s1", "s2", "s3")}
     procs = []
     try:
-        print(f"loading {rows:,} rows × {DIM} into /dev/shm/{name}.{TAG}.* and attaching 3 secondaries ...",
+        print(f"loading {rows:,} rows × {DIM} into {args.shm_dir}/{name}.{TAG}.* and attaching 3 secondaries ...",
               flush=True)
         for role, queue in commands.items():
             procs.append(ctx.Process(target=member, args=(role, name, rows, queue, results), daemon=True))
@@ -287,7 +294,7 @@ def main() -> None:
         mem_rows.append({"process": "in-process hash_map × 4 processes", "pss_before_MiB": "", "pss_after_MiB": "",
                          "pss_increase_MiB": 4 * local_pss * mib, "table_pss_MiB": 4 * local_bytes / 2**20,
                          "load_s": ""})
-        write_results("shared-hash-map", "memory", mem_rows, notes=(
+        write_results("shared-hash-map", "memory" + suffix, mem_rows, notes=(
             f"{rows:,} rows × dim {DIM} float32, scattered int64 keys; 4 processes (owner + 3 secondaries), each "
             f"having read every row. PSS from /proc/<pid>/smaps_rollup before attaching (interpreter + numpy + "
             f"numba kernels loaded) and after; table_pss = PSS of the /dev/shm mappings (smaps). Sum of the 4 "
@@ -301,7 +308,7 @@ def main() -> None:
             find_rows.append({"backend": label, "keys_per_call": min(CHUNK, rows), "median_ms": median(ts) * 1e3,
                               "p90_ms": percentile(ts, 90) * 1e3, "M_keys_per_s": min(CHUNK, rows) / median(ts) / 1e6,
                               "time_vs_in_process": median(ts) / base})
-        write_results("shared-hash-map", "find", find_rows, notes=(
+        write_results("shared-hash-map", "find" + suffix, find_rows, notes=(
             f"find of 1M random keys (all hits) per call on the {rows:,} × {DIM} table: an in-process HashMapBackend "
             f"in one process and a secondary attached to the shared table in another (each holding only its own "
             f"table, as deployed), called in turn, {args.repeat} calls each after 2 warm-up calls; both split a call "
@@ -335,7 +342,7 @@ def main() -> None:
                              "visible_p50_ms": float(np.percentile(lat, 50)),
                              "visible_p99_ms": float(np.percentile(lat, 99)),
                              "visible_max_ms": float(lat.max()), "updates_never_seen": int((~seen).sum())})
-        write_results("shared-hash-map", "update_visibility", vis_rows, notes=(
+        write_results("shared-hash-map", "update_visibility" + suffix, vis_rows, notes=(
             f"The owner process rewrites the first 1 or 1,000 keys of the {rows:,}-row table {_VERSIONS} times, "
             f"2 ms apart; a secondary process polls the batch's last key in a loop. visible = end of the "
             f"secondary's first find that returned this version or a later one − start of the owner's "
@@ -350,7 +357,7 @@ def main() -> None:
         for proc in procs:
             if proc.is_alive():
                 proc.kill()
-        for path in glob.glob(f"/dev/shm/{name}.*"):
+        for path in glob.glob(f"{args.shm_dir}/{name}.*"):
             os.unlink(path)
 
 

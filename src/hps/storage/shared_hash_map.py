@@ -36,12 +36,12 @@ bytes, and each new segment must fit /dev/shm's free space: it is allocated up f
 (`posix_fallocate`), so a full /dev/shm is a `BackendError` naming both figures when the segment is
 made, never a SIGBUS later (Docker's default /dev/shm is 64 MiB: `docker run --shm-size`).
 
-**Pages.** The segments are tmpfs pages: 4 KiB unless the kernel gives shared memory huge pages
-(`/sys/kernel/mm/transparent_hugepage/shmem_enabled` set to `within_size` or `always`, or /dev/shm
-mounted with `huge=within_size`), while the in-process map's large numpy arrays get 2 MiB
-transparent huge pages. On a table much larger than the TLB reach, random finds then cost up to
-~1.35x the in-process map's (benchmarks/results/shared-hash-map.md: the in-process map on 4 KiB
-pages is as slow), for a quarter of the memory with four processes.
+**Pages.** The segments are tmpfs pages: 4 KiB unless the tmpfs gives huge pages (mounted with
+`huge=within_size` or `huge=always`; for /dev/shm's kernel-internal default see
+`/sys/kernel/mm/transparent_hugepage/shmem_enabled`), while the in-process map's large numpy
+arrays get 2 MiB transparent huge pages. On a table far larger than the TLB reach, random finds
+on 4 KiB pages cost ~1.3-1.6x the in-process map's (the in-process map on 4 KiB pages is as slow);
+on a huge-page tmpfs (`HPS_SHM_DIR`) ~1.1x (benchmarks/results/shared-hash-map.md).
 
 **Starting and stopping.** A process with `initialize_after_startup: false` (a secondary) waits in
 `create_table` until the owner has created and loaded the table (`mark_loaded`), at most
@@ -89,7 +89,9 @@ from hps.storage.hash_map import (BATCH_LOAD, MAX_LOAD, MAX_ROWS, MIN_ROWS, MIN_
 
 log = logging.getLogger(__name__)
 
-SHM_DIR = "/dev/shm"
+#: Where the segments live: /dev/shm, or the tmpfs named by $HPS_SHM_DIR (every process of the host
+#: must see the same one), e.g. one mounted with `-o huge=always` for 2 MiB pages.
+SHM_DIR = os.environ.get("HPS_SHM_DIR", "/dev/shm")
 #: How long a secondary waits in `create_table` for the owner to create and load a table.
 ATTACH_TIMEOUT_S = 60.0
 #: How long readers wait on a seqlock left odd before checking that its writer is still alive.
@@ -317,11 +319,12 @@ class SharedHashMapBackend:
     host_local = True
 
     def __init__(self, config: HashMapConfig, *, attach_timeout_s: float | None = None,
-                 shm_dir: str = SHM_DIR) -> None:
+                 shm_dir: str | None = None) -> None:
         shm_name = config.shared_memory_name
         if not shm_name or "/" in shm_name or "\0" in shm_name or shm_name.startswith("."):
             raise BackendError(f"volatile_db.shared_memory_name must be a plain file name (no '/', not empty, not "
                                f"starting with '.'), got {shm_name!r}")
+        shm_dir = SHM_DIR if shm_dir is None else shm_dir
         if not os.path.isdir(shm_dir):
             raise BackendError(f"shared hash map: {shm_dir} does not exist; multi_process_hash_map needs a tmpfs "
                                f"there (Linux shared memory)")
