@@ -276,3 +276,68 @@ def test_metrics_md_lists_every_stats_key(tmp_path):
     assert set(snapshot["hits"]) == {"cache", "volatile", "persistent", "default"}
     for reason in SKIP_REASONS:
         assert f"`skipped_{reason}`" in text
+
+
+# --- docs/deployment.md and deploy/ ---------------------------------------------------------------
+
+DEPLOY = ROOT / "deploy"
+
+
+def test_deployment_files_exist_and_the_ps_json_parses():
+    text = (DOCS / "deployment.md").read_text()
+    for cited in set(re.findall(r"`(deploy/[\w.]+)`", text)):
+        assert (ROOT / cited).is_file(), f"deployment.md cites {cited}, which does not exist"
+    config = parse.load_config(DEPLOY / "ps.json")
+    assert config.volatile_db.type == "redis_cluster" and config.update_source is not None
+
+
+def _hps_commands(shell: str) -> list[list[str]]:
+    """The argument lists of each `hps ...` command in a shell line."""
+    import shlex
+
+    commands = []
+    for part in re.split(r"&&|;", shell):
+        words = shlex.split(part)
+        if words and words[0] == "exec":
+            words = words[1:]
+        if words and words[0] == "hps":
+            commands.append(words[1:])
+    return commands
+
+
+def test_compose_file_parses_and_runs_hps_commands_that_exist():
+    yaml = pytest.importorskip("yaml")
+    from hps.cli.main import _parser
+
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    services = compose["services"]
+    assert {"hps", "redis-1", "redis-2", "redis-3", "redis-cluster-init", "kafka"} <= set(services)
+    hps_service = services["hps"]
+    assert hps_service["build"]["dockerfile"] == "deploy/Dockerfile"
+    commands = _hps_commands(hps_service["command"][0])
+    assert [c[:2] for c in commands] == [["triton", "build"], ["triton", "serve"]]
+    for args in commands:
+        parsed = _parser().parse_args(args)  # argparse exits on an unknown flag
+        assert parsed.run is not None
+    serve = _parser().parse_args(commands[1])
+    assert serve.address == "0.0.0.0" and (serve.http_port, serve.grpc_port, serve.metrics_port) == (8000, 8001, 8002)
+    assert "/v2/health/ready" in " ".join(hps_service["healthcheck"]["test"])
+    # the addresses of deploy/ps.json are the compose services
+    config = parse.load_config(DEPLOY / "ps.json")
+    assert {host for host, _ in config.volatile_db.nodes} <= set(services)
+    assert {host for host, _ in config.update_source.broker_nodes} <= set(services)
+
+
+def test_dockerfile_installs_extras_that_exist_and_copies_files_that_exist():
+    import tomllib
+
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    extras = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"])
+    groups = re.findall(r'pip install "\.\[([\w,]+)\]"', dockerfile)
+    assert groups, "the Dockerfile installs no extras"
+    for group in groups:
+        assert set(group.split(",")) <= extras
+    for source in re.findall(r"^COPY (.+) \S+$", dockerfile, flags=re.M):
+        for name in source.split():
+            assert (ROOT / name).exists(), f"Dockerfile copies {name}, which is not in the repository"
+    assert "/v2/health/ready" in dockerfile
