@@ -341,3 +341,20 @@ def test_dockerfile_installs_extras_that_exist_and_copies_files_that_exist():
         for name in source.split():
             assert (ROOT / name).exists(), f"Dockerfile copies {name}, which is not in the repository"
     assert "/v2/health/ready" in dockerfile
+
+
+# --- links ----------------------------------------------------------------------------------------
+
+USER_PAGES = [ROOT / "README.md", *sorted(DOCS.glob("*.md")), *sorted((ROOT / "examples").glob("*/README.md"))]
+
+
+@pytest.mark.parametrize("page", USER_PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_user_pages_cite_only_files_in_the_repository(page):
+    """Relative markdown links resolve, and no page sends readers to notes outside the repository."""
+    text = page.read_text()
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if "://" in target or target.startswith("#") or target.startswith("mailto:"):
+            continue
+        path = (page.parent / target.split("#")[0]).resolve()
+        assert path.exists(), f"{page.relative_to(ROOT)} links {target}, which does not exist"
+    assert "reference/hugectr-hps.md" not in text, f"{page.relative_to(ROOT)} cites reference/hugectr-hps.md"
