@@ -66,6 +66,14 @@ def test_torch_export_with_dynamic_batch(small_model):
         torch.testing.assert_close(exported.module()(other), model(other))
 
 
+def test_op_registration_passes_opcheck(small_model, small_model_i32):
+    """The hps::lookup op's schema, fake (meta) kernel and autograd registration agree with its kernel."""
+    for path, dtype in ((small_model[0], torch.int64), (small_model_i32[0], torch.int32)):
+        keys = torch.tensor([[1, 2, 3], [4, 5, 70]], dtype=dtype)
+        results = torch.library.opcheck(torch.ops.hps.lookup.default, (keys, path, "m", 0, DIM))
+        assert set(results.values()) == {"SUCCESS"}, results
+
+
 @pytest.mark.filterwarnings("ignore:`torch.jit.*` is deprecated:DeprecationWarning")
 def test_torch_jit_trace_records_the_op(small_model):
     """A trace records the hps::lookup op, not the vectors of the example keys as a constant."""
