@@ -77,6 +77,24 @@ def _pss_kib() -> tuple[int, int]:
     return total, shm
 
 
+def _pages(directory: str) -> str:
+    """The page size a tmpfs gives its files, from its mount options in /proc/mounts."""
+    best, options = "", ""
+    for line in open("/proc/mounts"):
+        fields = line.split()
+        if len(fields) >= 4 and fields[2] == "tmpfs" and directory.startswith(fields[1]) and len(fields[1]) > len(best):
+            best, options = fields[1], fields[3]
+    huge = [o for o in options.split(",") if o.startswith("huge=") and o not in ("huge=never", "huge=deny")]
+    if huge:
+        return f"2 MiB pages (tmpfs {best} mounted {huge[0]})"
+    try:
+        shmem = open("/sys/kernel/mm/transparent_hugepage/shmem_enabled").read().split()
+        setting = next((w.strip("[]") for w in shmem if w.startswith("[")), "?")
+    except OSError:
+        setting = "?"
+    return f"4 KiB pages (tmpfs {best} without huge=; shmem_enabled {setting})"
+
+
 def _config(name: str, owner: bool) -> Any:
     from hps.config.schema import HashMapConfig
 
@@ -297,7 +315,7 @@ def main() -> None:
         write_results("shared-hash-map", "memory" + suffix, mem_rows, notes=(
             f"{rows:,} rows × dim {DIM} float32, scattered int64 keys; 4 processes (owner + 3 secondaries), each "
             f"having read every row. PSS from /proc/<pid>/smaps_rollup before attaching (interpreter + numpy + "
-            f"numba kernels loaded) and after; table_pss = PSS of the /dev/shm mappings (smaps). Sum of the 4 "
+            f"numba kernels loaded) and after; table_pss = PSS of the {args.shm_dir} mappings (smaps). Sum of the 4 "
             f"increases / one copy = {total_increase / one_copy:.3f}; table PSS sum / one copy = "
             f"{total_table / one_copy:.3f} (target ≤ 1.1); the in-process map would hold "
             f"{4 * local_pss * mib / one_copy:.2f}× one copy in 4 processes. {VM_NOTE}"))
@@ -312,9 +330,9 @@ def main() -> None:
             f"find of 1M random keys (all hits) per call on the {rows:,} × {DIM} table: an in-process HashMapBackend "
             f"in one process and a secondary attached to the shared table in another (each holding only its own "
             f"table, as deployed), called in turn, {args.repeat} calls each after 2 warm-up calls; both split a call "
-            f"over the 2 cores. The shared map's pages are 4 KiB (this kernel's shmem_enabled is never) where "
-            f"numpy's large arrays get transparent huge pages; the third line is the in-process map with numpy's "
-            f"huge-page madvise off, i.e. on 4 KiB pages too. Target: time_vs_in_process ≤ 1.2. {VM_NOTE}"))
+            f"over the 2 cores. The segments are in {args.shm_dir}: {_pages(args.shm_dir)}; numpy's large arrays get "
+            f"transparent huge pages (2 MiB); the third line is the in-process map with numpy's "
+            f"huge-page madvise off, i.e. on 4 KiB pages. Target: time_vs_in_process ≤ 1.2. {VM_NOTE}"))
 
         # update visibility: owner writes, s1 polls
         commands["s1"].put("poll")
