@@ -358,3 +358,25 @@ def test_user_pages_cite_only_files_in_the_repository(page):
         path = (page.parent / target.split("#")[0]).resolve()
         assert path.exists(), f"{page.relative_to(ROOT)} links {target}, which does not exist"
     assert "reference/hugectr-hps.md" not in text, f"{page.relative_to(ROOT)} cites reference/hugectr-hps.md"
+
+
+def test_hps_commands_in_the_pages_code_blocks_parse():
+    """Every `hps ...` line of a bash block in README.md and docs/ uses subcommands and flags that exist."""
+    import shlex
+
+    from hps.cli.main import _parser
+
+    checked = 0
+    for page in [ROOT / "README.md", *sorted(DOCS.glob("*.md"))]:
+        for block in re.findall(r"```bash\n(.*?)```", page.read_text(), flags=re.S):
+            for line in block.splitlines():
+                if not line.startswith("hps "):
+                    continue
+                words = shlex.split(line, comments=True)
+                if words and words[0] == "hps":
+                    try:
+                        _parser().parse_args(words[1:])
+                    except SystemExit:
+                        pytest.fail(f"{page.relative_to(ROOT)}: `{line.strip()}` does not parse")
+                    checked += 1
+    assert checked >= 3
