@@ -28,7 +28,7 @@ def s3(tmp_path_factory):
     """A moto S3 server with the environment pointing s3fs at it, and one table uploaded twice
     (`s3://hps-models/t0`, and a copy to damage per test)."""
     if not moto_available():
-        pytest.skip("moto[server] and s3fs are needed (pip install 'hps[dev,remote]')")
+        pytest.skip("moto[server] and s3fs are needed (pip install 'hierarchical-parameter-server[dev,remote]')")
     root = tmp_path_factory.mktemp("remote")
     rng = np.random.default_rng(7)
     keys = rng.choice(10**12, size=ROWS, replace=False).astype(np.int64)
@@ -207,3 +207,36 @@ def test_credentials_are_never_in_errors_or_logs(s3, tmp_path, caplog):
     for text in texts:
         for secret in (ACCESS_KEY_ID, SECRET_ACCESS_KEY, "pa55word", "AKIDUSER"):
             assert secret not in text, text
+
+
+def test_convert_from_and_to_s3(s3, tmp_path, capsys):
+    from hps.cli.main import main
+    from hps.model_format import convert_file
+
+    fs = _fs()
+    table = np.random.default_rng(3).standard_normal((300, 5)).astype(np.float32)
+    keys = np.arange(300, dtype=np.int64) * 11
+    np.save(tmp_path / "emb.npy", table)
+    np.save(tmp_path / "keys.npy", keys)
+    fs.put_file(str(tmp_path / "emb.npy"), f"{BUCKET}/in/emb.npy")
+    fs.put_file(str(tmp_path / "keys.npy"), f"{BUCKET}/in/keys.npy")
+    model = convert_file(f"s3://{BUCKET}/in/emb.npy", f"s3://{BUCKET}/conv/t", keys_path=f"s3://{BUCKET}/in/keys.npy")
+    assert model.is_remote and model.num_rows == 300 and model.dim == 5
+    assert sorted(fs.ls(f"{BUCKET}/conv/t", detail=False)) == [f"{BUCKET}/conv/t/emb_vector", f"{BUCKET}/conv/t/key"]
+    np.testing.assert_array_equal(model.keys, keys)
+    np.testing.assert_array_equal(model.vectors, table)
+    with pytest.raises(ModelFormatError, match=rf"s3://{BUCKET}/conv/t already exists .* overwrite"):
+        convert_file(tmp_path / "emb.npy", f"s3://{BUCKET}/conv/t")
+    fs.pipe_file(f"{BUCKET}/conv/t/slot_id", b"x" * 8)  # a stale file of the old table goes
+    assert main(["convert", f"s3://{BUCKET}/in/emb.npy", f"s3://{BUCKET}/conv/t", "--overwrite"]) == 0
+    assert f"wrote s3://{BUCKET}/conv/t: 300 rows of dim 5" in capsys.readouterr().out
+    assert sorted(fs.ls(f"{BUCKET}/conv/t", detail=False)) == [f"{BUCKET}/conv/t/emb_vector", f"{BUCKET}/conv/t/key"]
+    np.testing.assert_array_equal(SparseModel(f"s3://{BUCKET}/conv/t", 5).keys, np.arange(300))
+    local = convert_file(f"s3://{BUCKET}/in/emb.npy", tmp_path / "local_t")  # remote in, local out
+    np.testing.assert_array_equal(local.vectors, table)
+    with pytest.raises(ModelFormatError, match=rf"convert: input file s3://{BUCKET}/in/absent.npy does not exist"):
+        convert_file(f"s3://{BUCKET}/in/absent.npy", tmp_path / "t2")
+    fs.pipe_file(f"{BUCKET}/in/bad.npy", b"not an array")
+    with pytest.raises(ModelFormatError, match=rf"cannot read embedding table s3://{BUCKET}/in/bad.npy as a .npy"):
+        convert_file(f"s3://{BUCKET}/in/bad.npy", tmp_path / "t3")
+    assert not (tmp_path / "t2").exists() and not (tmp_path / "t3").exists()

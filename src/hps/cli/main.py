@@ -42,8 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_lookup)
 
     p = sub.add_parser("convert", help=".npy table or torch checkpoint → HugeCTR sparse model directory")
-    p.add_argument("input", help=".npy (rows, dim) table, or .pt/.pth state_dict / module")
-    p.add_argument("output", help="sparse model directory to write")
+    p.add_argument("input", help=".npy (rows, dim) table, or .pt/.pth state_dict / module (a path, or a URL: "
+                                 "s3://bucket/emb.npy, gs://, hdfs://, https://)")
+    p.add_argument("output", help="sparse model directory to write (a path, or a URL such as s3://bucket/t0)")
     p.add_argument("--param", help="state_dict entry holding the table, when there are several 2-D tensors")
     p.add_argument("--keys", help=".npy of (rows,) keys; default 0..rows-1")
     p.add_argument("--overwrite", action="store_true")
@@ -192,7 +193,7 @@ def _convert(args: argparse.Namespace) -> int:
 
     model = convert_file(args.input, args.output, param_name=args.param, keys_path=args.keys,
                          overwrite=args.overwrite, allow_pickle=args.allow_pickle)
-    print(f"wrote {model.path}: {model.num_rows:,} rows of dim {model.dim}")
+    print(f"wrote {model.where}: {model.num_rows:,} rows of dim {model.dim}")
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -59,6 +60,56 @@ def _unpickler_detail(exc: BaseException) -> str:
 
 
 def convert_file(
+    input_path: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    param_name: str | None = None,
+    keys_path: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
+    allow_pickle: bool = False,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+) -> SparseModel:
+    """Convert one embedding table file into the sparse model directory `out_dir` (see
+    `_convert_local` for the formats). Any of `input_path`, `keys_path` and `out_dir` may be an
+    fsspec URL (`s3://bucket/emb.npy`): a remote input is copied to a temporary local file first,
+    a remote output is written locally, then uploaded (`remote.upload_table`: `key` written last).
+    Returns the written `SparseModel` (remote for a remote `out_dir`)."""
+    from hps.model_format.remote import download, is_remote, redact, refuse_existing, upload_table
+
+    if not any(p is not None and is_remote(p) for p in (input_path, keys_path, out_dir)):
+        return _convert_local(input_path, out_dir, param_name=param_name, keys_path=keys_path,
+                              overwrite=overwrite, allow_pickle=allow_pickle, chunk_rows=chunk_rows)
+    remote_out = str(out_dir) if is_remote(out_dir) else None
+    if remote_out is not None:
+        refuse_existing(remote_out, overwrite)  # before the work, not after it
+    with tempfile.TemporaryDirectory(prefix="hps-convert-") as tmp:
+        shown: dict[str, str] = {}
+        if is_remote(input_path):
+            os.mkdir(os.path.join(tmp, "input"))
+            local_input = download(str(input_path), os.path.join(tmp, "input"), "input file")
+            shown[local_input], input_path = redact(str(input_path)), local_input
+        if keys_path is not None and is_remote(keys_path):
+            os.mkdir(os.path.join(tmp, "keys"))
+            local_keys = download(str(keys_path), os.path.join(tmp, "keys"), "keys file")
+            shown[local_keys], keys_path = redact(str(keys_path)), local_keys
+        if remote_out is not None:
+            out_dir = os.path.join(tmp, "out")
+            shown[out_dir] = redact(remote_out)
+        try:
+            model = _convert_local(input_path, out_dir, param_name=param_name, keys_path=keys_path,
+                                   overwrite=overwrite, allow_pickle=allow_pickle, chunk_rows=chunk_rows)
+        except ModelFormatError as exc:  # name the URLs, not the temporary copies
+            message = str(exc)
+            for local, where in shown.items():
+                message = message.replace(local, where)
+            raise ModelFormatError(message) from None
+        if remote_out is None:
+            return model
+        upload_table(out_dir, remote_out, overwrite)
+        return SparseModel(remote_out, model.dim)
+
+
+def _convert_local(
     input_path: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
     *,

@@ -211,7 +211,6 @@ class SparseModel:
         table: the whole file read into memory once, read-only; stream it with `iter_chunks` instead)."""
         if self._vectors is None:
             if self._remote is not None:
-                self._check_unchanged()
                 data = self._remote.read_ranges(VECTOR_FILE, [0], [self.num_rows * self.dim * VECTOR_DTYPE.itemsize])[0]
                 self._check_unchanged()
                 vectors = data.view(VECTOR_DTYPE).astype(np.float32, copy=False).reshape(self.num_rows, self.dim)
@@ -225,8 +224,7 @@ class SparseModel:
 
     def _read_remote_keys(self) -> np.ndarray:
         """The remote `key` file, `(num_rows,) int64` read-only, checked against the object that was
-        validated (size and ETag / mtime before and after)."""
-        self._check_unchanged()
+        validated (size and ETag / mtime, after the read)."""
         data = self._remote.read_ranges(KEY_FILE, [0], [self.num_rows * KEY_DTYPE.itemsize])[0]
         self._check_unchanged()
         keys = data.view(KEY_DTYPE).astype(np.int64, copy=False)
@@ -339,8 +337,8 @@ class SparseModel:
         """`fingerprint` of a remote table, from the objects' `info()` (no data read): per file its
         URL (without userinfo or query), size and the version fields the store gives (S3: ETag,
         LastModified; GCS: generation, md5; HDFS: mtime). Where a store gives no such field, the
-        first and last `FINGERPRINT_SAMPLE_BYTES` bytes are hashed as for a local file."""
-        self._check_unchanged()
+        first and last `FINGERPRINT_SAMPLE_BYTES` bytes are hashed as for a local file. (The objects
+        are those validated at open: every read checks that they still are.)"""
         files = {}
         for name in (KEY_FILE, VECTOR_FILE):
             entry = {"path": self._remote.child_where(name), **self._identity[name]}

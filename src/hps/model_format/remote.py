@@ -10,7 +10,13 @@ Credentials come from where the filesystem's own library finds them (s3fs/botoco
 credentials; fsspec's `FSSPEC_<PROTOCOL>_<OPTION>` variables for any filesystem). ps.json has no
 key for them, as in HugeCTR. Nothing here logs or raises a credential: messages name URLs
 without their userinfo or query string, and error texts from the filesystem libraries are
-scrubbed of secret-looking environment values before they are shown.
+scrubbed of them and of secret-looking environment values before they are shown (and not chained
+as causes). An `s3://` / `gs://` URL with `user:password@` or a `?query` is refused (the drivers
+would take it for part of the bucket name, and log it); in an `http(s)://` URL, `user:password@`
+is sent as a basic-auth header and the URL fetched without it (fsspec's HTTP driver logs URLs).
+One thing outside our reach: botocore's own DEBUG log (off unless a user turns DEBUG on for the
+`botocore` logger) dumps request headers, whose AWS signature names the access key id (never the
+secret key).
 
 Only `fsspec` is imported here, and only when a URL is opened; the protocol's own package
 (`s3fs`, `gcsfs`, `pyarrow` for HDFS) is imported by fsspec then. A missing one is a
@@ -21,12 +27,14 @@ from __future__ import annotations
 
 import os
 import re
+import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from hps.errors import MissingDependencyError, ModelFormatError
+from hps.errors import MissingDependencyError, ModelFormatError, pip_install_hint
 
 #: `scheme://` at the start of a path (RFC 3986 scheme characters).
 _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
@@ -40,8 +48,8 @@ _SECRET_ENV_RE = re.compile(r"SECRET|TOKEN|PASSWORD|PASSWD|ACCESS_KEY|ACCOUNT_KE
 
 #: What to install for a protocol whose fsspec driver is missing: (package, why / extra).
 _DRIVERS = {
-    "s3": ("s3fs", "pip install 'hps[remote]'"),
-    "s3a": ("s3fs", "pip install 'hps[remote]'"),
+    "s3": ("s3fs", pip_install_hint("remote")),
+    "s3a": ("s3fs", pip_install_hint("remote")),
     "gs": ("gcsfs", "pip install gcsfs"),
     "gcs": ("gcsfs", "pip install gcsfs"),
     "hdfs": ("pyarrow", "pip install pyarrow, with a Hadoop client (Java and libhdfs, HADOOP_HOME / "
@@ -52,6 +60,13 @@ _DRIVERS = {
 
 #: Schemes whose URLs carry no credentials or options (bucket names cannot hold '@').
 _OBJECT_STORES = frozenset({"s3", "s3a", "gs", "gcs"})
+
+#: How long an opened filesystem (an S3 client, its credentials) serves further URLs of its host.
+FS_REUSE_S = 300.0
+#: Environment variables that configure the drivers: a change of any opens a new filesystem.
+_ENV_PREFIXES = ("AWS_", "FSSPEC_", "GOOGLE_", "GCS", "AZURE_", "HADOOP_", "ARROW_", "KRB5")
+_FS_CACHE: dict[tuple, tuple[Any, float]] = {}
+_FS_LOCK = threading.Lock()
 
 #: Ranged reads of one chunk are split into parts of at most this many bytes, fetched concurrently
 #: (by filesystems that can: s3fs, gcsfs; others read them one after another).
@@ -161,6 +176,7 @@ class RemoteFiles:
         """fsspec's `info()` of file `name` (keys `size`, `type`, and e.g. `ETag`), or None when
         it does not exist."""
         try:
+            self.fs.invalidate_cache(self.child(name))  # a listing cached by fsspec may be stale
             info = self.fs.info(self.child(name))
         except FileNotFoundError:
             return None
@@ -174,6 +190,7 @@ class RemoteFiles:
     def names(self) -> list[str] | None:
         """Names of the entries in the directory (sorted), or None when nothing is there."""
         try:
+            self.fs.invalidate_cache(self.root)  # the filesystem is shared: its cached listing may be stale
             entries = self.fs.ls(self.root, detail=False)
         except FileNotFoundError:
             return None
@@ -246,16 +263,31 @@ def _http_basic_auth(url: str, scheme: str) -> tuple[str, dict]:
 def _open_filesystem(url: str, where: str, scheme: str, secrets: Sequence[str]) -> tuple[Any, str]:
     """`(filesystem, path inside it)` for `url`, credentials picked up by the driver itself.
 
-    A fresh filesystem instance each time (fsspec caches them by their options, so a cached one
-    would keep credentials and endpoints that the environment no longer names)."""
+    Filesystems are shared by URLs of the same scheme and host (bucket) for `FS_REUSE_S` seconds,
+    while the environment variables that configure them (`AWS_*`, `FSSPEC_*`, ...) stay the same:
+    a new S3 client costs about 0.3 s. (fsspec's own instance cache is keyed by options only, so
+    it would keep credentials and endpoints that the environment no longer names.)"""
     try:
         import fsspec
     except ImportError:
         raise MissingDependencyError(
-            f"sparse model {where} is a URL, and reading URLs needs fsspec: pip install 'hps[remote]'") from None
+            f"sparse model {where} is a URL, and reading URLs needs fsspec: {pip_install_hint('remote')}") from None
     try:
+        netloc = url.split("://", 1)[1].split("/", 1)[0]
         url, options = _http_basic_auth(url, scheme)
-        fs, path = fsspec.core.url_to_fs(url, skip_instance_cache=True, **options)
+        key = (scheme, netloc, tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(_ENV_PREFIXES))))
+        now = time.monotonic()
+        with _FS_LOCK:
+            cached = _FS_CACHE.get(key)
+        if cached is not None and now - cached[1] < FS_REUSE_S:
+            fs = cached[0]
+            path = type(fs)._strip_protocol(url)
+        else:
+            fs, path = fsspec.core.url_to_fs(url, skip_instance_cache=True, **options)
+            with _FS_LOCK:
+                for stale in [k for k, (_, t) in _FS_CACHE.items() if now - t >= FS_REUSE_S]:
+                    del _FS_CACHE[stale]
+                _FS_CACHE[key] = (fs, now)
     except ImportError as exc:
         package, how = _DRIVERS.get(scheme, (None, None))
         if package is None:
@@ -273,3 +305,52 @@ def _open_filesystem(url: str, where: str, scheme: str, secrets: Sequence[str]) 
     except Exception as exc:  # noqa: BLE001 - e.g. a driver that connects in its constructor (HDFS)
         raise ModelFormatError(f"cannot open sparse model {where}: {describe_error(exc, secrets)}") from None
     return fs, str(path).rstrip("/") or str(path)
+
+
+def download(url: str, directory: str | os.PathLike[str], what: str) -> str:
+    """Copy the file at `url` into `directory` under its own name; returns the local path.
+    A missing file or a failed read is a `ModelFormatError` naming the (redacted) URL."""
+    secrets = url_secrets(url)
+    where = redact(url, secrets)
+    scheme = url_scheme(url) or ""
+    fs, path = _open_filesystem(url, where, scheme, secrets)
+    local = os.path.join(os.fspath(directory), path.rstrip("/").rsplit("/", 1)[-1] or "file")
+    try:
+        fs.get_file(path, local)
+    except FileNotFoundError:
+        raise ModelFormatError(f"convert: {what} {where} does not exist") from None
+    except Exception as exc:  # noqa: BLE001
+        raise ModelFormatError(f"convert: cannot read {what} {where}: {describe_error(exc, secrets)}") from None
+    return local
+
+
+def refuse_existing(remote: RemoteFiles | str, overwrite: bool) -> list[str]:
+    """The names under the directory `remote` (a URL or opened); `ModelFormatError` when there are
+    some and not `overwrite`."""
+    remote = RemoteFiles(remote) if isinstance(remote, str) else remote
+    existing = remote.names() or []
+    if existing and not overwrite:
+        raise ModelFormatError(f"{remote.where} already exists (it holds {existing}); pass overwrite=True "
+                               f"(hps convert --overwrite) to replace it")
+    return existing
+
+
+def upload_table(local_dir: str | os.PathLike[str], url: str, overwrite: bool) -> None:
+    """Copy the sparse model directory `local_dir` to `url`.
+
+    An object store has no atomic rename, so the order keeps readers from a mixed table: `key`
+    (the file a reader opens first) is removed first and written last, so a reader during the
+    copy finds it missing and fails instead of pairing old keys with new vectors. A `url` that
+    holds anything is refused unless `overwrite`; then the files the new table lacks are removed
+    (before `key` is written)."""
+    remote = RemoteFiles(url)
+    existing = refuse_existing(remote, overwrite)
+    names = sorted(os.listdir(local_dir), key=lambda n: n == "key")  # `key` last
+    try:
+        for stale in sorted(set(existing) - set(names[:-1]), key=lambda n: n != "key"):  # `key` first
+            remote.fs.rm_file(remote.child(stale))
+        for name in names:
+            remote.fs.put_file(os.path.join(os.fspath(local_dir), name), remote.child(name))
+    except Exception as exc:  # noqa: BLE001
+        raise ModelFormatError(f"cannot write sparse model {remote.where}: {describe_error(exc, remote._secrets)}; "
+                               f"it is left without its 'key' file (unreadable), write it again") from None
