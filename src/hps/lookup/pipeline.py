@@ -261,18 +261,18 @@ def checked_out(out: Any, shape: tuple, dim: int, where: str) -> Any:
     from hps.errors import KeyInputError
 
     want = (*shape, dim)
-    n = int(np.prod(shape, dtype=np.int64))
     if type(out) is np.ndarray:
-        if out.dtype == np.float32 and out.shape == want and out.flags.c_contiguous and out.flags.writeable:
-            return out.reshape(n, dim)
-        got = f"numpy {out.dtype} {out.shape}" + ("" if out.flags.c_contiguous else ", not C-contiguous") + (
-            "" if out.flags.writeable else ", read-only")
+        flags = out.flags
+        if out.dtype == np.float32 and out.shape == want and flags.c_contiguous and flags.writeable:
+            return out.reshape(-1, dim)
+        got = f"numpy {out.dtype} {out.shape}" + ("" if flags.c_contiguous else ", not C-contiguous") + (
+            "" if flags.writeable else ", read-only")
     elif is_torch(out) and hasattr(out, "is_contiguous"):
         import torch
 
         if (out.dtype is torch.float32 and tuple(out.shape) == want and out.layout is torch.strided
                 and out.device.type in ("cpu", "cuda") and out.is_contiguous() and not out.requires_grad):
-            flat = out.view(n, dim)
+            flat = out.view(-1, dim)
             return flat.numpy() if out.device.type == "cpu" else flat
         got = (f"torch {out.dtype} {tuple(out.shape)} on {out.device}" + ("" if out.is_contiguous() else ", not contiguous")
                + (", requires grad" if out.requires_grad else ""))

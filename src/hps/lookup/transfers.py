@@ -76,7 +76,7 @@ class Staging:
 
     def _buffer(self, role: str, count: int, dtype: Any) -> Any:
         """A flat pinned tensor of `count` `dtype` elements (a view of the role's buffer, grown if short)."""
-        nbytes = count * torch.empty((), dtype=dtype).element_size()
+        nbytes = count * dtype.itemsize
         buf = self._buffers.get(role)
         if buf is None or buf.numel() < nbytes:
             # a power of two (torch's pinned allocator rounds to one and keeps freed blocks for reuse)
@@ -122,6 +122,12 @@ class Staging:
         pinned = self._buffer("out", flat_src.shape[0], torch.float32)
         host = pinned.numpy()
         stream = torch.cuda.current_stream(self.device)
+        if len(pieces) <= 1:  # one piece: a stream sync costs less than an event
+            pinned.copy_(flat_src, non_blocking=True)
+            stream.synchronize()
+            np.copyto(flat_dst, host)
+            self._pending = False
+            return
         events = []
         for a, b in pieces:
             pinned[a:b].copy_(flat_src[a:b], non_blocking=True)
