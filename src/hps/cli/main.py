@@ -87,7 +87,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="model repository folder")
     p.add_argument("--model", help="the ps.json model to serve (when it has several)")
     p.add_argument("--layout", choices=("ensemble", "fused"), default="ensemble",
-                   help="ensemble: the seed's three models; fused: one python model with the same I/O (faster)")
+                   help="ensemble: three models, hps_embedding → dense_model → ensemble_model (HugeCTR's "
+                        "tutorial); fused: one python model with the same I/O (faster)")
     p.add_argument("--instances", type=int, default=1, help="model instances (processes) per model")
     p.add_argument("--no-copy-sparse", action="store_true", help="point at the sparse files instead of copying")
     p.add_argument("--overwrite", action="store_true")
