@@ -149,8 +149,9 @@ class LookupLayer(torch.nn.Module):
             return torch.ops.hps.lookup(keys, self.ps_config_file, self.model_name, self.table_id,
                                         self.emb_vec_size)
         if type(keys) is torch.Tensor and not _is_compiling() and not _is_tracing():
-            # eager: skip the custom-op dispatcher (~0.2 ms per call on a CPU); the model, table and dim
-            # were checked at construction, so keys of the right dtype and rank go straight to the HPS
+            # eager: skip the op's dispatch (min 53 µs through the op vs 36 µs straight, 1,024 × 3 keys, this
+            # 2-vCPU VM); the model, table and dim were checked at construction, so keys of the right dtype
+            # and rank go straight to the HPS
             if keys.dtype is self._key_dtype and keys.dim() == 2:
                 return _hps_lookup(keys, self.ps_config_file, self.model_name, self.table_id)
             return _lookup_eager(keys, self.ps_config_file, self.model_name, self.table_id, self.emb_vec_size)
