@@ -5,6 +5,7 @@ no credential in any error text or log record; `hdfs://` URLs kept whole by the 
 from __future__ import annotations
 
 import json
+import os
 import logging
 import traceback
 
@@ -156,6 +157,8 @@ def test_hdfs_urls_are_kept_whole(tmp_path):
     assert config.models[0].sparse_files == (url,)
     assert load_config(_config("s3://b/t0", tmp_path)).models[0].sparse_files == ("s3://b/t0",)
     assert load_config(_config("t0", tmp_path)).models[0].sparse_files[0].endswith("/t0")  # relative: joined
+    (tmp_path / "odd.json").write_text(json.dumps(_config("dir/odd://name", tmp_path, persistent=False)))
+    assert load_config(tmp_path / "odd.json").models[0].sparse_files == (os.path.join(tmp_path, "dir/odd://name"),)
     with pytest.raises((MissingDependencyError, ModelFormatError)) as info:
         hps.HPS(config, show_progress=False)
     text = str(info.value)

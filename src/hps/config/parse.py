@@ -203,7 +203,9 @@ def _parse_model(raw: Any, path: str, base_dir: str) -> ModelConfig:
 
 
 def _is_remote_or_abs(path: str) -> bool:
-    return os.path.isabs(path) or "://" in path
+    """An absolute path, or a URL with a scheme (`s3://b/t`, `hdfs://h/p`): kept as it is, never
+    joined with the ps.json's folder (model_format.remote opens URLs)."""
+    return os.path.isabs(path) or re.match(r"[A-Za-z][A-Za-z0-9+.\-]*://", path) is not None
 
 
 def _json_name(f: Field) -> str:
