@@ -518,3 +518,49 @@ def test_two_hps_processes_of_one_host_share_the_table_and_every_update(shm_name
     for process_groups in groups:
         assert process_groups[1] == "hps.volatile.host-x" and process_groups[0].startswith("hps.cache.host-x.")
     assert _files(shm_name) == []
+
+
+@pytest.mark.slow
+@pytest.mark.triton
+def test_triton_model_instances_share_one_copy(shm_name, tmp_path):
+    """Two Triton python-backend instances of hps_embedding (two processes, both owners): one table in
+    shared memory, attached by both, exact answers from either; removed when the server stops."""
+    import fcntl
+    import json
+
+    http = pytest.importorskip("tritonclient.http")
+    from hps.serving.triton import ServerError, build_repository, serve
+    from tests.serving.conftest import write_dense_onnx, write_ps_json, write_table
+
+    keys = np.arange(30000, dtype=np.int64) * 5
+    vectors = write_table(tmp_path / "emb.model", keys, 16, seed=1)
+    ps_json = write_ps_json(tmp_path / "hps_embedding.json", "hps_embedding", ["emb.model"], [16], [3])
+    config = json.loads(ps_json.read_text())
+    config["volatile_db"] = {"type": "multi_process_hash_map", "shared_memory_name": shm_name, "num_partitions": 2}
+    ps_json.write_text(json.dumps(config))
+    repo = build_repository(ps_json, write_dense_onnx(tmp_path / "dense.onnx", 48), tmp_path / "repo",
+                            instance_count=2, metrics_interval_s=0)
+    try:
+        server = serve(repo, http_port=0, grpc_port=0, metrics_port=0, ready_timeout_s=240)
+    except ServerError as exc:
+        pytest.skip(f"tritonserver did not start: {exc}")
+    with server:
+        client = http.InferenceServerClient(server.url_http, concurrency=4)
+        rng = np.random.default_rng(0)
+        for _ in range(8):  # requests spread over both instances
+            query = keys[rng.integers(0, keys.shape[0], (1, 96))]
+            inputs = [http.InferInput("KEYS", [1, 96], "INT64"), http.InferInput("NUMKEYS", [1, 1], "INT32")]
+            inputs[0].set_data_from_numpy(query)
+            inputs[1].set_data_from_numpy(np.array([[96]], np.int32))
+            out = client.infer("hps_embedding", inputs).as_numpy("OUTPUT0")
+            np.testing.assert_array_equal(out.reshape(96, 16), vectors[query[0] // 5])
+        client.close()
+        files = _files(shm_name)
+        assert len(files) == 3  # one table: header, one data segment, users
+        users = os.open(f"/dev/shm/{[f for f in files if f.endswith('.users')][0]}", os.O_RDWR)
+        try:
+            with pytest.raises(BlockingIOError):  # attached by the instances
+                fcntl.flock(users, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(users)
+    assert _files(shm_name) == []
