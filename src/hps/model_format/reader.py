@@ -282,8 +282,9 @@ class SparseModel:
 
         def fetch(start: int) -> tuple[np.ndarray, np.ndarray]:
             stop = min(self.num_rows, start + chunk_rows)
-            key_bytes = remote.read_ranges(KEY_FILE, [start * KEY_DTYPE.itemsize], [stop * KEY_DTYPE.itemsize])[0]
-            vector_bytes = remote.read_ranges(VECTOR_FILE, [start * row_bytes], [stop * row_bytes])[0]
+            key_bytes, vector_bytes = remote.read_files([
+                (KEY_FILE, start * KEY_DTYPE.itemsize, stop * KEY_DTYPE.itemsize),
+                (VECTOR_FILE, start * row_bytes, stop * row_bytes)])
             return key_bytes, vector_bytes
 
         digest = hashlib.blake2b(digest_size=16) if self._keys_digest is not None else None

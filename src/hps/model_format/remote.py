@@ -201,34 +201,42 @@ class RemoteFiles:
         return names or None
 
     def read_ranges(self, name: str, starts: Sequence[int], stops: Sequence[int]) -> list[np.ndarray]:
-        """The bytes `[starts[i], stops[i])` of file `name`, as writable `(stops[i] - starts[i],)
-        uint8` arrays. Each range is split into parts of at most `READ_PART_BYTES`, fetched
-        concurrently where the filesystem can. A range the file no longer holds whole raises
-        `ModelFormatError` ("shrank")."""
-        out = [np.empty(stop - start, dtype=np.uint8) for start, stop in zip(starts, stops)]
+        """The bytes `[starts[i], stops[i])` of file `name`: see `read_files`."""
+        return self.read_files([(name, start, stop) for start, stop in zip(starts, stops)])
+
+    def read_files(self, ranges: Sequence[tuple[str, int, int]]) -> list[np.ndarray]:
+        """For each `(name, start, stop)`, the bytes `[start, stop)` of file `name` as a writable
+        `(stop - start,) uint8` array. The ranges are split into parts of at most `READ_PART_BYTES`,
+        all fetched concurrently where the filesystem can (s3fs, gcsfs: one batch of requests). A
+        range the file no longer holds whole raises `ModelFormatError` ("shrank")."""
+        out = [np.empty(stop - start, dtype=np.uint8) for _, start, stop in ranges]
+        paths: list[str] = []
         part_starts: list[int] = []
         part_stops: list[int] = []
         owners: list[int] = []
-        for i, (start, stop) in enumerate(zip(starts, stops)):
+        for i, (name, start, stop) in enumerate(ranges):
             for part in range(start, stop, READ_PART_BYTES):
+                paths.append(self.child(name))
                 part_starts.append(part)
                 part_stops.append(min(stop, part + READ_PART_BYTES))
                 owners.append(i)
-        path = self.child(name)
+        names = sorted({name for name, _, _ in ranges})
+        shown = ", ".join(self.child_where(name) for name in names)
         try:
-            parts = self.fs.cat_ranges([path] * len(part_starts), part_starts, part_stops, on_error="raise")
+            parts = self.fs.cat_ranges(paths, part_starts, part_stops, on_error="raise")
         except Exception as exc:  # noqa: BLE001
-            raise ModelFormatError(f"cannot read sparse model file {self.child_where(name)}: "
+            raise ModelFormatError(f"cannot read sparse model file {shown}: "
                                    f"{describe_error(exc, self._secrets)}") from None
         for owner, data, start, stop in zip(owners, parts, part_starts, part_stops):
+            where = self.child_where(ranges[owner][0])
             if isinstance(data, BaseException):
-                raise ModelFormatError(f"cannot read sparse model file {self.child_where(name)}: "
+                raise ModelFormatError(f"cannot read sparse model file {where}: "
                                        f"{describe_error(data, self._secrets)}")
             if len(data) != stop - start:
                 raise ModelFormatError(
-                    f"sparse model file {self.child_where(name)} shrank while being read: bytes "
-                    f"[{start}, {stop}) asked, {len(data)} read")
-            offset = start - starts[owner]
+                    f"sparse model file {where} shrank while being read: bytes [{start}, {stop}) asked, "
+                    f"{len(data)} read")
+            offset = start - ranges[owner][1]
             out[owner][offset:offset + len(data)] = np.frombuffer(data, dtype=np.uint8)
         return out
 
