@@ -197,3 +197,41 @@ def test_hps_close_is_prompt_with_a_long_poll_timeout(kafka_brokers: str, tmp_pa
     ps.close()
     assert time.monotonic() - start < 5
     assert not any(s.running for s in sources)
+
+
+@pytest.mark.parametrize("graceful", [True, False])
+def test_a_restart_keeps_updates_held_only_in_the_hash_map(kafka_brokers: str, tmp_path: Path, consumer_env: None,
+                                                          graceful: bool) -> None:
+    """No persistent tier: the in-process hash map is rebuilt from the files at start, and its consumer
+    group replays the topic from the start over it, so updates committed before the restart survive."""
+    import hps
+    from hps.update.publisher import KafkaPublisher
+
+    sparse, keys, vectors = _write_model(tmp_path)
+    config = _ps_config(tmp_path, sparse, kafka_brokers, "hm")
+    config.pop("persistent_db", None)
+    model = config["models"][0]["model"] = f"restart{int(graceful)}"  # a topic of its own: replayed whole
+    updated = keys[:50]
+    new = np.full((50, DIM), 3.5, np.float32)
+    with KafkaPublisher(kafka_brokers) as publisher:
+        publisher.publish(model, TABLE, updated, new)
+    (tmp_path / "ps.json").write_text(json.dumps(config))
+    script = (f"import time, numpy as np, hps\n"
+              f"ps = hps.HPS({str(tmp_path / 'ps.json')!r}, show_progress=False)\n"
+              f"keys = np.array({updated.tolist()})\n"
+              f"deadline = time.monotonic() + 30\n"
+              f"while not (ps.lookup(keys, {model!r}, 0) == 3.5).all() and time.monotonic() < deadline:\n"
+              f"    time.sleep(0.05)\n"
+              f"assert (ps.lookup(keys, {model!r}, 0) == 3.5).all()\n"
+              f"time.sleep(0.5)  # past max_commit_interval / poll timeout: the offsets are committed\n"
+              f"print('applied', flush=True)\n"
+              + ("ps.close()\n" if graceful else "import os, signal; os.kill(os.getpid(), signal.SIGKILL)\n"))
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + str(ROOT)}
+    run = subprocess.run([sys.executable, "-c", script], env=env, timeout=120, capture_output=True, text=True)
+    assert "applied" in run.stdout, run.stderr[-2000:]
+    with hps.HPS(config, show_progress=False) as ps:
+        deadline = time.monotonic() + 30
+        while not np.array_equal(ps.lookup(updated, model, 0), new) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        np.testing.assert_array_equal(ps.lookup(updated, model, 0), new, "an update was reverted by the restart")
+        np.testing.assert_array_equal(ps.lookup(keys[50:], model, 0), vectors[50:])

@@ -101,7 +101,9 @@ def start_update_sources(hps: Any, config: Any = None, *, consumer_config: dict[
         shared = bool(getattr(hps.volatile, "is_shared", False))
         # a tier shared by the processes of one host (multi_process_hash_map): one group per host
         across_hosts = shared and not getattr(hps.volatile, "host_local", False)
-        plans.append(("volatile", volatile_group_id(across_hosts, hostname), config.volatile_db.update_filters, {}))
+        # a tier rebuilt from the files at every start (in-process) replays the whole topic over them
+        plans.append(("volatile", volatile_group_id(across_hosts, hostname), config.volatile_db.update_filters,
+                      {"replay_from_start": not shared}))
         if shared:  # one server of the group writes Redis; every server must still update its caches
             plans.append(("cache", cache_group_id(hostname), config.volatile_db.update_filters, {}))
     if (hps.persistent is not None and config.persistent_db is not None
@@ -110,7 +112,7 @@ def start_update_sources(hps: Any, config: Any = None, *, consumer_config: dict[
     sources: list[KafkaUpdateSource] = []
     dim_of = _dim_lookup(hps)
     try:
-        for tier, group_id, filters, overrides in plans:
+        for tier, group_id, filters, options in plans:
             if not filters or not select_topics(tags, filters):
                 continue
 
@@ -119,8 +121,8 @@ def start_update_sources(hps: Any, config: Any = None, *, consumer_config: dict[
 
             source = KafkaUpdateSource(source_config, group_id=group_id, update_filters=filters, tags=tags,
                                        apply=apply, key_dtype=config.key_dtype,
-                                       consumer_config={**overrides, **(consumer_config or {})},
-                                       name=f"{tier}:{group_id}", dims=dim_of)
+                                       consumer_config=consumer_config, name=f"{tier}:{group_id}", dims=dim_of,
+                                       **options)
             sources.append(source.start())
     except BaseException:
         for s in sources:

@@ -186,7 +186,7 @@ class KafkaUpdateSource:
     def __init__(self, config: KafkaConfig, *, group_id: str, update_filters: Sequence[str],
                  tags: Iterable[str], apply: ApplyFn, key_dtype: str = "int64",
                  consumer_config: dict[str, Any] | None = None, name: str = "",
-                 dims: Mapping[str, int] | DimFn | None = None) -> None:
+                 dims: Mapping[str, int] | DimFn | None = None, replay_from_start: bool = False) -> None:
         self._kafka = require("confluent_kafka", "kafka")
         self.config = config
         self.group_id = group_id
@@ -232,6 +232,10 @@ class KafkaUpdateSource:
         self._stop = threading.Event()
         self._cond = threading.Condition()
         self._assigned: set[tuple[str, int]] = set()
+        #: Partitions to read from their first offset when this process first gets them, whatever the
+        #: group committed: a tier rebuilt at every start (an in-process hash map) replays every update.
+        self._replay_from_start = replay_from_start
+        self._replayed: set[tuple[str, int]] = set()
         self._eof: set[tuple[str, int]] = set()
         self._idle_seq = 0
         self._thread: threading.Thread | None = None
@@ -343,6 +347,13 @@ class KafkaUpdateSource:
 
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
         self._assigned.update((p.topic, p.partition) for p in partitions)
+        fresh = [p for p in partitions if (p.topic, p.partition) not in self._replayed]
+        if self._replay_from_start and fresh:
+            for p in fresh:
+                p.offset = self._kafka.OFFSET_BEGINNING
+                self._replayed.add((p.topic, p.partition))
+            cooperative = "cooperative" in str(self._consumer_conf.get("partition.assignment.strategy", ""))
+            (consumer.incremental_assign if cooperative else consumer.assign)(partitions)
 
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
         revoked = {(p.topic, p.partition) for p in partitions}
