@@ -243,3 +243,16 @@ def test_convert_from_and_to_s3(s3, tmp_path, capsys):
     with pytest.raises(ModelFormatError, match=rf"cannot read embedding table s3://{BUCKET}/in/bad.npy as a .npy"):
         convert_file(f"s3://{BUCKET}/in/bad.npy", tmp_path / "t3")
     assert not (tmp_path / "t2").exists() and not (tmp_path / "t3").exists()
+
+
+def test_a_changed_environment_opens_a_new_client(s3, monkeypatch):
+    """Filesystems are shared while the AWS_* environment is the same; a new endpoint or key is used
+    at once (not the client cached for the old one)."""
+    assert SparseModel(f"s3://{BUCKET}/t0", DIM).num_rows == ROWS
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    monkeypatch.setenv("AWS_RETRY_MODE", "standard")
+    with pytest.raises(ModelFormatError, match=f"cannot read sparse model file s3://{BUCKET}/t0/key: "):
+        SparseModel(f"s3://{BUCKET}/t0", DIM)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3["endpoint"])
+    assert SparseModel(f"s3://{BUCKET}/t0", DIM).num_rows == ROWS

@@ -283,7 +283,8 @@ def _open_filesystem(url: str, where: str, scheme: str, secrets: Sequence[str]) 
     try:
         netloc = url.split("://", 1)[1].split("/", 1)[0]
         url, options = _http_basic_auth(url, scheme)
-        key = (scheme, netloc, tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(_ENV_PREFIXES))))
+        key = (os.getpid(), scheme, netloc,  # async filesystems are not fork-safe: one per process
+               tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(_ENV_PREFIXES))))
         now = time.monotonic()
         with _FS_LOCK:
             cached = _FS_CACHE.get(key)
