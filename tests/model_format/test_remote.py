@@ -256,3 +256,28 @@ def test_a_changed_environment_opens_a_new_client(s3, monkeypatch):
         SparseModel(f"s3://{BUCKET}/t0", DIM)
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3["endpoint"])
     assert SparseModel(f"s3://{BUCKET}/t0", DIM).num_rows == ROWS
+
+
+def test_a_rewrite_during_hps_load_fails_the_load_and_keeps_nothing(s3, tmp_path, monkeypatch):
+    import hps.lookup.loading as loading
+
+    url = _copy(s3, "midload")
+    monkeypatch.setattr(loading, "LOAD_CHUNK_ROWS", 1000)  # 5 chunks: the rewrite lands mid-stream
+    reads = []
+    original = remote_module.RemoteFiles.read_files
+    changed = s3["vectors"].copy()
+    changed[:, 0] += 100.0
+
+    def rewrite_on_third_read(self, ranges):
+        reads.append(ranges)
+        if len(reads) == 3:
+            _fs().pipe_file(f"{BUCKET}/midload/emb_vector", changed.tobytes())
+        return original(self, ranges)
+
+    monkeypatch.setattr(remote_module.RemoteFiles, "read_files", rewrite_on_third_read)
+    with pytest.raises(ModelFormatError, match=f"{url}/emb_vector changed"):
+        hps.HPS(_config(url, tmp_path), show_progress=False)
+    monkeypatch.setattr(remote_module.RemoteFiles, "read_files", original)
+    probe = s3["keys"][::50]
+    with hps.HPS(_config(url, tmp_path), show_progress=False) as ps:  # same RocksDB: the table is reloaded
+        np.testing.assert_array_equal(ps.lookup(probe, "m", 0), changed[::50])

@@ -46,7 +46,7 @@ _QUERY_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://[^\s?#'\"]*)[?#][^\s'\"]*")
 _SECRET_ENV_RE = re.compile(r"SECRET|TOKEN|PASSWORD|PASSWD|ACCESS_KEY|ACCOUNT_KEY|CREDENTIAL|SAS|_KEY_ID|API_KEY",
                             re.IGNORECASE)
 
-#: What to install for a protocol whose fsspec driver is missing: (package, why / extra).
+#: What to install for a protocol whose fsspec driver is missing: (package, how to install it).
 _DRIVERS = {
     "s3": ("s3fs", pip_install_hint("remote")),
     "s3a": ("s3fs", pip_install_hint("remote")),
