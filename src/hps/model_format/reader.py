@@ -4,6 +4,7 @@ A table is a directory holding `key` (raw little-endian int64, no header) and `e
 (raw little-endian float32, row i belongs to key i). The vector width is not stored: it
 comes from the config (`embedding_vecsize_per_table`). An optional `slot_id` (one int64
 per key, written by HugeCTR training) has its size checked; an optional `meta` is ignored.
+The directory may be local or behind an fsspec URL (remote.py), as HugeCTR read HDFS, S3 and GCS.
 """
 
 from __future__ import annotations
@@ -81,6 +82,11 @@ class SparseModel:
     The constructor checks that the directory and its files exist and that their sizes
     agree for `dim`, without reading the data. `keys` and `vectors` are read-only memory
     maps; `iter_chunks` streams copies so that a table larger than RAM can be loaded.
+
+    `path` may be an fsspec URL (`s3://bucket/t0`, `gs://`, `hdfs://`, `https://`; see
+    `model_format.remote`): the same checks run on the objects' `info()`, `iter_chunks` streams
+    ranged reads, and every read fails with `ModelFormatError` if an object changed since it was
+    validated. `path` is then the URL (a str), `where` the URL as messages show it.
     """
 
     def __init__(self, path: str | os.PathLike[str], dim: int) -> None:
@@ -249,7 +255,8 @@ class SparseModel:
         """Stream the table in file order as copies: yields `(keys: (m,) int64,
         vectors: (m, dim) float32)` with m = chunk_rows except for the last chunk.
 
-        Memory use is bounded by one chunk (chunk_rows x (8 + 4 x dim) bytes)."""
+        Memory use is bounded by one chunk (chunk_rows x (8 + 4 x dim) bytes); for a remote table by
+        two (the next chunk is fetched while this one is used)."""
         chunk_rows = check_chunk_rows(chunk_rows, f"{self.where}.iter_chunks")
         if self._remote is not None:
             yield from self._iter_remote_chunks(chunk_rows)
