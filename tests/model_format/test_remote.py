@@ -73,7 +73,7 @@ def test_hps_serves_a_table_from_s3_exactly(s3, tmp_path):
 
 
 def test_streamed_chunks_keys_vectors_and_fingerprint(s3, monkeypatch):
-    monkeypatch.setattr(remote_module, "READ_PART_BYTES", 1000)  # many concurrent parts per chunk
+    monkeypatch.setattr(remote_module, "READ_PART_BYTES", 8000)  # several concurrent parts per chunk
     model = SparseModel(f"s3://{BUCKET}/t0/", DIM)
     assert model.is_remote and model.path == f"s3://{BUCKET}/t0" and model.num_rows == ROWS
     assert repr(model) == f"SparseModel('s3://{BUCKET}/t0', dim={DIM}, num_rows={ROWS})"
