@@ -281,3 +281,70 @@ def test_a_rewrite_during_hps_load_fails_the_load_and_keeps_nothing(s3, tmp_path
     probe = s3["keys"][::50]
     with hps.HPS(_config(url, tmp_path), show_progress=False) as ps:  # same RocksDB: the table is reloaded
         np.testing.assert_array_equal(ps.lookup(probe, "m", 0), changed[::50])
+
+
+def test_https_style_basic_auth_is_sent_as_a_header_and_never_logged(s3, tmp_path, caplog):
+    """An http(s) URL's `user:password@` becomes a basic-auth header (the URL is fetched without it):
+    a local HTTP server that serves byte ranges only with that header serves the table."""
+    import base64
+    import http.server
+    import threading
+
+    root = s3["root"] / "t0"
+    expected_auth = "Basic " + base64.b64encode(b"hpsuser:pa55word").decode()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def _body(self):
+            if self.headers.get("Authorization") != expected_auth:
+                self.send_error(401)
+                return None
+            file = root / self.path.rsplit("/", 1)[-1]
+            if not self.path.startswith("/t0/") or not file.is_file():
+                self.send_error(404)
+                return None
+            return file.read_bytes()
+
+        def do_HEAD(self):
+            data = self._body()
+            if data is not None:
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.send_header("Accept-Ranges", "bytes")
+                self.end_headers()
+
+        def do_GET(self):
+            data = self._body()
+            if data is None:
+                return
+            start, stop, status = 0, len(data), 200
+            if self.headers.get("Range"):
+                first, last = self.headers["Range"].split("=", 1)[1].split("-")
+                start, stop, status = int(first), min(len(data), int(last) + 1 if last else len(data)), 206
+            self.send_response(status)
+            self.send_header("Content-Length", str(stop - start))
+            if status == 206:
+                self.send_header("Content-Range", f"bytes {start}-{stop - 1}/{len(data)}")
+            self.end_headers()
+            self.wfile.write(data[start:stop])
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    caplog.set_level(logging.DEBUG)
+    try:
+        port = server.server_address[1]
+        model = SparseModel(f"http://hpsuser:pa55word@127.0.0.1:{port}/t0", DIM)
+        assert model.where == f"http://***@127.0.0.1:{port}/t0" and model.num_rows == ROWS
+        model.check_unique_keys()
+        np.testing.assert_array_equal(np.concatenate([v for _, v in model.iter_chunks(2000)]), s3["vectors"])
+        with pytest.raises(ModelFormatError) as info:
+            SparseModel(f"http://hpsuser:wrongpass@127.0.0.1:{port}/t0", DIM)
+        assert "wrongpass" not in str(info.value) and f"http://***@127.0.0.1:{port}/t0" in str(info.value)
+    finally:
+        server.shutdown()
+        server.server_close()
+    for record in caplog.records:
+        assert "pa55word" not in record.getMessage() and "wrongpass" not in record.getMessage()
