@@ -23,6 +23,7 @@ import numpy as np
 from hps.cache.factory import cuda_available, make_cache
 from hps.config import ModelConfig, PsConfig, TableConfig, load_config, parse_config
 from hps.errors import ClosedError, HpsError, KeyInputError, UnknownModelError
+from hps.lookup.fusion import FusedLookups, load_fused_model, lookup_many, plan_fusion
 from hps.lookup.loading import drop_tables, iter_table_rows, load_model_into_tiers, open_sparse_models
 from hps.lookup.pipeline import TableLookup, checked_out, is_torch, lookup_into
 from hps.lookup.row_home import with_row_home
@@ -45,6 +46,13 @@ class _ModelRuntime:
     config: ModelConfig
     stats: list[TableStats]
     replicas: dict[tuple[int, int], TableLookup] = field(default_factory=dict)
+    #: With fuse_embedding_table: the fused tables (their storage tags and one-pass lookups); `replicas`
+    #: then serve the original tables from the fused tables' caches.
+    fused: FusedLookups | None = None
+
+    def stored_tag(self, table: TableConfig) -> str:
+        """The tiers' table holding `table`'s rows: its own tag, or its fused table's."""
+        return table.tag if self.fused is None else self.fused.stored_tag(table.table_id)
 
     def replica(self, table_id: int, device_id: int) -> TableLookup:
         try:
@@ -159,6 +167,19 @@ class HPS:
             replica = runtime.replica(table_id, device_id)  # raises for a device not deployed
         return replica
 
+    def lookup_many(self, keys_per_table: Any, model_name: str, table_ids: Any, device_id: int = 0) -> list[Any]:
+        """The vectors of several tables of one model in one call: the same list as
+        `[self.lookup(keys, model_name, t, device_id) for keys, t in zip(keys_per_table, table_ids)]`.
+
+        keys_per_table: one key array per entry of `table_ids` (each as `lookup` takes it; a 2-D array
+        is one row per table). Returns a list of float32 arrays, entry i of shape
+        `keys_per_table[i].shape + (dim_i,)`, numpy or torch as `lookup` returns them (numpy results
+        may be views of one array). With `fuse_embedding_table`, the keys of the tables of one fused
+        table are concatenated and looked up in one pass (one cache probe, one GPU kernel launch),
+        then split; other tables, and keys mixing numpy and torch, are looked up one table at a time.
+        Keys are checked per table as `lookup` checks them (`KeyInputError` naming the table)."""
+        return lookup_many(self, keys_per_table, model_name, table_ids, device_id)
+
     def lookup_fromdlpack(self, keys: Any, out: Any, model_name: str, table_id: int, device_id: int = 0) -> None:
         """Look up `keys` and write the vectors into the caller's `out` in place (HugeCTR's contract).
 
@@ -202,9 +223,9 @@ class HPS:
         if tier not in ("volatile", "persistent", "cache"):
             raise HpsError(f"update of {tag}: unknown tier {tier!r}; expected 'volatile', 'persistent' or 'cache'")
         backend = {"volatile": self.volatile, "persistent": self.persistent, "cache": None}[tier]
-        if backend is not None:
-            backend.insert_or_assign(tag, keys, vectors)
         runtime = self._models[table.model_name]
+        if backend is not None:
+            backend.insert_or_assign(runtime.stored_tag(table), keys, vectors)
         for (table_id, _), replica in runtime.replicas.items():
             if table_id == table.table_id and replica.cache is not None:
                 replica.cache.assign(replica.to_cache_kind(keys), replica.to_cache_kind(vectors))
@@ -233,15 +254,18 @@ class HPS:
             if replica.cache is not None:
                 replica.cache.close()
         if drop_tables:
+            tags = runtime.fused.stored_tags() if runtime.fused else [t.tag for t in runtime.config.tables]
             for backend in (self.volatile, self.persistent):
-                for table in runtime.config.tables if backend is not None else ():
-                    backend.drop_table(table.tag)
+                for tag in tags if backend is not None else ():
+                    backend.drop_table(tag)
 
     def refresh(self, model_name: str | None = None) -> int:
         """Re-read the cached keys of `model_name` (or every model) from the tiers; returns rows refreshed."""
         self._check_open()
         runtimes = [self._runtime(model_name)] if model_name else list(self._models.values())
-        return sum(replica.refresh() for runtime in runtimes for replica in runtime.replicas.values())
+        # once per cache: the tables of a fused table (and a CPU cache's device ids) share one
+        replicas = {id(r.cache) if r.cache is not None else id(r): r for rt in runtimes for r in rt.replicas.values()}
+        return sum(replica.refresh() for replica in replicas.values())
 
     def _retarget_update_sources(self) -> None:
         """Point the Kafka sources at the topics of the models served now."""
@@ -282,6 +306,8 @@ class HPS:
                 snap["cache_rows"] = caches[0].size() if caches else 0
                 snap["cache_capacity_rows"] = caches[0].capacity_rows if caches else 0
                 tables[table.name] = snap
+            if runtime.fused is not None:
+                tables.update(runtime.fused.snapshots())
             out["models"][name] = tables
         return out
 
@@ -335,6 +361,14 @@ class HPS:
 
     def _load(self, model: ModelConfig) -> None:
         """Validate the model's files, fill the tiers, build one cache per table and device."""
+        plan = plan_fusion(self.config, model)
+        if plan is not None:  # fuse_embedding_table: one stored table and cache per fused table
+            runtime = _ModelRuntime(model, [TableStats() for _ in model.tables])
+            runtime.fused = load_fused_model(plan, self.config, self.volatile, self.persistent, self._tiers,
+                                             self._background, runtime.stats, runtime.replicas,
+                                             self._show_progress, self._prefill)
+            self._models[model.name] = runtime
+            return
         sparse_models = open_sparse_models(model)
         created = load_model_into_tiers(self.config, model, sparse_models, self.volatile, self.persistent,
                                         self._show_progress)
