@@ -1,23 +1,19 @@
-"""hps statistics → Triton custom metric samples; counters pushed as increments."""
+"""hps metrics pushed into Triton custom metrics: the families of hps.metrics, counters as increments,
+histograms as their series, kept fresh by a background thread (no request needed)."""
 
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+import hps
+from hps.metrics import FAMILIES as HPS_FAMILIES
+from hps.model_format import write_sparse_model
 from hps.serving.triton.metrics import FAMILIES, TritonMetricsExporter, metric_samples
 
-STATS = {"models": {"m": {"t0": {
-    "lookups": 2, "keys": 10, "hits": {"cache": 6, "volatile": 3, "persistent": 0, "default": 1},
-    "hit_rate": {"cache": 0.6, "volatile": 0.3, "persistent": 0.0, "default": 0.1},
-    "latency_us": {"p50": 12.5, "p99": None, "samples": 2}, "cache_rows": 7, "cache_capacity_rows": 100,
-    "volatile_errors": 0, "tier_latency_us": {"volatile": {"p50": 3.0, "p99": 9.0}}}}}}
-
-
-def test_metric_samples():
-    samples = {(name, tuple(sorted(labels.items()))): value for name, labels, value in metric_samples(STATS)}
-    assert samples[("hps_hits_total", (("level", "cache"), ("model", "m"), ("table", "t0")))] == 6
-    assert samples[("hps_lookup_latency_us", (("model", "m"), ("quantile", "0.5"), ("table", "t0")))] == 12.5
-    assert ("hps_lookup_latency_us", (("model", "m"), ("quantile", "0.99"), ("table", "t0"))) not in samples
-    assert samples[("hps_keys_total", (("model", "m"), ("table", "t0")))] == 10
-    assert samples[("hps_tier_latency_us", (("level", "volatile"), ("model", "m"), ("quantile", "0.99"),
-                                            ("table", "t0")))] == 9.0
-    assert {name for name, _ in samples} <= set(FAMILIES)
+LABELS = (("model", "m"), ("table", "sparse_embedding0"))
 
 
 class FakeMetric:
@@ -25,6 +21,7 @@ class FakeMetric:
         self.value = 0.0
 
     def increment(self, v):
+        assert v > 0
         self.value += v
 
     def set(self, v):
@@ -32,11 +29,16 @@ class FakeMetric:
 
 
 class FakeFamily:
+    """pb_utils.MetricFamily: records every family made and its metrics by labels."""
+
     COUNTER, GAUGE = "counter", "gauge"
     made: dict = {}
+    kinds: dict = {}
 
     def __init__(self, name, description, kind):
+        assert description
         self.name = name
+        FakeFamily.kinds[name] = kind
 
     def Metric(self, labels):
         return FakeFamily.made.setdefault((self.name, tuple(sorted(labels.items()))), FakeMetric())
@@ -46,21 +48,67 @@ class FakePbUtils:
     MetricFamily = FakeFamily
 
 
-class FakePs:
-    def __init__(self):
-        self.stats_value = STATS
+@pytest.fixture()
+def ps(tmp_path):
+    FakeFamily.made.clear()
+    FakeFamily.kinds.clear()
+    write_sparse_model(tmp_path / "t0", np.arange(100, dtype=np.int64), np.ones((100, 4), np.float32))
+    config = {"volatile_db": {"type": "hash_map"},
+              "models": [{"model": "m", "sparse_files": [str(tmp_path / "t0")], "embedding_vecsize_per_table": [4],
+                          "maxnum_catfeature_query_per_table_per_sample": [10], "default_value_for_each_table": [0.0],
+                          "deployed_device_list": [0], "gpucache": False}]}
+    with hps.HPS(config, show_progress=False) as server:
+        yield server
 
-    def stats(self):
-        return self.stats_value
+
+def value(name, **labels):
+    return FakeFamily.made[(name, tuple(sorted({**dict(LABELS), **labels}.items())))].value
 
 
-def test_exporter_increments_counters_by_delta():
-    ps = FakePs()
-    TritonMetricsExporter(FakePbUtils, ps, "m", interval_s=0).update()
-    lookups = FakeFamily.made[("hps_lookups_total", (("model", "m"), ("table", "t0")))]
-    assert lookups.value == 2  # created + update with unchanged stats: no double counting
-    ps.stats_value = {"models": {"m": {"t0": {**STATS["models"]["m"]["t0"], "lookups": 5}}}}
+def test_families_are_hps_metrics_families():
+    assert FAMILIES == {name: (kind, doc) for name, (kind, _, doc) in HPS_FAMILIES.items()}
+
+
+def test_samples_and_kinds(ps):
+    ps.lookup(np.array([1, 2, 500]), "m", 0)
+    pushed = {(family, kind) for family, kind, _, _ in metric_samples(ps)}
+    assert ("hps_keys_total", "counter") in pushed and ("hps_tier_rows", "gauge") in pushed
+    # Triton cannot set a histogram's buckets: its series go out as counters
+    assert {("hps_lookup_seconds_bucket", "counter"), ("hps_lookup_seconds_sum", "counter"),
+            ("hps_lookup_seconds_count", "counter")} <= pushed
+
+
+def test_exporter_increments_counters_by_delta(ps):
+    ps.lookup(np.arange(10), "m", 0)
     exporter = TritonMetricsExporter(FakePbUtils, ps, "m", interval_s=0)
-    assert lookups.value == 7  # a fresh exporter (new stub process) counts from its own zero
+    assert value("hps_lookups_total") == 1
+    assert value("hps_keys_total", level="volatile") == 10
+    assert value("hps_lookup_seconds_count") == 1 and value("hps_lookup_seconds_bucket", le="+Inf") == 1
+    assert FakeFamily.kinds["hps_lookup_seconds_bucket"] == "counter"
+    exporter.update()  # unchanged stats: no double counting
+    assert value("hps_lookups_total") == 1
+    ps.lookup(np.arange(10), "m", 0)
+    ps.lookup(np.arange(10), "m", 0)
     exporter.maybe_update()
-    assert lookups.value == 7
+    assert value("hps_lookups_total") == 3 and value("hps_keys_total", level="volatile") == 30
+    assert value("hps_tier_rows", tier="volatile") == 100
+    TritonMetricsExporter(FakePbUtils, ps, "m", interval_s=0)  # a new stub process counts from its own zero
+    assert value("hps_lookups_total") == 6
+
+
+def test_exporter_stays_fresh_without_requests(ps):
+    """The stale value of issue 18 (hps_lookups_total 1 after 204 requests): values pushed only when a
+    request came. A background thread now pushes every interval_s, with no request."""
+    exporter = TritonMetricsExporter(FakePbUtils, ps, "m", interval_s=0.05)
+    try:
+        assert value("hps_lookups_total") == 0
+        for _ in range(204):
+            ps.lookup(np.arange(10), "m", 0)
+        deadline = time.monotonic() + 5
+        while value("hps_lookups_total") != 204 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert value("hps_lookups_total") == 204
+        assert value("hps_keys_total", level="volatile") == 2040
+    finally:
+        exporter.close()
+    assert not exporter._thread.is_alive()

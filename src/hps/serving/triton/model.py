@@ -100,6 +100,8 @@ class TritonPythonModel:
         return responses
 
     def finalize(self):
+        if getattr(self, "metrics", None) is not None:  # its thread reads the HPS: stop it first
+            self.metrics.close()
         if getattr(self, "ps", None) is not None:
             self.ps.close()
             self.ps = None
