@@ -111,7 +111,6 @@ def test_keys_of_the_other_volatile_type_are_checked_then_ignored():
 # -- keys hps reads but does not act on ---------------------------------------------------------------
 
 @pytest.mark.parametrize("raw,key", [
-    ({"models": [model(fp8_quant=True)]}, r"models\[0\]\.fp8_quant"),
     ({"models": [model(use_hctr_cache_implementation=False)]}, r"models\[0\]\.use_hctr_cache_implementation"),
     ({"models": [model(use_context_stream=False)]}, r"models\[0\]\.use_context_stream"),
     ({"volatile_db": {"type": "hash_map", "initial_cache_rate": 0.5}, "models": [model()]},

@@ -70,6 +70,9 @@ def make_cache(model: ModelConfig, table: TableConfig, rows: int, device_id: int
         return make_gpu_cache(model, table, rows, device_id, load_rows,
                               device=None if cuda_available() else "cpu")
     _say_cpu_fallback()
+    if model.fp8_quant and model.cache_type != "dynamic":
+        log.warning("model %s: fp8_quant applies only to the GPU cache; without a CUDA device its static "
+                    "tables stay float32 in the CPU cache", model.name)
     from hps.cache.cpu_static import CpuStaticTable
 
     if model.cache_type == "dynamic":

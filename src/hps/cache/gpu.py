@@ -35,7 +35,7 @@ from hps.cache.gpu_static import (GpuStaticTable, GpuUvmTable, check_out, interp
                                   normalize_device, pow2, run_kernel)
 from hps.cache.gpu_whole import GpuWholeTableCache
 from hps.config.schema import ModelConfig, TableConfig
-from hps.errors import ClosedError, ConfigError, KeyInputError, require
+from hps.errors import ClosedError, ConfigError, KeyInputError, ModelFormatError, require
 
 torch = require("torch", "gpu")
 K = require("hps.cache.gpu_kernels", "gpu")
@@ -254,6 +254,9 @@ def make_gpu_cache(model: ModelConfig, table: TableConfig, rows: int, device_id:
     - "static": `GpuStaticTable` with every row (in pinned host memory when `enable_pagelock`).
     - "uvm": `GpuUvmTable`, the first floor(gpucacheper × rows) rows (file order) on the device.
 
+    `model.fp8_quant` stores static and uvm rows as e4m3 with a float32 scale per row (HugeCTR: static
+    tables only); a dynamic cache keeps float32 (the config parser warns).
+
     `keys_vectors_loader()` returns `(keys (m,) int64, vectors (m, dim) float32)` numpy arrays, or
     an iterable of such chunks in file order; static and uvm need it. `device` overrides
     "cuda:<device_id>" (tests use "cpu" under TRITON_INTERPRET=1)."""
@@ -268,11 +271,15 @@ def make_gpu_cache(model: ModelConfig, table: TableConfig, rows: int, device_id:
         raise ConfigError(f"model {model.name!r} table {table.name!r}: embedding_cache_type {kind!r} holds the "
                           "whole table and needs a row loader")
     keys, vectors = load_whole_table(keys_vectors_loader, table.dim, table.tag)
-    if kind == "static":
-        return GpuStaticTable(keys, vectors, dev, pagelock=model.enable_pagelock, default_value=table.default_value)
-    if kind == "uvm":
-        hot = int(model.gpucacheper * keys.shape[0])
-        return GpuUvmTable(keys, vectors, hot, dev, default_value=table.default_value)
+    try:
+        if kind == "static":
+            return GpuStaticTable(keys, vectors, dev, pagelock=model.enable_pagelock,
+                                  default_value=table.default_value, fp8_quant=model.fp8_quant)
+        if kind == "uvm":
+            hot = int(model.gpucacheper * keys.shape[0])
+            return GpuUvmTable(keys, vectors, hot, dev, default_value=table.default_value, fp8_quant=model.fp8_quant)
+    except ModelFormatError as e:
+        raise ModelFormatError(f"table {table.tag} ({table.sparse_file}): {e}") from e
     raise ConfigError(f"model {model.name!r}: unknown embedding_cache_type {kind!r}")
 
 

@@ -251,13 +251,30 @@ def write_kernel(k_ptr, v_ptr, n, keys_ptr, ver_ptr, scores_ptr, rows_ptr, speci
         pending = pending & ~got
 
 
+@triton.jit
+def _e4m3_to_f32(bits):
+    """e4m3fn bit patterns (uint8 widened to int32, 0..255) → float32 values: sign, 4 exponent bits
+    (bias 7), 3 mantissa bits; exponent 0 is subnormal (m × 2^-9). NaN patterns are never stored.
+    Plain integer and float arithmetic: runs on every GPU and in the CPU interpreter."""
+    b = bits.to(tl.uint32)
+    sign = (b & 0x80) << 24
+    e = (b >> 3) & 0xF
+    m = b & 0x7
+    normal = (sign | ((e + 120) << 23) | (m << 20)).to(tl.float32, bitcast=True)  # float32 bias 127 = 7 + 120
+    sub = m.to(tl.float32) * 0.001953125
+    sub = tl.where(sign != 0, -sub, sub)
+    return tl.where(e == 0, sub, normal)
+
+
 @triton.jit(do_not_specialize=["n", "num_slots", "hot_rows"])
 def static_find_kernel(q_ptr, n, skeys_ptr, sidx_ptr, num_slots, special_idx_ptr,
-                       dev_rows_ptr, host_rows_ptr, hot_rows, default_value, out_ptr, found_ptr,
-                       DIM: tl.constexpr, DIM_P2: tl.constexpr, BK: tl.constexpr, TWO_TIERS: tl.constexpr):
+                       dev_rows_ptr, host_rows_ptr, scales_ptr, hot_rows, default_value, out_ptr, found_ptr,
+                       DIM: tl.constexpr, DIM_P2: tl.constexpr, BK: tl.constexpr, TWO_TIERS: tl.constexpr,
+                       FP8: tl.constexpr):
     """Static / uvm lookup: linear probing over `skeys: (num_slots,) int64` (_EMPTY = free), row index
     `sidx: (num_slots,) int32`; row r < hot_rows is `dev_rows[r]`, else `host_rows[r - hot_rows]`
-    (pinned host memory, read over the bus). Misses get `default_value`."""
+    (pinned host memory, read over the bus). Misses get `default_value`.
+    FP8: rows are `uint8` e4m3fn bits and row r's value is decode(bits) × `scales[r]` (float32, device)."""
     offs = tl.program_id(0).to(tl.int64) * BK + tl.arange(0, BK)
     inb = offs < n
     k = tl.load(q_ptr + offs, mask=inb, other=0)
@@ -279,13 +296,22 @@ def static_find_kernel(q_ptr, n, skeys_ptr, sidx_ptr, num_slots, special_idx_ptr
     if TWO_TIERS:
         hot = hit & (idx < hot_rows)
         cold = hit & (idx >= hot_rows)
-        r1 = tl.load(dev_rows_ptr + (idx * DIM)[:, None] + cols[None, :], mask=hot[:, None] & cm[None, :], other=0.0)
+        r1 = tl.load(dev_rows_ptr + (idx * DIM)[:, None] + cols[None, :], mask=hot[:, None] & cm[None, :], other=0)
         r2 = tl.load(host_rows_ptr + ((idx - hot_rows) * DIM)[:, None] + cols[None, :],
-                     mask=cold[:, None] & cm[None, :], other=0.0)
-        row = tl.where(hot[:, None], r1.to(tl.float32), r2.to(tl.float32))
+                     mask=cold[:, None] & cm[None, :], other=0)
+        if FP8:
+            row = _e4m3_to_f32(tl.where(hot[:, None], r1.to(tl.int32), r2.to(tl.int32)))
+        else:
+            row = tl.where(hot[:, None], r1.to(tl.float32), r2.to(tl.float32))
     else:
         row = tl.load(dev_rows_ptr + (idx * DIM)[:, None] + cols[None, :], mask=hit[:, None] & cm[None, :],
-                      other=0.0).to(tl.float32)
+                      other=0)
+        if FP8:
+            row = _e4m3_to_f32(row.to(tl.int32))
+        else:
+            row = row.to(tl.float32)
+    if FP8:
+        row = row * tl.load(scales_ptr + idx, mask=hit, other=0.0)[:, None]
     row = tl.where(hit[:, None], row, default_value)
     tl.store(out_ptr + (offs * DIM)[:, None] + cols[None, :], row, mask=inb[:, None] & cm[None, :])
     tl.store(found_ptr + offs, hit.to(tl.int8), mask=inb)

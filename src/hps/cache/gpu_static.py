@@ -6,6 +6,11 @@
 - `GpuUvmTable(keys, vectors, hot_rows, device)`: rows `[0, hot_rows)` (file order) in device
   memory, the rest pinned in host memory; one kernel serves both.
 
+With `fp8_quant=True` (ps.json `fp8_quant`, as HugeCTR's static tables) both keep each row as
+`dim` e4m3 bytes plus one float32 scale (`hps.cache.fp8`): dim + 4 bytes a row instead of 4·dim. The
+rows are quantised at load (a file with NaN or Inf is refused: `ModelFormatError`) and by `assign`;
+the kernel decodes the bits and returns float32 (error ≤ 2^-4 of the row's largest magnitude).
+
 The index is open addressing with linear probing over `(P,) int64` keys and `(P,) int32` row
 numbers, P = max(64, 2 × rows) (load ≤ 0.5), built on the device in vectorized rounds. Misses get
 `default_value` (HugeCTR: static tables consult no database). The key set is fixed at load:
@@ -24,6 +29,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from hps.cache import fp8 as F8
 from hps.cache.gpu_graphs import on_device, synchronize
 from hps.errors import ClosedError, ConfigError, KeyInputError, ModelFormatError, UpdateError, require
 
@@ -107,7 +113,7 @@ class _WholeTable:
     read_only = True
 
     def __init__(self, keys: np.ndarray, vectors: np.ndarray, device: str, hot_rows: int,
-                 default_value: float, storage_dtype: Any, who: str) -> None:
+                 default_value: float, storage_dtype: Any, who: str, fp8_quant: bool = False) -> None:
         self.device = normalize_device(device, who)
         self.torch_device = torch.device(self.device)
         self._who = who
@@ -125,10 +131,16 @@ class _WholeTable:
         self._closed = False
         dev = self.device
         on_cuda = dev.startswith("cuda")
+        self.fp8_quant = bool(fp8_quant)
         self._keys = torch.from_numpy(keys).to(dev)
-        self._dev_rows = torch.from_numpy(np.ascontiguousarray(vectors[: self.hot_rows])).to(dev, storage_dtype)
-        cold = torch.from_numpy(np.ascontiguousarray(vectors[self.hot_rows:])).to(storage_dtype)
-        self._host_rows = cold.pin_memory() if on_cuda and cold.numel() else cold
+        if self.fp8_quant:
+            storage_dtype = torch.uint8
+            self._quantize_table(keys, vectors)
+        else:
+            self._scales = torch.ones(1, dtype=torch.float32, device=dev)  # unread
+            self._dev_rows = torch.from_numpy(np.ascontiguousarray(vectors[: self.hot_rows])).to(dev, storage_dtype)
+            cold = torch.from_numpy(np.ascontiguousarray(vectors[self.hot_rows:])).to(storage_dtype)
+            self._host_rows = cold.pin_memory() if on_cuda and cold.numel() else cold
         if self._dev_rows.numel() == 0:
             self._dev_rows = torch.zeros((1, self.dim), dtype=storage_dtype, device=dev)
         if self._host_rows.numel() == 0:
@@ -138,6 +150,33 @@ class _WholeTable:
         # 96 µs for 26,624 keys host-synced): a program waits for its longest linear probe
         self.find_block = max(8, min(64, 4096 // pow2(self.dim)))
         self.find_warps = 2 if pow2(self.dim) <= 64 else 4
+
+    def _quantize_table(self, keys: np.ndarray, vectors: np.ndarray) -> None:
+        """Fill `_dev_rows (hot_rows, dim) uint8`, `_host_rows (n - hot_rows, dim) uint8` (pinned on a GPU)
+        and `_scales (n,) float32` (device) from `vectors: (n, dim)`, in chunks quantised on the device;
+        `ModelFormatError` naming the first key whose row holds NaN or Inf."""
+        n, dim, hot, dev = self.capacity_rows, self.dim, self.hot_rows, self.device
+        on_cuda = dev.startswith("cuda")
+        self._dev_rows = torch.empty((hot, dim), dtype=torch.uint8, device=dev)
+        host = torch.empty((n - hot, dim), dtype=torch.uint8)
+        self._host_rows = host.pin_memory() if on_cuda and host.numel() else host
+        self._scales = torch.empty(max(n, 1), dtype=torch.float32, device=dev)
+        step = F8.chunk_rows(dim)
+        for a in range(0, n, step):
+            b = min(n, a + step)
+            chunk = torch.from_numpy(np.ascontiguousarray(vectors[a:b], dtype=np.float32)).to(dev)
+            bad = F8.nonfinite_rows(chunk)
+            if bad.numel():
+                r = a + int(bad[0])
+                raise ModelFormatError(f"{self._who}: fp8_quant cannot scale the row of key {int(keys[r])} "
+                                       f"(row {r} of the table): it holds NaN or Inf; fix the sparse file or "
+                                       "set fp8_quant false")
+            codes, scales = F8.quantize_rows(chunk)
+            self._scales[a:b] = scales
+            if a < hot:
+                self._dev_rows[a:min(b, hot)] = codes[: min(b, hot) - a]
+            if b > hot:
+                self._host_rows[max(a, hot) - hot:b - hot] = codes[max(a, hot) - a:].cpu()
 
     def _build_index(self) -> None:
         """Linear-probing index over all keys: `(P,) int64` keys, `(P,) int32` row numbers, P = max(64, 2n)."""
@@ -204,9 +243,9 @@ class _WholeTable:
         if n:
             two = self.hot_rows < self.capacity_rows
             self._run(K.static_find_kernel, (-(-n // self.find_block),), keys, n, self._skeys, self._sidx,
-                      self.num_slots, self._special_idx, self._dev_rows, self._host_rows, self.hot_rows,
-                      self.default_value, out, found, DIM=self.dim, DIM_P2=pow2(self.dim), BK=self.find_block,
-                      TWO_TIERS=two, num_warps=self.find_warps)
+                      self.num_slots, self._special_idx, self._dev_rows, self._host_rows, self._scales,
+                      self.hot_rows, self.default_value, out, found, DIM=self.dim, DIM_P2=pow2(self.dim),
+                      BK=self.find_block, TWO_TIERS=two, FP8=self.fp8_quant, num_warps=self.find_warps)
         return out, found.view(torch.bool)
 
     def find(self, keys: Any, out: Any = None) -> tuple[Any, Any]:
@@ -256,6 +295,8 @@ class _WholeTable:
                 raise UpdateError(f"{self._who}: cannot insert new keys into a static table (e.g. "
                                   f"{keys[~present][:5].tolist()}); its key set is fixed at load")
             vec = vectors.to(self.device, torch.float32)
+            if self.fp8_quant:
+                vec = self._quantized_update(keys, vec, idx, present)
             hot = present & (idx < self.hot_rows)
             cold = present & (idx >= self.hot_rows)
             if bool(hot.any()):
@@ -265,6 +306,17 @@ class _WholeTable:
                 self._host_rows[rows] = vec[cold].cpu().to(self._host_rows.dtype)
             if self.device.startswith("cuda"):
                 synchronize(self.device)
+
+    def _quantized_update(self, keys: Any, vec: Any, idx: Any, present: Any) -> Any:
+        """fp8 tables: `vec: (n, dim) float32` → its e4m3 codes `(n, dim) uint8`, the scales of present rows
+        written to `_scales[idx]`; `UpdateError` (changing nothing) if a present key's vector is not finite."""
+        bad = F8.nonfinite_rows(vec[present])
+        if bad.numel():
+            raise UpdateError(f"{self._who}: fp8_quant cannot scale the update of key "
+                              f"{int(keys[present][bad[0]])}: it holds NaN or Inf; nothing was written")
+        codes, scales = F8.quantize_rows(torch.nan_to_num(vec))
+        self._scales[idx[present]] = scales[present]
+        return codes
 
     def insert_or_assign(self, keys: Any, vectors: Any) -> None:
         """Overwrite present keys; raises `UpdateError` (changing nothing) if any key is absent."""
@@ -285,20 +337,34 @@ class _WholeTable:
     def size(self) -> int:
         return self.capacity_rows
 
+    def memory_bytes(self) -> int:
+        """Device bytes held: the device rows (4·dim B a row in float32, dim B in fp8), fp8 scales (4 B a
+        row, for every row), the keys (8 B a row) and the index (12 B a position, 2 positions a row)."""
+        rows = self._dev_rows.numel() * self._dev_rows.element_size() if self.hot_rows else 0
+        scales = 4 * self.capacity_rows if self.fp8_quant else 0
+        return rows + scales + 8 * self.capacity_rows + 12 * self.num_slots
+
+    def host_bytes(self) -> int:
+        """Pinned host bytes held: the rows past `hot_rows` (pagelock static, uvm)."""
+        cold = self.capacity_rows - self.hot_rows
+        return cold * self.dim * self._host_rows.element_size() if cold else 0
+
     def close(self) -> None:
         """Free device and pinned memory. Idempotent."""
         self._closed = True
-        self._keys = self._skeys = self._sidx = self._dev_rows = self._host_rows = None
+        self._keys = self._skeys = self._sidx = self._dev_rows = self._host_rows = self._scales = None
 
 
 class GpuStaticTable(_WholeTable):
     """The whole table on the GPU: `keys: (n,) int64`, `vectors: (n, dim) float32` numpy arrays.
-    `pagelock=True` keeps the rows in pinned host memory and reads them zero-copy from the kernel."""
+    `pagelock=True` keeps the rows in pinned host memory and reads them zero-copy from the kernel.
+    `fp8_quant=True` stores e4m3 rows with a float32 scale each (see the module docstring)."""
 
     def __init__(self, keys: np.ndarray, vectors: np.ndarray, device: str = "cuda:0", *, pagelock: bool = False,
-                 default_value: float = 0.0, storage_dtype: Any = torch.float32) -> None:
+                 default_value: float = 0.0, storage_dtype: Any = torch.float32, fp8_quant: bool = False) -> None:
         n = int(np.asarray(keys).shape[0])
-        super().__init__(keys, vectors, device, 0 if pagelock else n, default_value, storage_dtype, "GpuStaticTable")
+        super().__init__(keys, vectors, device, 0 if pagelock else n, default_value, storage_dtype, "GpuStaticTable",
+                         fp8_quant)
         self.pagelock = pagelock
 
 
@@ -306,5 +372,5 @@ class GpuUvmTable(_WholeTable):
     """Rows `[0, hot_rows)` of the table (file order) in device memory, the rest in pinned host memory."""
 
     def __init__(self, keys: np.ndarray, vectors: np.ndarray, hot_rows: int, device: str = "cuda:0", *,
-                 default_value: float = 0.0, storage_dtype: Any = torch.float32) -> None:
-        super().__init__(keys, vectors, device, hot_rows, default_value, storage_dtype, "GpuUvmTable")
+                 default_value: float = 0.0, storage_dtype: Any = torch.float32, fp8_quant: bool = False) -> None:
+        super().__init__(keys, vectors, device, hot_rows, default_value, storage_dtype, "GpuUvmTable", fp8_quant)

@@ -56,6 +56,8 @@ class GpuWholeTableCache(_WholeTable):
         self._closed = False
         self._dev_rows = torch.zeros((capacity_rows, dim), dtype=storage_dtype, device=self.device)
         self._host_rows = torch.zeros((1, dim), dtype=storage_dtype, device=self.device)  # no host tier: unread
+        self.fp8_quant = False  # fp8 applies to static and uvm tables only (as HugeCTR: static)
+        self._scales = torch.ones(1, dtype=torch.float32, device=self.device)  # unread
         self._empty_index(max(64, 2 * capacity_rows))
         self._index_used = 0  # index positions holding a key, live or erased
         self._next_row = 0  # rows [0, _next_row) have been handed out

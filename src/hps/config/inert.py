@@ -1,7 +1,7 @@
 """ps.json keys that hps reads and checks but does not act on: the one table of them.
 
 HugeCTR users keep their ps.json; some of its keys switch on HugeCTR features hps does not
-have (FP8 tables, a second cache implementation), and some size machinery hps
+have (a second cache implementation), and some size machinery hps
 does not need (workspace pools). `hps.config.parse` validates every one of them like any other
 key, then, for each entry here with `warn`, issues a `ConfigWarning` naming the key and saying
 what hps does instead, but only when the value differs from HugeCTR's default (a default says
@@ -25,8 +25,6 @@ class InertKey(NamedTuple):
 
 
 NOT_ACTED_ON: dict[str, InertKey] = {
-    "models[].fp8_quant": InertKey(
-        "vectors are kept and served as float32, not quantised to FP8", True),
     "models[].use_hctr_cache_implementation": InertKey(
         "hps has one dynamic GPU cache implementation; the choice between HugeCTR's two does not apply", True),
     "models[].use_context_stream": InertKey(

@@ -198,6 +198,9 @@ def _parse_model(raw: Any, path: str, base_dir: str) -> ModelConfig:
         warnings.warn(f"{path}.embedding_cache_type: 'stochastic' falls back to 'dynamic' (as in HugeCTR)",
                       ConfigWarning, stacklevel=4)
     model = ModelConfig(**values)
+    if model.fp8_quant and (model.cache_type == "dynamic" or not model.gpucache):
+        warnings.warn(f"{path}.fp8_quant: applies to static tables only (embedding_cache_type static or uvm with "
+                      "gpucache, as in HugeCTR); this model's vectors stay float32", ConfigWarning, stacklevel=4)
     _warn_not_acted_on(model, "models[]", path)
     return model
 
