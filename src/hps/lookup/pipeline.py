@@ -25,6 +25,7 @@ import numpy as np
 
 from hps.cache.base import EmbeddingCache
 from hps.config.schema import ModelConfig, TableConfig
+from hps.lookup.cache_route import CacheRoute
 from hps.lookup.stats import CACHE, DEFAULT, LEVELS, TableStats
 from hps.lookup.tiers import TierChain
 
@@ -51,6 +52,8 @@ class TableLookup:
         #: True when the cache works on torch tensors (the GPU cache), False for numpy.
         self.takes_torch = cache is not None and cache.array_module == "torch"
         self._staging: Any = None  # the GPU cache's pinned buffers (`transfers.StagingPool`), made on first use
+        #: A host cache is skipped while the tiers answer faster without it (`hps.lookup.cache_route`).
+        self.route = CacheRoute() if cache is not None and not self.takes_torch and not self._complete_table else None
 
     def lookup(self, keys: Any, out: Any = None) -> Any:
         """Vectors for flat `keys: (n,) int64` (numpy, or torch on the cache's device).
@@ -58,9 +61,13 @@ class TableLookup:
         Returns `(n, dim) float32` of the same array kind and device. `out`: an `(n, dim) float32`
         array of that kind and device (C-contiguous) to write every row into; it is returned."""
         start = time.perf_counter()
-        if self.cache is None:
+        route = self.route
+        if self.cache is None or (route is not None and not route.use_cache()):
             vectors, source = self.tiers.fetch(self.table, _to_numpy(keys), self.stats)
-            self.stats.record(np.bincount(source, minlength=len(LEVELS)), time.perf_counter() - start)
+            seconds = time.perf_counter() - start
+            self.stats.record(np.bincount(source, minlength=len(LEVELS)), seconds)
+            if route is not None:
+                route.record(False, len(keys), seconds)
             return _into(_like(vectors, keys), out)
         if self.takes_torch:  # GPU caches write straight into `out`
             if self._find_counted is not None:  # probe and count in one call (graph replay for small batches)
@@ -74,7 +81,10 @@ class TableLookup:
             vectors, found = self.cache.find(keys)
             num_hits = int(np.count_nonzero(found))
         if num_hits == len(keys):
-            self.stats.record_cache_hits(num_hits, time.perf_counter() - start)
+            seconds = time.perf_counter() - start
+            self.stats.record_cache_hits(num_hits, seconds)
+            if route is not None:
+                route.record(True, num_hits, seconds)
             return _into(vectors, out)
         level_hits = np.zeros(len(LEVELS), dtype=np.int64)
         level_hits[CACHE] = num_hits
@@ -93,7 +103,10 @@ class TableLookup:
             self.cache.insert_or_assign(miss_keys, host_vectors)
             vectors[miss_positions] = host_vectors[inverse]
             level_hits += np.bincount(source[inverse], minlength=len(LEVELS))
-        self.stats.record(level_hits, time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        self.stats.record(level_hits, seconds)
+        if route is not None:
+            route.record(True, len(keys), seconds)
         return _into(vectors, out)
 
     def _fetch_misses_gpu(self, keys: Any, vectors: Any, miss_positions: Any) -> np.ndarray:

@@ -44,55 +44,75 @@ class TierChain:
         whole tier on any other `BackendError`) go to the persistent tier with the misses; those
         it does not hold either raise `BackendError` naming the count and the volatile tier's
         failure: only keys known to be absent get the default value.
+
+        Each row is moved once: the volatile tier writes straight into the result (an in-process
+        map through `find_counted(..., out=)`; a tier without `out` returns the array that becomes
+        the result), and only the misses are gathered, asked of the persistent tier and scattered
+        back. When the volatile tier answers every key, nothing else is touched.
         """
         n = len(keys)
-        vectors = np.empty((n, table.dim), dtype=np.float32)
-        source = np.full(n, DEFAULT, dtype=np.uint8)
-        missing = np.ones(n, dtype=bool)
+        dim = table.dim
+        vectors: np.ndarray | None = None
+        found: np.ndarray | None = None
         unavailable = None  # (n,) bool: keys the volatile tier could not ask
         failure: BackendError | None = None
         if self.volatile is not None and n:
             started = time.perf_counter()
-            found = None
+            find_counted = getattr(self.volatile, "find_counted", None)
             try:
-                found_vectors, found = self.volatile.find(table.tag, keys)
+                if find_counted is not None:  # an in-process map: it writes into the result itself
+                    vectors = np.empty((n, dim), dtype=np.float32)
+                    _, found, num_found = find_counted(table.tag, keys, vectors)
+                else:
+                    vectors, found = self.volatile.find(table.tag, keys)
+                    num_found = -1
             except PartialBackendError as exc:
-                found_vectors, found, unavailable, failure = exc.vectors, exc.found, exc.unavailable, exc
+                vectors, found, unavailable, failure = exc.vectors, exc.found, exc.unavailable, exc
+                num_found = -1
             except BackendError as exc:
-                unavailable, failure = np.ones(n, dtype=bool), exc
+                vectors, found, unavailable, failure = None, None, np.ones(n, dtype=bool), exc
             if failure is None:
-                stats.record_tier("volatile", time.perf_counter() - started)
+                stats.record_tier("volatile", time.perf_counter() - started, n,
+                                  num_found if num_found >= 0 else int(np.count_nonzero(found)))
+                if num_found == n or (num_found < 0 and found.all()):  # the common case: every key answered
+                    return vectors, np.full(n, VOLATILE, dtype=np.uint8)
             else:
                 lost = int(np.count_nonzero(unavailable))
                 stats.count_volatile_error(lost)
                 log.warning("volatile tier could not ask %d of %d keys of %s%s: %s", lost, n, table.tag,
                             ", asking the persistent tier" if self.persistent is not None else "", failure)
-            if found is not None:
-                vectors[found] = found_vectors[found]
-                source[found] = VOLATILE
-                missing = ~found
-        if self.persistent is not None and missing.any():
-            idx = np.flatnonzero(missing)
+        vectors = _result_array(vectors, n, dim)
+        if found is None:
+            source = np.full(n, DEFAULT, dtype=np.uint8)
+            idx = np.arange(n)  # positions still missing
+        else:
+            source = np.where(found, np.uint8(VOLATILE), np.uint8(DEFAULT))
+            idx = np.flatnonzero(~found)
+        if self.persistent is not None and idx.shape[0]:
             started = time.perf_counter()
-            found_vectors, found = self.persistent.find(table.tag, keys[idx])
-            stats.record_tier("persistent", time.perf_counter() - started)
-            vectors[idx[found]] = found_vectors[found]
-            missing[idx[found]] = False
-            source[idx[found]] = PERSISTENT
+            found_vectors, pfound = self.persistent.find(table.tag, keys[idx])
+            stats.record_tier("persistent", time.perf_counter() - started, len(idx), int(np.count_nonzero(pfound)))
+            hit = idx[pfound]
+            if hit.shape[0] == idx.shape[0]:
+                vectors[idx] = found_vectors
+            elif hit.shape[0]:
+                vectors[hit] = found_vectors[pfound]
+            source[hit] = PERSISTENT
             if self.promote_misses and self.volatile is not None:
-                promote = found if unavailable is None else found & ~unavailable[idx]  # not onto a down node
+                promote = pfound if unavailable is None else pfound & ~unavailable[idx]  # not onto a down node
                 if promote.any():
                     self._promote(table.tag, keys[idx[promote]], found_vectors[promote])
-        if unavailable is not None:
-            lost = unavailable & missing
-            if lost.any():
+            idx = idx[~pfound]
+        if unavailable is not None and idx.shape[0]:
+            lost = int(np.count_nonzero(unavailable[idx]))
+            if lost:
                 where = "the persistent tier does not hold them" if self.persistent is not None \
                     else "there is no persistent tier"
-                raise BackendError(f"table {table.tag}: {int(np.count_nonzero(lost))} of {n} keys could not "
+                raise BackendError(f"table {table.tag}: {lost} of {n} keys could not "
                                    f"be answered: the volatile tier could not ask them and {where}: "
                                    f"{failure}") from failure
-        if missing.any():
-            vectors[missing] = table.default_value
+        if idx.shape[0]:
+            vectors[idx] = table.default_value
         return vectors, source
 
     def _promote(self, tag: str, keys: np.ndarray, vectors: np.ndarray) -> None:
@@ -106,3 +126,14 @@ class TierChain:
                 log.exception("promoting %d keys of %s into the volatile tier failed", len(keys), tag)
 
         self.background.submit(insert)
+
+
+def _result_array(vectors: np.ndarray | None, n: int, dim: int) -> np.ndarray:
+    """`vectors` (a tier's answer) as the `(n, dim) float32` result to fill in place: itself when it
+    is a writable C-contiguous array of that shape and dtype, else a copy (or a new array for None)."""
+    if vectors is None:
+        return np.empty((n, dim), dtype=np.float32)
+    if (type(vectors) is np.ndarray and vectors.dtype == np.float32 and vectors.shape == (n, dim)
+            and vectors.flags.c_contiguous and vectors.flags.writeable):
+        return vectors
+    return np.array(vectors, dtype=np.float32, order="C").reshape(n, dim)
