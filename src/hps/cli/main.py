@@ -1,12 +1,19 @@
-"""The `hps` command: inspect, lookup, convert, demo, publish, triton build / serve."""
+"""The `hps` command: inspect, lookup, convert, demo, publish, triton build / convert / add-model / serve.
+
+`inspect` and `lookup` live in their own modules (`hps.cli.inspect`, `hps.cli.lookup`).
+"""
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
 import sys
-from typing import Sequence
+from typing import Any, Sequence
 
+from hps.cli import inspect as inspect_command
+from hps.cli import lookup as lookup_command
+from hps.cli import serve_metrics as serve_metrics_command
+from hps.cli.flag_words import flag_words
 from hps.errors import HpsError
 
 
@@ -17,45 +24,55 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "run", None):
         parser.print_help()
         return 2
+    if args.verbose:
+        import logging
+
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return args.run(args) or 0
     except HpsError as exc:
-        print(f"hps: error: {exc}", file=sys.stderr)
+        print(f"hps: error: {flag_words(str(exc), getattr(args, 'flags', {}))}", file=sys.stderr)
         return 2
 
 
+def _add(sub: Any, name: str, help: str, example: str, **kwargs: Any) -> argparse.ArgumentParser:
+    """A subcommand whose --help shows `help` and, after the arguments, `example` (one or more lines)."""
+    return sub.add_parser(name, help=help, description=kwargs.pop("description", help[:1].upper() + help[1:] + "."),
+                          epilog="example" + ("s" if "\n" in example else "") + ":\n  " + example.replace("\n", "\n  "),
+                          formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hps", description="Hierarchical parameter server (HugeCTR HPS compatible).")
+    parser = argparse.ArgumentParser(prog="hps", description="Hierarchical parameter server (HugeCTR HPS compatible).",
+                                     epilog="run `hps COMMAND --help` for a command's arguments and an example")
     parser.add_argument("--version", action="version", version=_version_line(),
                         help="print hps's version (package hierarchical-parameter-server) and exit")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="log INFO lines on stderr (each loading phase and its time), e.g. hps -v lookup ...")
     sub = parser.add_subparsers(metavar="COMMAND")
 
-    p = sub.add_parser("inspect", help="models, tables, rows, dims and the memory each tier and cache will take")
-    p.add_argument("config", help="ps.json")
-    p.set_defaults(run=_inspect)
+    inspect_command.register(sub)
+    lookup_command.register(sub)
+    serve_metrics_command.register(sub)
 
-    p = sub.add_parser("lookup", help="look keys up and print their vectors")
-    p.add_argument("config", help="ps.json")
-    p.add_argument("--model", required=True)
-    p.add_argument("--table", type=int, default=0, help="table id (default 0)")
-    p.add_argument("keys", nargs="+", type=int)
-    p.set_defaults(run=_lookup)
-
-    p = sub.add_parser("convert", help=".npy table or torch checkpoint → HugeCTR sparse model directory")
+    p = _add(sub, "convert", ".npy table or torch checkpoint → HugeCTR sparse model directory",
+             "hps convert table.npy sparse/t0 --keys ids.npy\nhps convert model.pt s3://bucket/t0 --param emb.weight "
+             "--overwrite")
     p.add_argument("input", help=".npy (rows, dim) table, or .pt/.pth state_dict / module (a path, or a URL: "
                                  "s3://bucket/emb.npy, gs://, hdfs://, https://)")
     p.add_argument("output", help="sparse model directory to write (a path, or a URL such as s3://bucket/t0)")
     p.add_argument("--param", help="state_dict entry holding the table, when there are several 2-D tensors")
     p.add_argument("--keys", help=".npy of (rows,) keys; default 0..rows-1")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output (default: refused)")
     p.add_argument("--allow-pickle", action="store_true",
                    help="also read checkpoints that pickle Python objects (a whole nn.Module): this runs code "
                         "from the file, only for files you trust (default: refused)")
-    p.set_defaults(run=_convert)
+    p.set_defaults(run=_convert, flags={"overwrite": "--overwrite", "allow_pickle": "--allow-pickle",
+                                        "param_name": "--param", "keys_path": "--keys"})
 
-    p = sub.add_parser("demo", help="train a small model, split it, serve it through hps (and Triton), compare; "
-                                     "keeps ps.json, the sparse and dense models and a Triton repository in ./hps-demo",
-                       epilog="example: hps demo --out hps-demo --no-triton")
+    p = _add(sub, "demo", "train a small model, split it, serve it through hps (and Triton), compare; "
+                          "keeps ps.json, the sparse and dense models and a Triton repository in ./hps-demo",
+             "hps demo --out hps-demo --no-triton")
     p.add_argument("--out", default="hps-demo",
                    help="folder for the artefacts, kept (default ./hps-demo); created, or empty, or an earlier "
                         "demo's folder (its files are replaced)")
@@ -66,22 +83,26 @@ def _parser() -> argparse.ArgumentParser:
                         "anyway without the triton extra)")
     p.set_defaults(run=_demo)
 
-    p = sub.add_parser("publish", help="publish a sparse model or .npy files as HCTR Kafka updates")
-    p.add_argument("--brokers", required=True)
-    p.add_argument("--model", required=True)
+    p = _add(sub, "publish", "publish a sparse model or .npy files as HCTR Kafka updates",
+             "hps publish --brokers localhost:9092 --model m --table sparse_embedding0 --sparse-model t0 --config "
+             "ps.json\nhps publish --brokers localhost:9092 --model m --table t0 --keys k.npy --vectors v.npy")
+    p.add_argument("--brokers", required=True, help="Kafka bootstrap servers, host:port[,host:port...]")
+    p.add_argument("--model", required=True, help="model name (the topic is hps_et.<model>.<table>)")
     p.add_argument("--table", required=True, help="table name (the topic is hps_et.<model>.<table>)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--sparse-model", help="sparse model directory (needs --dim or --config)")
     src.add_argument("--keys", help=".npy of keys (needs --vectors)")
     p.add_argument("--vectors", help=".npy of (n, dim) vectors")
-    p.add_argument("--dim", type=int)
+    p.add_argument("--dim", type=int, help="vector width of --sparse-model (or give --config)")
     p.add_argument("--config", help="the servers' ps.json: refuse a table that is not in it or another dim")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the broker (default 5)")
-    p.set_defaults(run=_publish)
+    p.set_defaults(run=_publish, flags={"connect_timeout_s": "--timeout", "ps_config": "--config"})
 
-    triton = sub.add_parser("triton", help="Triton Inference Server: build a model repository, serve it")
+    triton = _add(sub, "triton", "Triton Inference Server: build a model repository, serve it",
+                  "hps triton build --config ps.json --dense dense.onnx --out repo && hps triton serve repo")
     tsub = triton.add_subparsers(metavar="ACTION")
-    p = tsub.add_parser("build", help="write a Triton model repository: hps_embedding → dense model ensemble")
+    p = _add(tsub, "build", "write a Triton model repository: hps_embedding → dense model ensemble",
+             "hps triton build --config hps-demo/ps.json --dense hps-demo/dense.onnx --out repo --overwrite")
     p.add_argument("--config", required=True, help="ps.json")
     p.add_argument("--dense", required=True, help="dense model: .onnx, TorchScript .pt or TensorRT .plan")
     p.add_argument("--out", required=True, help="model repository folder")
@@ -91,10 +112,12 @@ def _parser() -> argparse.ArgumentParser:
                         "tutorial); fused: one python model with the same I/O (faster)")
     p.add_argument("--instances", type=int, default=1, help="model instances (processes) per model")
     p.add_argument("--no-copy-sparse", action="store_true", help="point at the sparse files instead of copying")
-    p.add_argument("--overwrite", action="store_true")
-    p.set_defaults(run=_triton_build)
-    p = tsub.add_parser("convert", help="rewrite a HugeCTR repository (backend 'hps') to run on hps")
-    p.add_argument("repo_in")
+    p.add_argument("--overwrite", action="store_true", help="replace existing model folders (default: refused)")
+    p.set_defaults(run=_triton_build, flags={"overwrite": "--overwrite", "instance_count": "--instances",
+                                             "layout": "--layout", "model_name": "--model"})
+    p = _add(tsub, "convert", "rewrite a HugeCTR repository (backend 'hps') to run on hps",
+             "hps triton convert hugectr_repo --config hugectr_repo/ps.json --out hps_repo")
+    p.add_argument("repo_in", help="the HugeCTR model repository (with models of backend 'hps')")
     p.add_argument("--out", help="new repository folder (default: rewrite in place)")
     p.add_argument("--config", required=True, help="the ps.json the HugeCTR backend was started with")
     p.add_argument("--backend", action="append", dest="backends", metavar="NAME",
@@ -102,16 +125,18 @@ def _parser() -> argparse.ArgumentParser:
                         "hps runs, only python for nvidia-pytriton's); dense models of other backends get a "
                         "python runner (tensorflow, pytorch, onnxruntime) or fail with what to do")
     p.set_defaults(run=_triton_convert)
-    p = tsub.add_parser("add-model", help="add an hps_embedding model for another ps.json to a repository")
-    p.add_argument("repo")
+    p = _add(tsub, "add-model", "add an hps_embedding model for another ps.json to a repository",
+             "hps triton add-model repo --config other/ps.json --model other")
+    p.add_argument("repo", help="the model repository to add to")
     p.add_argument("--config", required=True, help="ps.json of the new model")
     p.add_argument("--model", help="the ps.json model to add (when it has several)")
-    p.set_defaults(run=_triton_add_model)
-    p = tsub.add_parser("serve", help="start tritonserver on a model repository (stops on Ctrl-C / SIGTERM)")
-    p.add_argument("repo")
-    p.add_argument("--http-port", type=int, default=8000)
-    p.add_argument("--grpc-port", type=int, default=8001)
-    p.add_argument("--metrics-port", type=int, default=8002)
+    p.set_defaults(run=_triton_add_model, flags={"model_name": "--model"})
+    p = _add(tsub, "serve", "start tritonserver on a model repository (stops on Ctrl-C / SIGTERM)",
+             "hps triton serve repo --http-port 8000")
+    p.add_argument("repo", help="the model repository folder (hps triton build --out)")
+    p.add_argument("--http-port", type=int, default=8000, help="HTTP/REST port (default 8000)")
+    p.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (default 8001)")
+    p.add_argument("--metrics-port", type=int, default=8002, help="Prometheus /metrics port (default 8002)")
     p.add_argument("--address", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--allow-model-control", action="store_true",
                    help="let clients load / unload models through Triton's repository API (hot-add; a load "
@@ -120,7 +145,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="with --allow-model-control: model to load at start (repeatable; default: all)")
     p.add_argument("--max-input-bytes", type=int, default=64 * 1024 * 1024,
                    help="largest input a request may declare (default 64 MiB); larger requests get HTTP 400")
-    p.set_defaults(run=_triton_serve)
+    p.set_defaults(run=_triton_serve, flags={"http_port": "--http-port", "grpc_port": "--grpc-port",
+                                             "metrics_port": "--metrics-port", "max_input_bytes": "--max-input-bytes",
+                                             "load_models": "--load-model"})
     return parser
 
 
@@ -132,61 +159,6 @@ def _version_line() -> str:
     from hps.errors import DISTRIBUTION
 
     return f"hps {__version__} ({DISTRIBUTION}, Python {platform.python_version()})"
-
-
-def _inspect(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
-    from hps.config import load_config
-    from hps.sizing import estimate_memory
-
-    config = load_config(args.config)
-    table = Table(title=f"{args.config}: key type {config.key_dtype}")
-    for col in ("model", "table", "rows", "dim", "cache", "cache memory", "volatile memory", "persistent disk"):
-        table.add_column(col, justify="right" if col in ("rows", "dim") or "memory" in col or "disk" in col else "left")
-    totals = {"cache": 0, "volatile": 0, "persistent": 0}
-    for estimate in estimate_memory(config):
-        table.add_row(estimate.model, estimate.table, f"{estimate.rows:,}", str(estimate.dim), estimate.cache_kind,
-                      _bytes(estimate.cache_bytes), _bytes(estimate.volatile_bytes), _bytes(estimate.persistent_bytes))
-        totals["cache"] += estimate.cache_bytes
-        totals["volatile"] += estimate.volatile_bytes
-        totals["persistent"] += estimate.persistent_bytes
-    table.add_row("total", "", "", "", "", _bytes(totals["cache"]), _bytes(totals["volatile"]),
-                  _bytes(totals["persistent"]), style="bold")
-    console = Console()
-    console.print(table)
-    tiers = [f"volatile: {config.volatile_db.type if config.volatile_db else 'disabled'}",
-             f"persistent: {config.persistent_db.type if config.persistent_db else 'disabled'}",
-             f"updates: {config.update_source.type if config.update_source else 'none'}"]
-    console.print("  ".join(tiers))
-    return 0
-
-
-def _bytes(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
-
-
-def _lookup(args: argparse.Namespace) -> int:
-    import numpy as np
-    from rich.console import Console
-    from rich.table import Table
-
-    import hps
-
-    with hps.HPS(args.config, show_progress=False) as ps:
-        vectors = ps.lookup(np.array(args.keys, dtype=np.int64), args.model, args.table)
-    table = Table(title=f"{args.model} table {args.table}")
-    table.add_column("key", justify="right")
-    table.add_column("vector")
-    for key, vector in zip(args.keys, vectors):
-        table.add_row(str(key), np.array2string(vector, precision=5, max_line_width=120))
-    Console().print(table)
-    return 0
 
 
 def _convert(args: argparse.Namespace) -> int:
