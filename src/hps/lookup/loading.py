@@ -31,6 +31,7 @@ RocksDB's updates.
 from __future__ import annotations
 
 import logging
+import time
 from contextlib import nullcontext
 from typing import Any, Iterator
 
@@ -50,9 +51,12 @@ _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 def open_sparse_models(model: ModelConfig) -> list[SparseModel]:
     """Open and validate every table file of `model` (raises `ModelFormatError` naming the file)."""
+    start = time.perf_counter()
     opened = [SparseModel(table.sparse_file, table.dim) for table in model.tables]
     for sparse in opened:
         sparse.check_unique_keys()
+    log.info("model %s: validated %d sparse file(s), %s rows (sizes, dims, unique keys) in %.2f s", model.name,
+             len(opened), f"{sum(s.num_rows for s in opened):,}", time.perf_counter() - start)
     return opened
 
 
@@ -101,7 +105,11 @@ def load_model_into_tiers(config: PsConfig, model: ModelConfig, sparse_models: l
                 if (not fill_volatile and isinstance(rows, RestoredTable) and volatile is not None
                         and not getattr(volatile, "is_shared", False)):
                     rows.restore_updates_into(volatile, table.tag)  # the in-process map held them too
+                start = time.perf_counter()
                 _fill(targets, table.tag, rows, progress)
+                log.info("%s: %s rows into %s in %.2f s%s", table.tag, f"{rows.num_rows:,}",
+                         ", ".join(type(t).__name__ for t in targets) or "no tier", time.perf_counter() - start,
+                         f" (persistent tier: {action})" if action else "")
                 if (volatile is not None and config.volatile_db.initialize_after_startup
                         and hasattr(volatile, "mark_loaded")):
                     volatile.mark_loaded(table.tag)  # a shared tier: secondaries waiting for it attach now
