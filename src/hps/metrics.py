@@ -109,7 +109,7 @@ class HpsCollector(Collector):
                 keys = f["hps_tier_keys_total"]
                 if caches:
                     keys.add_metric([*base, "cache", "hit"], hits["cache"])
-                    keys.add_metric([*base, "cache", "miss"], c["cache_keys_asked"] - hits["cache"])
+                    keys.add_metric([*base, "cache", "miss"], c["cache_misses"])
                 for tier in TIERS:
                     if getattr(self._ps, tier, None) is None:
                         continue

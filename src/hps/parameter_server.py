@@ -65,9 +65,12 @@ class _ModelRuntime:
 class HPS:
     """A hierarchical parameter server: cache → volatile tier → persistent tier → default value."""
 
-    def __init__(self, config: str | os.PathLike | dict | PsConfig, *, show_progress: bool = True) -> None:
+    def __init__(self, config: str | os.PathLike | dict | PsConfig, *, show_progress: bool = True,
+                 metrics_port: int | None = None) -> None:
         """Load `config` (ps.json path, dict or `PsConfig`) and every model's sparse files.
 
+        metrics_port: serve Prometheus metrics (`hps.metrics`) on http://127.0.0.1:<port>/metrics
+        until `close()` (0: any free port; `self.metrics_server.url` says which); None: no endpoint.
         Raises `ConfigError` / `ModelFormatError` / `BackendError`; on failure nothing stays open."""
         #: The config served: the ps.json's, plus an in-process hash map for rows no tier would hold.
         self.config: PsConfig = with_row_home(load_config(config))
@@ -81,6 +84,8 @@ class HPS:
         self._update_sources: list[Any] = []
         self._stop_refresh = threading.Event()
         self._refresher: threading.Thread | None = None
+        #: The /metrics endpoint (`hps.metrics.MetricsServer`) when `metrics_port` was given.
+        self.metrics_server: Any = None
         try:
             self.volatile = make_backend(self.config.volatile_db, key_bytes=8 if self.config.supportlonglong else 4)
             self.persistent = make_backend(self.config.persistent_db)
@@ -95,6 +100,10 @@ class HPS:
 
                 self._update_sources = start_update_sources(self, self.config)
             self._start_refresher()
+            if metrics_port is not None:
+                from hps.metrics import serve_metrics
+
+                self.metrics_server = serve_metrics(self, metrics_port)
         except BaseException:
             self.close()
             raise
@@ -316,6 +325,8 @@ class HPS:
         """Stop update sources and the refresher, free caches and close the tiers (idempotent)."""
         if self._closed:
             return
+        if self.metrics_server is not None:  # no scrape reads what is being closed
+            self.metrics_server.close()
         for source in self._update_sources:  # first, so that no batch is cut off half-applied
             source.close()
         self._closed = True

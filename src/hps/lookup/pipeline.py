@@ -80,8 +80,9 @@ class TableLookup:
         else:
             vectors, found = self.cache.find(keys)
             num_hits = int(np.count_nonzero(found))
+        probed = time.perf_counter()
         if num_hits == len(keys):
-            seconds = time.perf_counter() - start
+            seconds = probed - start
             self.stats.record_cache_hits(num_hits, seconds)
             if route is not None:
                 route.record(True, num_hits, seconds)
@@ -104,7 +105,7 @@ class TableLookup:
             vectors[miss_positions] = host_vectors[inverse]
             level_hits += np.bincount(source[inverse], minlength=len(LEVELS))
         seconds = time.perf_counter() - start
-        self.stats.record(level_hits, seconds)
+        self.stats.record(level_hits, seconds, probed - start)
         if route is not None:
             route.record(True, len(keys), seconds)
         return _into(vectors, out)
