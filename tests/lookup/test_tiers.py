@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hps.config.schema import HashMapConfig, TableConfig
+from hps.errors import KeyInputError
 from hps.lookup.stats import DEFAULT, PERSISTENT, VOLATILE, TableStats
 from hps.lookup.tiers import TierChain
 from hps.storage.hash_map import HashMapBackend
@@ -146,3 +147,27 @@ def test_every_key_gets_the_first_tier_holding_it(query, in_volatile, in_persist
 def test_tiny_batches(n):
     vectors, source = _fetch(_map(np.array([0], np.int64), 4), None, list(range(n)))
     assert vectors.shape == (n, 4) and source.shape == (n,)
+
+
+@pytest.mark.parametrize("kind", ["map", "own array"])
+def test_out_receives_every_row(kind):
+    keys = np.array([1, 2, 3, 9], np.int64)
+    volatile = _map(np.array([1, 2, 3], np.int64), 4) if kind == "map" else _OwnArray(4)
+    out = np.full((4, 4), 7.0, np.float32)
+    vectors, source = _fetch_out(volatile, keys, out)
+    assert vectors is out
+    want = [1.0, 2.0, 3.0, DEFAULT_VALUE] if kind == "map" else [1.0, 2.0, 3.0, 9.0]
+    assert out[:, 0].tolist() == want
+
+
+def test_a_wrong_out_is_refused_before_any_tier_is_asked():
+    volatile = _Recording(_map(np.array([1], np.int64), 4))
+    for bad in (np.empty((2, 4), np.float64), np.empty((3, 4), np.float32), np.empty((4, 2), np.float32).T):
+        with pytest.raises(KeyInputError, match="out must be"):
+            _fetch_out(volatile, np.array([1, 2], np.int64), bad)
+    assert volatile.outs == []
+
+
+def _fetch_out(volatile, keys, out):
+    with ThreadPoolExecutor(1) as pool:
+        return TierChain(volatile, None, False, pool).fetch(_table(4), keys, TableStats(), out=out)

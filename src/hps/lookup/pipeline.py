@@ -63,7 +63,8 @@ class TableLookup:
         start = time.perf_counter()
         route = self.route
         if self.cache is None or (route is not None and not route.use_cache()):
-            vectors, source = self.tiers.fetch(self.table, _to_numpy(keys), self.stats)
+            host_out = out if type(out) is np.ndarray and type(keys) is np.ndarray else None  # filled in place
+            vectors, source = self.tiers.fetch(self.table, _to_numpy(keys), self.stats, host_out)
             seconds = time.perf_counter() - start
             self.stats.record(np.bincount(source, minlength=len(LEVELS)), seconds)
             if route is not None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from hps.config.schema import TableConfig
-from hps.errors import BackendError, PartialBackendError
+from hps.errors import BackendError, KeyInputError, PartialBackendError
 from hps.lookup.stats import DEFAULT, PERSISTENT, VOLATILE, TableStats
 from hps.storage.base import KeyValueBackend
 
@@ -35,7 +35,8 @@ class TierChain:
     promote_misses: bool
     background: Executor
 
-    def fetch(self, table: TableConfig, keys: np.ndarray, stats: TableStats) -> tuple[np.ndarray, np.ndarray]:
+    def fetch(self, table: TableConfig, keys: np.ndarray, stats: TableStats,
+              out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Vectors for `keys: (n,) int64` from the tiers, misses filled with the default value.
 
         Returns `(vectors: (n, dim) float32, source: (n,) uint8)`, where `source` holds the
@@ -52,6 +53,11 @@ class TierChain:
         """
         n = len(keys)
         dim = table.dim
+        if out is not None and not (type(out) is np.ndarray and out.dtype == np.float32 and out.shape == (n, dim)
+                                    and out.flags.c_contiguous and out.flags.writeable):
+            got = f"{out.dtype} {out.shape}" if isinstance(out, np.ndarray) else type(out).__name__
+            raise KeyInputError(f"table {table.tag}: out must be a writable C-contiguous ({n}, {dim}) float32 "
+                                f"array for {n} keys, got {got}")
         vectors: np.ndarray | None = None
         found: np.ndarray | None = None
         unavailable = None  # (n,) bool: keys the volatile tier could not ask
@@ -61,7 +67,7 @@ class TierChain:
             find_counted = getattr(self.volatile, "find_counted", None)
             try:
                 if find_counted is not None:  # an in-process map: it writes into the result itself
-                    vectors = np.empty((n, dim), dtype=np.float32)
+                    vectors = np.empty((n, dim), dtype=np.float32) if out is None else out
                     _, found, num_found = find_counted(table.tag, keys, vectors)
                 else:
                     vectors, found = self.volatile.find(table.tag, keys)
@@ -75,13 +81,13 @@ class TierChain:
                 stats.record_tier("volatile", time.perf_counter() - started, n,
                                   num_found if num_found >= 0 else int(np.count_nonzero(found)))
                 if num_found == n or (num_found < 0 and found.all()):  # the common case: every key answered
-                    return vectors, np.full(n, VOLATILE, dtype=np.uint8)
+                    return _result_array(vectors, n, dim, out), np.full(n, VOLATILE, dtype=np.uint8)
             else:
                 lost = int(np.count_nonzero(unavailable))
                 stats.count_volatile_error(lost)
                 log.warning("volatile tier could not ask %d of %d keys of %s%s: %s", lost, n, table.tag,
                             ", asking the persistent tier" if self.persistent is not None else "", failure)
-        vectors = _result_array(vectors, n, dim)
+        vectors = _result_array(vectors, n, dim, out)
         if found is None:
             source = np.full(n, DEFAULT, dtype=np.uint8)
             idx = np.arange(n)  # positions still missing
@@ -128,9 +134,14 @@ class TierChain:
         self.background.submit(insert)
 
 
-def _result_array(vectors: np.ndarray | None, n: int, dim: int) -> np.ndarray:
-    """`vectors` (a tier's answer) as the `(n, dim) float32` result to fill in place: itself when it
-    is a writable C-contiguous array of that shape and dtype, else a copy (or a new array for None)."""
+def _result_array(vectors: np.ndarray | None, n: int, dim: int, out: np.ndarray | None = None) -> np.ndarray:
+    """`vectors` (a tier's answer) as the `(n, dim) float32` result to fill in place: `out` (with
+    `vectors` copied in), else `vectors` itself when it is a writable C-contiguous array of that
+    shape and dtype, else a copy (or a new array for None)."""
+    if out is not None:
+        if vectors is not None and vectors is not out:
+            np.copyto(out, vectors)
+        return out
     if vectors is None:
         return np.empty((n, dim), dtype=np.float32)
     if (type(vectors) is np.ndarray and vectors.dtype == np.float32 and vectors.shape == (n, dim)
