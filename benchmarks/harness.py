@@ -13,7 +13,7 @@ import platform
 import statistics
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 RESULTS = Path(__file__).resolve().parent / "results"
 #: What every report says of its figures: the 2-core VMs these run on differ in speed between machines
@@ -88,6 +88,41 @@ def write_results(report: str, section: str, rows: list[dict[str, Any]], notes: 
         md += _table(sec["rows"]) + [""]
     (RESULTS / f"{report}.md").write_text("\n".join(md))
     print("\n".join(_table(rows)))
+
+
+def plot(report: str, name: str, x: Sequence[float], series: dict[str, Sequence[float]], xlabel: str, ylabel: str,
+         title: str = "", logx: bool = False, logy: bool = False) -> Path | None:
+    """Draw `series` (label → y values over `x`) as lines into `results/<report>_<name>.png`, for the
+    markdown beside it to link (`![...](<report>_<name>.png)`). Returns the path, or None when
+    matplotlib is not installed (the 'plot' extra): the tables are written anyway."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print(f"(no plot {report}_{name}.png: matplotlib is not installed; pip install matplotlib)")
+        return None
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{report}_{name}.png"
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    try:
+        for label, ys in series.items():
+            ax.plot(list(x), list(ys), "o-", label=label)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        if logx:
+            ax.set_xscale("log")
+        if logy:
+            ax.set_yscale("log")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+        ax.set_title(title or f"{report}: {name}", fontsize=9)
+        fig.tight_layout()
+        fig.savefig(path, format="png")
+    finally:
+        plt.close(fig)
+    return path
 
 
 def _table(rows: list[dict[str, Any]]) -> list[str]:

@@ -6,6 +6,7 @@ matplotlib (the `plot` extra) is imported here only, with the non-interactive Ag
 from __future__ import annotations
 
 import os
+import textwrap
 from typing import Sequence
 
 from hps.errors import MissingDependencyError, pip_install_hint
@@ -37,7 +38,7 @@ def plot_hit_rates(points: Sequence[HitRate], path: str | os.PathLike[str], titl
         lines = ax.get_legend_handles_labels()
         more = mem.get_legend_handles_labels()
         ax.legend(lines[0] + more[0], lines[1] + more[1], loc="lower right", fontsize=8)
-        ax.set_title(title, fontsize=9)
+        ax.set_title(textwrap.fill(title, 80), fontsize=9)
         fig.tight_layout()
         fig.savefig(os.fspath(path), format="png")
     finally:
