@@ -43,7 +43,8 @@ def test_model_is_optional_with_one_model_and_named_with_several(tmp_path, capsy
     write_sparse_model(tmp_path / "a", np.arange(4, dtype=np.int64), np.ones((4, 2), np.float32))
     write_sparse_model(tmp_path / "b", np.arange(4, dtype=np.int64), np.full((4, 3), 2, np.float32))
     ps = write_ps_json(tmp_path, [model_entry("ma", ["a"], 2), model_entry("mb", ["a", "b"], 2)])
-    ps.write_text(ps.read_text().replace('"embedding_vecsize_per_table": [2, 2]', '"embedding_vecsize_per_table": [2, 3]'))
+    ps.write_text(ps.read_text().replace('"embedding_vecsize_per_table": [2, 2]',
+                                         '"embedding_vecsize_per_table": [2, 3]'))
     assert main(["lookup", str(ps), "1"]) == 2
     err = capsys.readouterr().err
     assert "2 models (ma, mb)" in err and "--model" in err
