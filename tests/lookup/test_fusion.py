@@ -236,3 +236,59 @@ def test_uint32_keys_when_supportlonglong_is_false(tables):
             np.testing.assert_array_equal(vectors, tables[t][2][:2])
         with pytest.raises(KeyInputError, match="supportlonglong is false"):
             ps.lookup_many([np.array([-1], np.int64), keys[1]], "m", [0, 1])
+
+
+def _count_passes(monkeypatch) -> dict[int, int]:
+    """Calls of `TableLookup.lookup` per instance (id), counted from now on."""
+    from hps.lookup.pipeline import TableLookup
+
+    calls: dict[int, int] = {}
+    original = TableLookup.lookup
+
+    def counted(self, *args, **kwargs):
+        calls[id(self)] = calls.get(id(self), 0) + 1
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(TableLookup, "lookup", counted)
+    return calls
+
+
+def test_one_pass_per_fused_table(tables, monkeypatch):
+    with hps.HPS(config(tables, True), show_progress=False) as ps:
+        fused = ps._models["m"].fused
+        calls = _count_passes(monkeypatch)
+        ps.lookup_many(queries(np.random.default_rng(4)), "m", range(5))
+        # tables 2+4 and 0+1 in one pass each; table 3 alone (its own fused table) through its replica
+        assert calls == {id(fused.passes[(0, 0)]): 1, id(fused.passes[(1, 0)]): 1,
+                         id(ps._models["m"].replica(3, 0)): 1}
+
+
+@pytest.mark.parametrize("cache", ["lru", "whole", "static"])
+def test_gpu_cache_pipeline_fused_in_one_pass(tables, monkeypatch, cache):
+    """The GPU cache's code (Triton kernels; on a machine without a GPU in the CPU interpreter): one
+    cache probe per fused table, torch and numpy keys, the same vectors as unfused."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("triton")
+    import os
+
+    if not torch.cuda.is_available():
+        if os.environ.get("TRITON_INTERPRET") != "1":
+            pytest.skip("needs CUDA, or TRITON_INTERPRET=1")
+        monkeypatch.setenv("HPS_DEVICE", "interpret")
+    device = "cuda:0" if torch.cuda.is_available() else "cpu"
+    small = dict(CACHES[cache], max_batch_size=8)
+    with hps.HPS(config(tables, False, **small), show_progress=False) as plain, \
+            hps.HPS(config(tables, True, **small), show_progress=False) as ps:
+        fused = ps._models["m"].fused
+        assert fused.passes[(1, 0)].takes_torch
+        keys = queries(np.random.default_rng(5), shape=(8, 2))
+        calls = _count_passes(monkeypatch)
+        as_numpy = ps.lookup_many(keys, "m", range(5))
+        assert calls[id(fused.passes[(1, 0)])] == 1 and calls[id(fused.passes[(0, 0)])] == 1
+        as_torch = ps.lookup_many([torch.from_numpy(k).to(device) for k in keys], "m", range(5))
+        for t in range(5):
+            want = plain.lookup(keys[t], "m", t)
+            np.testing.assert_array_equal(want, expected(tables, t, keys[t]))
+            np.testing.assert_array_equal(as_numpy[t], want)
+            assert as_torch[t].device.type == torch.device(device).type
+            np.testing.assert_array_equal(as_torch[t].cpu().numpy(), want)
