@@ -1,6 +1,6 @@
 """The CPU miss path: `TierChain.fetch` before/after, and a CPU cache against the tier behind it.
 
-Report "cpu", sections:
+Report "cpu-miss-path" (benchmarks/results/cpu-miss-path.md), sections:
 - tier_fetch: `TierChain.fetch` of a 166k-unique-key miss batch at dim 128 (what a 16,384 × 26 Zipf
   batch leaves to the tiers), the volatile tier (in-process hash map) answering every key, and 90 %
   of them with the rest in a second map standing for the persistent tier; beside the previous
@@ -133,7 +133,7 @@ def bench_tier_fetch(quick: bool) -> None:
              "int64 keys: hashed probes, both cores: the find splits over them); 'persistent' is a second hash map, "
              "so the rows show the array work, not RocksDB. Each method called in turn, fresh result arrays each "
              f"call. {VM_NOTE}")
-    write_results("cpu", "tier_fetch", rows_out, notes)
+    write_results("cpu-miss-path", "tier_fetch", rows_out, notes)
 
 
 def _config(path: Path, dim: int, gpucacheper: float | None) -> dict:
@@ -188,7 +188,7 @@ def bench_cache_vs_tier(rows: int, quick: bool) -> None:
              "same cache with the route of hps.lookup.cache_route disabled (the behaviour before it). Three HPS "
              f"instances called in turn, {repeat} timed calls each after 48 warm-up calls; uniform keys, or "
              f"Zipf(1.05) ranks mapped onto scattered keys. Target: routed ≤ 1.2× no cache. {VM_NOTE}")
-    write_results("cpu", "cache_vs_tier", rows_out, notes)
+    write_results("cpu-miss-path", "cache_vs_tier", rows_out, notes)
 
 
 def main() -> None:
