@@ -1,5 +1,5 @@
 """hps.metrics: /metrics over HTTP from `HPS(metrics_port=...)` and `hps serve-metrics`; names, types and
-exact values after known traffic; values that move between scrapes; Kafka source counters and lag."""
+exact values after known traffic; values that move between scrapes; Kafka source counters."""
 
 from __future__ import annotations
 
@@ -18,8 +18,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import hps
 from hps.errors import ConfigError
-from hps.metrics import FAMILIES, HpsCollector, consumer_lag, samples
+from hps.metrics import FAMILIES, HpsCollector, samples
 from hps.model_format import write_sparse_model
+from tests.kafka_fixture import kafka_brokers  # noqa: F401  (fixture)
 
 ROWS, DIM = 100, 4
 TABLE = {"model": "m", "table": "sparse_embedding0"}
@@ -147,29 +148,11 @@ def test_port_in_use_is_a_config_error_and_nothing_stays_open(sparse):
             hps.HPS(config(sparse, cache=False), show_progress=False, metrics_port=port)
 
 
-class FakeTopicPartition(SimpleNamespace):
-    pass
-
-
-class FakeConsumer:
-    def assignment(self):
-        return [FakeTopicPartition(topic="hps_et.m.t0", partition=p, offset=-1001) for p in range(3)]
-
-    def position(self, partitions):
-        offsets = {0: 40, 1: -1001, 2: 7}  # partition 1 has consumed nothing yet: no lag reported
-        return [FakeTopicPartition(topic=tp.topic, partition=tp.partition, offset=offsets[tp.partition])
-                for tp in partitions]
-
-    def get_watermark_offsets(self, tp, cached=False):
-        assert cached  # no broker round trip at scrape time
-        return 0, {0: 100, 1: 5, 2: 7}[tp.partition]
-
-
 def test_kafka_sources_read_at_scrape_time():
     stats = {"messages": 12, "pairs_applied": 300, "batches_applied": 4, "messages_skipped": 3,
              "skipped_malformed": 2, "skipped_kafka_key": 0, "skipped_dim_mismatch": 1, "skipped_unknown_table": 0,
              "skipped_rejected": 0, "apply_failures": 1, "commits": 4, "commit_failures": 0, "client_errors": 2}
-    source = SimpleNamespace(name="volatile:hps_volatile_group", stats=stats, running=True, _consumer=FakeConsumer())
+    source = SimpleNamespace(name="volatile:hps_volatile_group", stats=stats, running=True)
     ps = SimpleNamespace(_models={}, volatile=None, persistent=None, update_sources=[source])
     collector = HpsCollector(ps)
 
@@ -184,13 +167,10 @@ def test_kafka_sources_read_at_scrape_time():
     assert got[("hps_kafka_messages_skipped_total", (("reason", "dim_mismatch"), *tier))] == 1
     assert got[("hps_kafka_commits_total", (("outcome", "ok"), *tier))] == 4
     assert got[("hps_kafka_source_up", tier)] == 1
-    lag = {k[1][0][1]: v for k, v in got.items() if k[0] == "hps_kafka_consumer_lag_messages"}
-    assert lag == {"0": 60, "2": 0}
     stats["messages"] += 5  # the source's live dict: the next scrape sees it
     assert read()[("hps_kafka_messages_received_total", tier)] == 17
     source.running = False
-    assert consumer_lag(SimpleNamespace(name="x", _consumer=None)) == []
-    assert not any(k[0] == "hps_kafka_consumer_lag_messages" for k in read())
+    assert read()[("hps_kafka_source_up", tier)] == 0
 
 
 @pytest.mark.slow
@@ -217,3 +197,40 @@ def test_serve_metrics_command(sparse, tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.kafka
+@pytest.mark.slow
+def test_kafka_metrics_of_a_running_hps(kafka_brokers, sparse, monkeypatch):  # noqa: F811 (fixture)
+    """Updates applied and messages skipped by reason, from a real broker, on /metrics."""
+    import json
+    import time
+
+    pytest.importorskip("confluent_kafka")
+    from hps.update.publisher import KafkaPublisher
+    from tests.kafka_fixture import TEST_CONSUMER_CONFIG
+
+    monkeypatch.setenv("HPS_KAFKA_CONSUMER_CONFIG", json.dumps(TEST_CONSUMER_CONFIG))
+    cfg = config(sparse, cache=False)
+    cfg["volatile_db"]["update_filters"] = [".+"]
+    cfg["update_source"] = {"type": "kafka_message_queue", "brokers": kafka_brokers, "poll_timeout_ms": 20,
+                            "max_batch_size": 8192, "failure_backoff_ms": 20}
+    with hps.HPS(cfg, show_progress=False, metrics_port=0) as ps:
+        with KafkaPublisher(kafka_brokers, num_key_groups=1) as pub:
+            for _ in range(2):  # vectors of dim 2 for a dim-4 table
+                pub.publish("m", "sparse_embedding0", np.arange(3, dtype=np.int64), np.zeros((3, 2), np.float32))
+            pub.publish("m", "sparse_embedding0", np.arange(200, 250, dtype=np.int64), np.ones((50, DIM), np.float32))
+        volatile = ("tier", "volatile"),
+        deadline = time.monotonic() + 30
+        while True:
+            metrics = scrape(ps.metrics_server.url)
+            applied = metrics["hps_kafka_updates_applied_total"][1].get(("hps_kafka_updates_applied_total", volatile))
+            if applied == 50 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+    assert applied == 50
+    skipped = metrics["hps_kafka_messages_skipped_total"][1]
+    assert skipped[("hps_kafka_messages_skipped_total", (("reason", "dim_mismatch"), *volatile))] == 2
+    assert metrics["hps_kafka_messages_received_total"][1][("hps_kafka_messages_received_total", volatile)] >= 3
+    assert metrics["hps_kafka_source_up"][1][("hps_kafka_source_up", volatile)] == 1
+    assert value(metrics, "hps_tier_rows", tier="volatile") == ROWS + 50

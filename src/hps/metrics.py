@@ -6,6 +6,11 @@ its caches and tiers, its Kafka update sources — so the numbers reflect every 
 scrape, and the lookup path never calls prometheus_client. Names follow Prometheus conventions:
 base units (seconds, bytes), `_total` for counters, labels for dimensions (`FAMILIES` lists them).
 
+Kafka consumer lag is not exported: confluent-kafka's consumer, called from the scrape thread while
+its own thread polls, answered `assignment()` / `position()` / `get_watermark_offsets(cached=True)` in
+1 to 42 s (measured with tansu, confluent-kafka 2.16): not cheap. The consumer thread would have to
+note it after each poll (`hps.update.source`); until then, read it from Kafka.
+
 Where it is exported:
   - `HPS(..., metrics_port=9100)` or `serve_metrics(ps, port)`: an HTTP `/metrics` endpoint of its own
     (127.0.0.1 unless told otherwise), closed by `HPS.close()` / `MetricsServer.close()`;
@@ -64,8 +69,6 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...], str]] = {
     "hps_kafka_commits_total": ("counter", ("tier", "outcome"), "offset commits, by outcome: ok, failed"),
     "hps_kafka_client_errors_total": ("counter", ("tier",), "errors reported by the Kafka client"),
     "hps_kafka_source_up": ("gauge", ("tier",), "1 while the update source's consumer thread runs, else 0"),
-    "hps_kafka_consumer_lag_messages": ("gauge", ("tier", "topic", "partition"),
-                                        "messages in the partition not yet consumed (high watermark - position)"),
 }
 
 #: One exported sample: (sample name, labels, value); histogram samples carry `_bucket` (with `le`),
@@ -162,33 +165,7 @@ class HpsCollector(Collector):
             f["hps_kafka_commits_total"].add_metric([tier, "ok"], stats.get("commits", 0))
             f["hps_kafka_commits_total"].add_metric([tier, "failed"], stats.get("commit_failures", 0))
             f["hps_kafka_client_errors_total"].add_metric(labels, stats.get("client_errors", 0))
-            running = bool(getattr(source, "running", False))
-            f["hps_kafka_source_up"].add_metric(labels, 1.0 if running else 0.0)
-            if running:
-                for topic, partition, lag in consumer_lag(source):
-                    f["hps_kafka_consumer_lag_messages"].add_metric([tier, topic, str(partition)], lag)
-
-
-def consumer_lag(source: Any) -> list[tuple[str, int, int]]:
-    """[(topic, partition, lag)] of the partitions a running Kafka update source holds: the high
-    watermark of its last fetch minus its position (what it has read), without a broker round trip
-    (librdkafka's cached watermarks). Partitions with no position or watermark yet are left out;
-    [] when the consumer is not running or refuses (e.g. it is closing)."""
-    consumer = getattr(source, "_consumer", None)  # KafkaUpdateSource keeps it private; read-only use here
-    if consumer is None:
-        return []
-    out = []
-    try:
-        for tp in consumer.position(consumer.assignment()):
-            if tp.offset < 0:  # OFFSET_INVALID: nothing consumed yet
-                continue
-            _, high = consumer.get_watermark_offsets(tp, cached=True)
-            if high is not None and high >= 0:
-                out.append((tp.topic, int(tp.partition), max(int(high) - int(tp.offset), 0)))
-    except Exception as exc:  # noqa: BLE001 - a closing consumer: no lag this scrape
-        log.debug("consumer lag of %s not read: %s", getattr(source, "name", source), exc)
-        return []
-    return out
+            f["hps_kafka_source_up"].add_metric(labels, 1.0 if getattr(source, "running", False) else 0.0)
 
 
 def registry_for(ps: Any) -> CollectorRegistry:
