@@ -234,3 +234,25 @@ def test_kafka_metrics_of_a_running_hps(kafka_brokers, sparse, monkeypatch):  # 
     assert metrics["hps_kafka_messages_received_total"][1][("hps_kafka_messages_received_total", volatile)] >= 3
     assert metrics["hps_kafka_source_up"][1][("hps_kafka_source_up", volatile)] == 1
     assert value(metrics, "hps_tier_rows", tier="volatile") == ROWS + 50
+
+
+def test_fused_tables(sparse, tmp_path):
+    """fuse_embedding_table: lookup_many's passes count under the fused table, whose cache is reported once."""
+    write_sparse_model(tmp_path / "t1", np.arange(1000, 1000 + ROWS, dtype=np.int64), np.ones((ROWS, DIM), np.float32))
+    cfg = config(sparse, cache=True)
+    model = cfg["models"][0]
+    model.update(sparse_files=[str(sparse), str(tmp_path / "t1")], embedding_table_names=["a", "b"],
+                 embedding_vecsize_per_table=[DIM, DIM], maxnum_catfeature_query_per_table_per_sample=[10, 10],
+                 default_value_for_each_table=[0.0, 0.0])
+    cfg["fuse_embedding_table"] = True
+    with hps.HPS(cfg, show_progress=False, metrics_port=0) as ps:
+        ps.lookup_many([np.arange(5), np.arange(1000, 1005)], "m", [0, 1])
+        metrics = scrape(ps.metrics_server.url)
+    lookups = {dict(labels)["table"]: v for (_, labels), v in metrics["hps_lookups_total"][1].items()}
+    fused = [name for name in lookups if name not in ("a", "b")]
+    assert len(fused) == 1 and lookups[fused[0]] == 1
+    keys = sum(v for (_, labels), v in metrics["hps_keys_total"][1].items() if dict(labels)["table"] == fused[0])
+    assert keys == 10
+    assert {dict(labels)["table"] for (_, labels) in metrics["hps_cache_rows"][1]} == set(fused)
+    assert {dict(labels)["table"] for (_, labels) in metrics["hps_tier_rows"][1]} == set(fused)
+    assert value(metrics, "hps_tier_rows", table=fused[0], tier="volatile") == 2 * ROWS

@@ -97,42 +97,62 @@ class HpsCollector(Collector):
         yield from families.values()
 
     # -- readers ----------------------------------------------------------------------------------
-    def _lookup_samples(self, f: dict[str, Metric]) -> None:
-        # HPS._models: {name: runtime with .config.tables, .stats (per table id), .replicas {(table, device): lookup}}
+    def _tables(self) -> list[tuple[str, str, Any, list[Any]]]:
+        """[(model, table name, its `TableStats`, its caches)]: every served table, then every fused table
+        (`fuse_embedding_table`: its `lookup_many` passes have their own stats, and the caches are its)."""
+        out = []
+        # HPS._models: {name: runtime with .config.tables, .stats (per table id), .replicas {(table, device):
+        # lookup}, .fused (None, or FusedLookups with .plan.fused, .stats, .passes {(index, device): lookup})}
         for model, runtime in list(getattr(self._ps, "_models", {}).items()):
             replicas = list(runtime.replicas.items())
             for table, stats in zip(runtime.config.tables, runtime.stats):
-                c = stats.counters()
-                base = [model, table.name]
-                f["hps_lookups_total"].add_metric(base, c["lookups"])
-                hits = c["hits"]
-                for level in LEVELS:
-                    f["hps_keys_total"].add_metric([*base, level], hits[level])
-                caches = [r.cache for (t, _), r in replicas if t == table.table_id and r.cache is not None]
-                keys = f["hps_tier_keys_total"]
-                if caches:
-                    keys.add_metric([*base, "cache", "hit"], hits["cache"])
-                    keys.add_metric([*base, "cache", "miss"], c["cache_misses"])
-                for tier in TIERS:
-                    if getattr(self._ps, tier, None) is None:
-                        continue
+                out.append((model, table.name, stats,
+                            [r.cache for (t, _), r in replicas if t == table.table_id and r.cache is not None]))
+            fused = getattr(runtime, "fused", None)
+            if fused is not None:
+                passes = list(fused.passes.items())
+                for table, stats in zip(fused.plan.fused, fused.stats):
+                    out.append((model, table.config.name, stats,
+                                [r.cache for (i, _), r in passes if i == table.index and r.cache is not None]))
+        return out
+
+    def _lookup_samples(self, f: dict[str, Metric]) -> None:
+        has = {tier: getattr(self._ps, tier, None) is not None for tier in TIERS}
+        tables = self._tables()
+        for model, name, stats, caches in tables:
+            c = stats.counters()
+            base = [model, name]
+            f["hps_lookups_total"].add_metric(base, c["lookups"])
+            hits = c["hits"]
+            for level in LEVELS:
+                f["hps_keys_total"].add_metric([*base, level], hits[level])
+            keys = f["hps_tier_keys_total"]
+            if caches:
+                keys.add_metric([*base, "cache", "hit"], hits["cache"])
+                keys.add_metric([*base, "cache", "miss"], c["cache_misses"])
+            for tier in TIERS:
+                if has[tier]:
                     asked, found = c["tier_keys_asked"][tier], c["tier_keys_found"][tier]
                     keys.add_metric([*base, tier, "hit"], found)
                     keys.add_metric([*base, tier, "miss"], asked - found)
-                if getattr(self._ps, "volatile", None) is not None:
-                    keys.add_metric([*base, "volatile", "unavailable"], c["volatile_unavailable_keys"])
-                    f["hps_tier_errors_total"].add_metric([*base, "volatile"], c["volatile_errors"])
-                f["hps_async_inserts_total"].add_metric(base, c["async_inserts"])
-                hist = c["histograms"]
-                _add_histogram(f["hps_lookup_seconds"], base, hist["lookup"])
-                timed = (["cache"] if caches else []) + [t for t in TIERS if getattr(self._ps, t, None) is not None]
-                for tier in timed:
-                    _add_histogram(f["hps_tier_seconds"], [*base, tier], hist[tier])
-                for cache in caches:
-                    where = [*base, str(cache.device)]
-                    _try(f["hps_cache_rows"], where, cache.size)
-                    _try(f["hps_cache_capacity_rows"], where, lambda cache=cache: cache.capacity_rows)
-                    _try(f["hps_cache_bytes"], where, lambda cache=cache: _cache_bytes(cache))
+            if has["volatile"]:
+                keys.add_metric([*base, "volatile", "unavailable"], c["volatile_unavailable_keys"])
+                f["hps_tier_errors_total"].add_metric([*base, "volatile"], c["volatile_errors"])
+            f["hps_async_inserts_total"].add_metric(base, c["async_inserts"])
+            hist = c["histograms"]
+            _add_histogram(f["hps_lookup_seconds"], base, hist["lookup"])
+            for tier in (["cache"] if caches else []) + [t for t in TIERS if has[t]]:
+                _add_histogram(f["hps_tier_seconds"], [*base, tier], hist[tier])
+        seen: set[int] = set()  # a fused table's caches also serve its member tables: report them once, as its
+        for model, name, _, caches in reversed(tables):
+            for cache in caches:
+                if id(cache) in seen:
+                    continue
+                seen.add(id(cache))
+                where = [model, name, str(cache.device)]
+                _try(f["hps_cache_rows"], where, cache.size)
+                _try(f["hps_cache_capacity_rows"], where, lambda cache=cache: cache.capacity_rows)
+                _try(f["hps_cache_bytes"], where, lambda cache=cache: _cache_bytes(cache))
 
     def _tier_samples(self, f: dict[str, Metric]) -> None:
         for tier in TIERS:
