@@ -47,6 +47,9 @@ from hps.lookup.tiers import TierChain
 from hps.model_format.reader import duplicate_key_report
 from hps.storage.base import INT64, KeyValueBackend
 
+#: Keys of up to this many dimensions (as `HPS.lookup` takes them).
+MAX_KEY_DIMS = 16
+
 if TYPE_CHECKING:
     from hps.model_format import SparseModel
 
@@ -260,26 +263,30 @@ def lookup_many(ps: Any, keys_per_table: Sequence[Any], model_name: str, table_i
     tables of one fused table looked up in one pass (see `HPS.lookup_many`)."""
     if isinstance(keys_per_table, np.ndarray) or is_torch(keys_per_table):
         keys_per_table = list(keys_per_table)  # a (tables, n) array: one row per table
-    if not isinstance(table_ids, Sequence) and not isinstance(table_ids, np.ndarray):
+    if not isinstance(table_ids, (Sequence, np.ndarray, range)):
         raise KeyInputError(f"lookup_many: table_ids must be a list of table ids, got {type(table_ids).__name__}")
     if len(keys_per_table) != len(table_ids):
         raise KeyInputError(f"lookup_many: {len(keys_per_table)} key arrays for {len(table_ids)} table ids; "
                             f"give one key array per table id")
-    replicas = [ps._replica(model_name, t, device_id) for t in table_ids]  # raises for an unknown id / device
-    fused: FusedLookups | None = ps._runtime(model_name).fused
-    results: list[Any] = [None] * len(replicas)
+    runtime = ps._runtime(model_name)
+    fused: FusedLookups | None = runtime.fused
+    if fused is None:
+        return [ps.lookup(keys, model_name, t, device_id) for keys, t in zip(keys_per_table, table_ids)]
+    known = runtime.replicas.get
+    replicas = []
+    for t in table_ids:  # Python ints straight from the dict; anything else (and errors) through `_replica`
+        replica = known((t, device_id)) if type(t) is int and type(device_id) is int else None
+        replicas.append(replica if replica is not None else ps._replica(model_name, t, device_id))
     groups: dict[int, list[int]] = {}
-    if fused is not None:
-        for i, replica in enumerate(replicas):
-            groups.setdefault(fused.plan.fused_of[replica.table.table_id], []).append(i)
-    alone = [i for i in range(len(replicas)) if fused is None or len(groups[fused.plan.fused_of[
-        replicas[i].table.table_id]]) == 1]
+    fused_of = fused.plan.fused_of
+    for i, replica in enumerate(replicas):
+        groups.setdefault(fused_of[replica.table.table_id], []).append(i)
+    results: list[Any] = [None] * len(replicas)
     for index, positions in groups.items():
-        if len(positions) > 1 and not _lookup_pass(ps, fused.passes[(index, device_id)], replicas, keys_per_table,
-                                                    positions, results):
-            alone.extend(positions)
-    for i in alone:
-        results[i] = ps.lookup(keys_per_table[i], model_name, replicas[i].table.table_id, device_id)
+        if len(positions) == 1 or not _lookup_pass(ps, fused.passes[(index, device_id)], replicas, keys_per_table,
+                                                   positions, results):
+            for i in positions:
+                results[i] = ps.lookup(keys_per_table[i], model_name, replicas[i].table.table_id, device_id)
     return results
 
 
@@ -291,15 +298,16 @@ def _lookup_pass(ps: Any, one_pass: TableLookup, replicas: list[TableLookup], ke
     fast = ps.config.supportlonglong
     for i in positions:
         keys, replica = keys_per_table[i], replicas[i]
-        if (fast and type(keys) is np.ndarray and keys.dtype is INT64 and 0 < keys.ndim <= 16
+        if (fast and type(keys) is np.ndarray and keys.dtype is INT64 and 0 < keys.ndim <= MAX_KEY_DIMS
                 and keys.size <= replica.max_keys):
-            flat, shape, device = keys.reshape(-1), keys.shape, None  # the hot path: nothing to convert or check
+            flats.append(keys if keys.ndim == 1 else keys.reshape(-1))  # the hot path: nothing to convert or check
+            shapes.append(keys.shape)
+            devices.append(None)
         else:
             flat, shape, torch_keys, device = ps._validate_keys(keys, replica.model, replica.table)
-            device = device if torch_keys else None
-        flats.append(flat)
-        shapes.append(shape)
-        devices.append(device)
+            flats.append(flat)
+            shapes.append(shape)
+            devices.append(device if torch_keys else None)
     torch_keys = devices[0] is not None
     if any((d is not None) != torch_keys for d in devices):
         return False
@@ -309,8 +317,9 @@ def _lookup_pass(ps: Any, one_pass: TableLookup, replicas: list[TableLookup], ke
         vectors = one_pass.lookup_host(keys) if one_pass.takes_torch else one_pass.lookup(keys)
         offset = 0
         for i, flat, shape in zip(positions, flats, shapes):
-            results[i] = vectors[offset:offset + flat.shape[0]].reshape(*shape, dim)
-            offset += flat.shape[0]
+            end = offset + flat.shape[0]
+            results[i] = vectors[offset:end] if len(shape) == 1 else vectors[offset:end].reshape(*shape, dim)
+            offset = end
         return True
     import torch
 
