@@ -24,7 +24,8 @@ from hps.cache.factory import cuda_available, make_cache
 from hps.config import ModelConfig, PsConfig, TableConfig, load_config, parse_config
 from hps.errors import ClosedError, HpsError, KeyInputError, UnknownModelError
 from hps.lookup.fusion import FusedLookups, load_fused_model, lookup_many, plan_fusion
-from hps.lookup.loading import drop_tables, iter_table_rows, load_model_into_tiers, open_sparse_models
+from hps.lookup.loading import (LoadMonitor, drop_tables, iter_table_rows, load_model_into_tiers, load_reports,
+                                open_sparse_models)
 from hps.lookup.pipeline import TableLookup, checked_out, is_torch, lookup_into
 from hps.lookup.row_home import with_row_home
 from hps.lookup.stats import TableStats
@@ -318,6 +319,7 @@ class HPS:
             if runtime.fused is not None:
                 tables.update(runtime.fused.snapshots())
             out["models"][name] = tables
+        out["load"] = {name: report for name, report in load_reports().items() if name in self._models}
         return out
 
     # ------------------------------------------------------------------ lifecycle
@@ -371,7 +373,12 @@ class HPS:
             self.volatile = self._tiers.volatile = make_backend(home)
 
     def _load(self, model: ModelConfig) -> None:
-        """Validate the model's files, fill the tiers, build one cache per table and device."""
+        """Validate the model's files, fill the tiers, build one cache per table and device: one progress
+        bar over every phase, and the peak memory measured (`stats()["load"]`)."""
+        with LoadMonitor(model.name, self._show_progress):
+            self._load_phases(model)
+
+    def _load_phases(self, model: ModelConfig) -> None:
         plan = plan_fusion(self.config, model)
         if plan is not None:  # fuse_embedding_table: one stored table and cache per fused table
             runtime = _ModelRuntime(model, [TableStats() for _ in model.tables])

@@ -25,15 +25,19 @@ class CpuStaticTable:
     device = "cpu"
     array_module = "numpy"
 
-    def __init__(self, dim: int, capacity_rows: int | None = None) -> None:
+    def __init__(self, dim: int, capacity_rows: int | None = None, reserve_rows: int = 0) -> None:
         """`capacity_rows` None: unbounded (static); else evict random rows beyond it, down to
-        80 % (HugeCTR's overflow_resolution_target)."""
+        80 % (HugeCTR's overflow_resolution_target). `reserve_rows`: rows to size the table for at
+        once (the table's row count before a whole-table fill: no slab regrowth, whose copy made the
+        load's peak memory about twice the table)."""
         self.dim = dim
         bounded = {} if capacity_rows is None else {"overflow_margin": capacity_rows,
                                                     "overflow_policy": "evict_random"}
         self._capacity_rows = capacity_rows
         self._map = HashMapBackend(HashMapConfig(num_partitions=1, **bounded))
         self._map.create_table(_TAG, dim)
+        if reserve_rows:
+            self._map.reserve(_TAG, reserve_rows)
 
     @property
     def capacity_rows(self) -> int:
@@ -50,8 +54,9 @@ class CpuStaticTable:
         return vectors, (found if num_found < len(found) else None), num_found
 
     def insert_or_assign(self, keys: np.ndarray, vectors: np.ndarray) -> None:
-        """Add or overwrite rows (start-up fill)."""
-        self._map.insert_or_assign(_TAG, keys, vectors)
+        """Add or overwrite rows `keys: (n,) int64` → `vectors: (n, dim) float32` (start-up fill: appended
+        with one contiguous copy by the map's `bulk_load`; a bounded table evicts as `insert_or_assign`)."""
+        self._map.bulk_load(_TAG, keys, vectors)
 
     def assign(self, keys: np.ndarray, vectors: np.ndarray) -> None:
         """Overwrite rows that are present (online updates reach static tables too)."""

@@ -82,7 +82,7 @@ def make_cache(model: ModelConfig, table: TableConfig, rows: int, device_id: int
         from hps.cache.cpu import CpuEmbeddingCache
 
         return CpuEmbeddingCache(capacity, table.dim)
-    static = CpuStaticTable(table.dim)
+    static = CpuStaticTable(table.dim, reserve_rows=rows)
     for keys, vectors in load_rows():
         static.insert_or_assign(keys, vectors)
     return static

@@ -26,19 +26,32 @@ key its file vector. Updates that reached only the volatile tier before a restar
 tier, or one whose `update_filters` skip the table) are lost with the process memory, unless the
 Kafka source replays them. A shared volatile tier (Redis) is filled the same way: files plus
 RocksDB's updates.
+
+**Speed, memory, progress.** A local sparse file going into the in-process hash map is read
+straight into the map's value rows (`HashMapBackend.load_buffer` / `bulk_load`: one copy, as
+`numpy.fromfile` makes), the next chunk read in a second thread while the current chunk's keys are
+hashed in; other targets get the next chunk read ahead the same way. Tables are sized once
+(`reserve`), so nothing of the table's size exists twice. A `LoadMonitor` around a model's whole
+load (`HPS` enters one) draws one progress bar over the bytes of every phase (validation, tiers,
+caches) with rate and time left, samples the resident memory, and leaves its peak in
+`load_reports()` (`HPS.stats()["load"]`).
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
+import os
+import sys
+import threading
 import time
-from contextlib import nullcontext
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterator
 
 import numpy as np
 
 from hps.config.schema import ModelConfig, PsConfig
-from hps.errors import HpsError
+from hps.errors import HpsError, ModelFormatError
 from hps.lookup.row_home import cache_holds_whole_table
 from hps.model_format import SparseModel
 from hps.storage.base import KeyValueBackend
@@ -53,8 +66,15 @@ def open_sparse_models(model: ModelConfig) -> list[SparseModel]:
     """Open and validate every table file of `model` (raises `ModelFormatError` naming the file)."""
     start = time.perf_counter()
     opened = [SparseModel(table.sparse_file, table.dim) for table in model.tables]
+    monitor = _CURRENT.get()
+    if monitor is not None:
+        monitor.plan(model, opened)
     for sparse in opened:
+        if monitor is not None:
+            monitor.phase(f"validating {sparse.where}")
         sparse.check_unique_keys()
+        if monitor is not None:
+            monitor.advance(8 * sparse.num_rows)
     log.info("model %s: validated %d sparse file(s), %s rows (sizes, dims, unique keys) in %.2f s", model.name,
              len(opened), f"{sum(s.num_rows for s in opened):,}", time.perf_counter() - start)
     return opened
@@ -82,7 +102,7 @@ def load_model_into_tiers(config: PsConfig, model: ModelConfig, sparse_models: l
                 if table.tag not in existing:
                     created.append((backend, table.tag))
                 backend.create_table(table.tag, table.dim)
-        with _progress(show_progress) as progress:
+        with _monitor(model, show_progress) as progress:
             for index, (table, sparse) in enumerate(zip(model.tables, sparse_models)):
                 source = sparse.fingerprint() if _records_loads(persistent) else None
                 if source is not None:
@@ -160,20 +180,83 @@ def _persistent_action(config: PsConfig, table: Any, persistent: KeyValueBackend
     return "none"
 
 
-def _fill(targets: list[KeyValueBackend], tag: str, rows: Any, progress: Any) -> None:
-    """Write every row of `rows` (a `SparseModel` or `RestoredTable`) into each of `targets`."""
+def _fill(targets: list[KeyValueBackend], tag: str, rows: Any, progress: "LoadMonitor") -> None:
+    """Write every row of `rows` (a `SparseModel` or `RestoredTable`) into each of `targets`.
+
+    The next chunk is read while the current one is written (the reads and the compiled inserts
+    release the GIL). A local sparse file going into a tier with `load_buffer` (the in-process
+    hash map) is read straight into that tier's value rows: one copy from the page cache into
+    the table, as `numpy.fromfile` makes into a new array, and nothing of the table's size twice."""
+    row_bytes = 8 + 4 * rows.dim
     if not targets:
+        progress.skip(rows.num_rows * row_bytes)
         return
     for backend in targets:  # size the hash map once instead of growing it chunk by chunk
         reserve = getattr(backend, "reserve", None)
         if reserve is not None:
             reserve(tag, rows.num_rows)
-    task = progress.add_task(f"loading {tag}", total=rows.num_rows) if progress else None
-    for keys, vectors in rows.iter_chunks(LOAD_CHUNK_ROWS):
-        for backend in targets:
+    progress.phase(f"loading {tag}")
+    owner = next((b for b in targets if hasattr(b, "load_buffer")), None)
+    direct = (owner is not None and isinstance(rows, SparseModel) and not rows.is_remote
+              and sys.byteorder == "little")
+    chunks = _direct_chunks(owner, tag, rows) if direct else _read_ahead(rows.iter_chunks(LOAD_CHUNK_ROWS))
+    order = [b for b in targets if b is not owner] + ([owner] if owner is not None else [])  # the owner last:
+    for keys, vectors in chunks:  # its bulk_load may reuse a row of the buffer (a duplicate key)
+        for backend in order:
             getattr(backend, "bulk_load", backend.insert_or_assign)(tag, keys, vectors)
-        if progress:
-            progress.advance(task, len(keys))
+        progress.advance(len(keys) * row_bytes)
+
+
+def _read_ahead(chunks: Iterator[tuple[np.ndarray, np.ndarray]]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """`chunks`, with the next one read in a second thread while the caller works on the current one."""
+    with ThreadPoolExecutor(1, thread_name_prefix="hps-load-read") as pool:
+        nxt = pool.submit(next, chunks, None)
+        while True:
+            chunk = nxt.result()
+            if chunk is None:
+                return
+            nxt = pool.submit(next, chunks, None)
+            yield chunk
+
+
+def _direct_chunks(owner: Any, tag: str, sparse: SparseModel,
+                   chunk_rows: int = LOAD_CHUNK_ROWS) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """`(keys: (m,) int64, vectors: (m, dim) float32)` chunks of a local sparse file, each chunk's
+    vectors read straight into `owner.load_buffer(tag, m)` (the rows its `bulk_load` takes without
+    a copy), the next chunk read in a second thread while the caller writes the current one.
+    Raises `ModelFormatError` when a file is shorter than its validated size (changed meanwhile)."""
+    n, dim = sparse.num_rows, sparse.dim
+    if n == 0:
+        return
+    with open(sparse.key_path, "rb") as key_file, open(sparse.vector_path, "rb") as vector_file, \
+            ThreadPoolExecutor(1, thread_name_prefix="hps-load-read") as pool:
+
+        def read(start: int, view: np.ndarray) -> np.ndarray:
+            rows = view.shape[0]
+            key_file.seek(8 * start)
+            keys = np.fromfile(key_file, dtype="<i8", count=rows)
+            vector_file.seek(4 * dim * start)
+            got = vector_file.readinto(memoryview(view).cast("B")) if rows else 0
+            if keys.shape[0] != rows or got != view.nbytes:
+                raise ModelFormatError(f"sparse model {sparse.where} shrank while being read: expected rows "
+                                       f"[{start}, {start + rows}), got {keys.shape[0]} keys and {got} vector bytes")
+            return keys.astype(np.int64, copy=False)
+
+        start, rows = 0, min(chunk_rows, n)
+        view = owner.load_buffer(tag, rows)
+        pending = pool.submit(read, start, view)
+        while start < n:
+            keys = pending.result()
+            following = start + rows
+            if following < n:  # its rows follow this chunk's; taken before this chunk's bulk_load moves the end
+                next_rows = min(chunk_rows, n - following)
+                next_view = owner.load_buffer(tag, next_rows, offset=rows)
+                pending = pool.submit(read, following, next_view)
+            yield keys, view
+            if following < n:
+                start, rows, view = following, next_rows, next_view
+            else:
+                start = n
 
 
 class RestoredTable:
@@ -256,17 +339,160 @@ def drop_tables(created: list[tuple[KeyValueBackend, str]]) -> None:
 def iter_table_rows(sparse: SparseModel, limit_rows: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """`(keys, vectors)` chunks of a table in file order, stopping after `limit_rows` rows."""
     remaining = sparse.num_rows if limit_rows is None else min(limit_rows, sparse.num_rows)
-    for keys, vectors in sparse.iter_chunks(LOAD_CHUNK_ROWS):
+    monitor = _CURRENT.get()
+    if monitor is not None:
+        monitor.phase(f"filling the cache from {getattr(sparse, 'where', sparse.path)}")
+    row_bytes = 8 + 4 * sparse.dim
+    for keys, vectors in _read_ahead(sparse.iter_chunks(LOAD_CHUNK_ROWS)):
         if remaining <= 0:
             return
         yield keys[:remaining], vectors[:remaining]
+        if monitor is not None:
+            monitor.advance(min(remaining, len(keys)) * row_bytes)
         remaining -= len(keys)
 
 
-def _progress(show: bool):
-    if not show:
-        return nullcontext(None)
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+#: The load in progress in this thread (context), if any: its phases share one progress bar.
+_CURRENT: contextvars.ContextVar["LoadMonitor | None"] = contextvars.ContextVar("hps_load_monitor", default=None)
+#: What the last load of each model measured (`load_reports`), by model name.
+_REPORTS: dict[str, dict] = {}
+_REPORTS_LOCK = threading.Lock()
+#: Seconds between two samples of the resident set size during a load.
+RSS_SAMPLE_S = 0.01
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    transient=True)
+
+def load_reports() -> dict[str, dict]:
+    """What the last load of each model in this process measured, by model name: `{"seconds",
+    "bytes" (bytes read over every phase), "rss_before_bytes", "peak_rss_bytes", "rss_after_bytes"
+    (the steady state the load left), "peak_over_steady"}` (RSS sampled every `RSS_SAMPLE_S` s
+    from /proc/self/statm; where that file is missing, `resource.getrusage`'s maximum)."""
+    with _REPORTS_LOCK:
+        return {name: dict(report) for name, report in _REPORTS.items()}
+
+
+def rss_bytes() -> int:
+    """This process's resident set size in bytes (0 where it cannot be read)."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return _maxrss_bytes()
+
+
+def _maxrss_bytes() -> int:
+    try:
+        import resource
+
+        scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+    except (ImportError, OSError):
+        return 0
+
+
+class LoadMonitor:
+    """One load of a model: a single progress bar over the bytes of every phase (validating the key
+    files, filling the tiers, filling the caches), with rate and time left, and the peak resident
+    memory, sampled in a thread. Enter it around the whole load (`HPS` does); the phases find it
+    through a context variable. On exit the measurements go to `load_reports()`."""
+
+    def __init__(self, model_name: str, show: bool) -> None:
+        self.model_name = model_name
+        self._show = show
+        self._bar: Any = None
+        self._task: Any = None
+        self.total_bytes = 0
+        self.done_bytes = 0
+        self.peak_rss_bytes = 0
+        self._stop = threading.Event()
+        self._sampler: threading.Thread | None = None
+        self._token: Any = None
+        self._depth = 0
+
+    def __enter__(self) -> "LoadMonitor":
+        self._depth += 1
+        if self._depth > 1:
+            return self
+        self._started = time.perf_counter()
+        self.rss_before_bytes = self.peak_rss_bytes = rss_bytes()
+        self._sampler = threading.Thread(target=self._sample, name="hps-load-rss", daemon=True)
+        self._sampler.start()
+        if self._show:
+            from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                                       TransferSpeedColumn)
+
+            self._bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                                 TransferSpeedColumn(), TimeRemainingColumn(), transient=True)
+            self._bar.__enter__()
+            self._task = self._bar.add_task(f"model {self.model_name}", total=self.total_bytes or None)
+        self._token = _CURRENT.set(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._depth -= 1
+        if self._depth:
+            return
+        _CURRENT.reset(self._token)
+        self._stop.set()
+        if self._sampler is not None:
+            self._sampler.join()
+        after = rss_bytes()
+        self.peak_rss_bytes = max(self.peak_rss_bytes, after)
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
+        if exc[0] is None:
+            with _REPORTS_LOCK:
+                _REPORTS[self.model_name] = {
+                    "seconds": time.perf_counter() - self._started, "bytes": self.done_bytes,
+                    "rss_before_bytes": self.rss_before_bytes, "peak_rss_bytes": self.peak_rss_bytes,
+                    "rss_after_bytes": after, "peak_over_steady": self.peak_rss_bytes / after if after else None}
+
+    def _sample(self) -> None:
+        while not self._stop.wait(RSS_SAMPLE_S):
+            rss = rss_bytes()
+            if rss > self.peak_rss_bytes:
+                self.peak_rss_bytes = rss
+
+    def plan(self, model: ModelConfig, sparse_models: list[Any]) -> None:
+        """Set the bar's total: per table, its keys (validation), its rows (the tiers, unless the cache
+        holds the whole table) and what the caches will read (the whole table for static / uvm, the
+        pre-filled rows of a dynamic cache). A phase that turns out to be skipped calls `skip`."""
+        from hps.cache.factory import capacity_rows
+
+        total = 0
+        for sparse in sparse_models:
+            row_bytes = 8 + 4 * sparse.dim
+            total += 8 * sparse.num_rows + row_bytes * sparse.num_rows  # validation, tiers
+            if model.gpucache and model.cache_type in ("static", "uvm"):
+                total += row_bytes * sparse.num_rows
+            elif (model.gpucache and model.cache_type == "dynamic" and model.init_ec
+                  and model.cache_refresh_percentage_per_iteration > 0):
+                total += row_bytes * min(sparse.num_rows, capacity_rows(model, sparse.num_rows))
+        self.total_bytes += total
+        if self._bar is not None:
+            self._bar.update(self._task, total=self.total_bytes)
+
+    def phase(self, description: str) -> None:
+        """Name what the bar is doing now."""
+        if self._bar is not None:
+            self._bar.update(self._task, description=f"model {self.model_name}: {description}")
+
+    def advance(self, nbytes: int) -> None:
+        """Count `nbytes` more bytes done."""
+        self.done_bytes += nbytes
+        if self._bar is not None:
+            if self.done_bytes > self.total_bytes:
+                self.total_bytes = self.done_bytes
+                self._bar.update(self._task, total=self.total_bytes)
+            self._bar.advance(self._task, nbytes)
+
+    def skip(self, nbytes: int) -> None:
+        """A planned phase of `nbytes` will not run: take it off the total."""
+        self.total_bytes = max(self.done_bytes, self.total_bytes - nbytes)
+        if self._bar is not None:
+            self._bar.update(self._task, total=self.total_bytes)
+
+
+def _monitor(model: ModelConfig, show: bool) -> LoadMonitor:
+    """The load of `model` in progress (entered again: nothing changes), or a new one for it."""
+    current = _CURRENT.get()
+    return current if current is not None else LoadMonitor(model.name, show)

@@ -423,6 +423,63 @@ class HashMapBackend:
             if rows > table.size:
                 table.reserve(rows - table.size)
 
+    def load_buffer(self, tag: str, rows: int, offset: int = 0) -> np.ndarray:
+        """A writable `(rows, dim) float32` view of the value slab rows `offset` to `offset + rows`
+        past the last used row: a loader reads a chunk's vectors straight into it, then passes the
+        view to `bulk_load`, which then copies nothing (one copy from the file into the table, as
+        `numpy.fromfile` makes into a new array). Grows the slab when needed (`reserve` the whole
+        load first: a growth moves the slab, and views taken before it are then copied from).
+        Only for start-up loads: the rows are not the table's until `bulk_load` takes them, and any
+        write into the table before that may reuse them (take the view, fill it, pass it on)."""
+        table = self._table(tag)
+        with table.lock.write():
+            hwm = int(table.state[K.ST_HWM])
+            if hwm + offset + rows > table.capacity_rows:
+                table.reserve(offset + rows + int(table.state[K.ST_FREE_COUNT]))  # capacity - hwm ≥ offset + rows
+            return table.values[hwm + offset:hwm + offset + rows]
+
+    def bulk_load(self, tag: str, keys: np.ndarray, vectors: np.ndarray) -> None:
+        """Insert a chunk of a start-up load: `keys: (n,) int64` → `vectors: (n, dim) float32`,
+        as `insert_or_assign` (later duplicates win) but appended: the vectors fill the slab rows
+        after the last used one with one contiguous copy (none when `vectors` is the view from
+        `load_buffer(tag, n)`), then the keys are hashed in with prefetched homes. A table with
+        an overflow margin or freed rows takes the `insert_or_assign` path."""
+        table = self._table(tag)
+        keys = check_keys(keys, f"table {tag}")
+        vectors = check_vectors(tag, vectors, keys.shape[0], table.dim)
+        n = keys.shape[0]
+        if n == 0:
+            return
+        if self._margin is not None or int(table.state[K.ST_FREE_COUNT]):
+            if np.shares_memory(vectors, table.buf):  # a load_buffer view: rows the insert may reuse
+                vectors = vectors.copy()
+            self.insert_or_assign(tag, keys, vectors)
+            return
+        with table.lock.write():
+            if int(table.state[K.ST_FREE_COUNT]):  # freed rows appeared meanwhile (an erase)
+                vectors = vectors.copy() if np.shares_memory(vectors, table.buf) else vectors
+                insert = True
+            else:
+                insert = False
+                if table.capacity_rows - int(table.state[K.ST_HWM]) < n or table.size + n > MAX_LOAD * table.num_slots:
+                    table.reserve(n)
+                hwm = int(table.state[K.ST_HWM])
+                target = table.values[hwm:hwm + n]
+                if target.ctypes.data != vectors.ctypes.data:
+                    np.copyto(target, vectors)
+                if table.clock >= _CLOCK_MAX:
+                    K.halve_meta(table.slots, table.num_slots)
+                    table.clock //= 2
+                meta_word = np.uint64(table.tick()) << np.uint64(32) if self._meta_mode == K.META_CLOCK else np.uint64(0)
+                table.note_inserted(keys)
+                table.state[K.ST_HWM] = hwm + n
+                added = K.insert_keys_at(table.slots, table.num_slots, table.values, table.values_i32, table.state,
+                                         table.part_counts, keys, hwm, meta_word)
+                if added:
+                    table.note_key_change()
+        if insert:
+            self.insert_or_assign(tag, keys, vectors)
+
     def partition_sizes(self, tag: str) -> np.ndarray:
         """Rows per partition of table `tag`: `(num_partitions,) int64`."""
         table = self._table(tag)

@@ -377,3 +377,39 @@ def halve_meta(slots, num_slots):
         w = slots[2 * j + 1]
         if (w & LOW32) != EMPTY_ROW:
             slots[2 * j + 1] = (((w >> _S32) >> np.uint64(1)) << _S32) | (w & LOW32)
+
+
+@numba.njit(cache=True, nogil=True)
+def insert_keys_at(slots, num_slots, values, values_i32, state, part_counts, keys, first_row, meta_word):
+    """Bulk load: key `keys[i]` gets slab row `first_row + i`, whose vector the caller has already
+    written there (`first_row + n` ≤ the high-water row, set by the caller; room for n more slots).
+    A key already present keeps its row, which gets the new vector (later duplicates win), and row
+    `first_row + i` joins the free list. Homes are prefetched a block at a time. Returns rows added."""
+    n = keys.shape[0]
+    dim = values.shape[1]
+    num_partitions = np.uint64(part_counts.shape[0])
+    homes = np.empty(BLOCK_DRAM, np.int64)
+    added = 0
+    for s in range(0, n, BLOCK_DRAM):
+        e = min(n, s + BLOCK_DRAM)
+        _prefetch_homes(slots, num_slots, keys, s, e, homes)
+        for i in range(s, e):
+            k = np.uint64(keys[i])
+            j = _probe(slots, num_slots, k, homes[i - s])
+            r_new = first_row + i
+            if j >= 0:
+                r = np.int64(slots[2 * j + 1] & LOW32)
+                for d in range(dim):
+                    values[r, d] = values[r_new, d]
+                slots[2 * j + 1] = meta_word | np.uint64(r)
+                values_i32[r_new, 0] = np.int32(state[ST_FREE_HEAD])
+                state[ST_FREE_HEAD] = r_new
+                state[ST_FREE_COUNT] += 1
+            else:
+                j = -j - 1
+                slots[2 * j] = k
+                slots[2 * j + 1] = meta_word | np.uint64(r_new)
+                part_counts[np.int64(rrxmrrxmsx_0_scalar(k) % num_partitions)] += 1
+                state[ST_SIZE] += 1
+                added += 1
+    return added
