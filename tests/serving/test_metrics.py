@@ -112,3 +112,43 @@ def test_exporter_stays_fresh_without_requests(ps):
     finally:
         exporter.close()
     assert not exporter._thread.is_alive()
+
+
+@pytest.mark.triton
+@pytest.mark.slow
+def test_tritons_metrics_port_is_fresh_without_requests(seed_model, tmp_path):
+    """hps triton serve: the stub's thread pushes every metrics_interval_s; the last requests show up with
+    no request after them, histograms as their series."""
+    import urllib.request
+
+    http = pytest.importorskip("tritonclient.http")
+    from hps.serving.triton import build_repository, serve
+    from hps.serving.triton.embedding_io import make_request
+
+    repo = build_repository(seed_model["ps_json"], seed_model["dense"], tmp_path / "repo", metrics_interval_s=0.2)
+    server = serve(repo, http_port=0, grpc_port=0, metrics_port=0, ready_timeout_s=180)
+    client = http.InferenceServerClient(server.url_http)
+    try:
+        keys, numkeys = make_request([np.array([0, 1, 2, 10**9], np.int64)])
+        for _ in range(25):
+            inputs = [http.InferInput("KEYS", keys.shape, "INT64"), http.InferInput("NUMKEYS", numkeys.shape, "INT32")]
+            inputs[0].set_data_from_numpy(keys)
+            inputs[1].set_data_from_numpy(numkeys)
+            client.infer("hps_embedding", inputs)
+        labels = 'model="hps_embedding",table="hps_embedding_t0"'
+        deadline = time.monotonic() + 10
+        while True:
+            text = urllib.request.urlopen(server.url_metrics, timeout=5).read().decode()
+            metrics = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                       if line.startswith("hps_")}
+            if metrics.get(f"hps_lookups_total{{{labels}}}") == 25 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert metrics[f"hps_lookups_total{{{labels}}}"] == 25
+        assert sum(metrics[f'hps_keys_total{{level="{level}",{labels}}}']
+                   for level in ("cache", "volatile", "persistent", "default")) == 100
+        assert metrics[f"hps_lookup_seconds_count{{{labels}}}"] == 25
+        assert "# TYPE hps_lookup_seconds_bucket counter" in text
+    finally:
+        client.close()
+        server.stop()
