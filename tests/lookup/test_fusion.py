@@ -292,3 +292,25 @@ def test_gpu_cache_pipeline_fused_in_one_pass(tables, monkeypatch, cache):
             np.testing.assert_array_equal(as_numpy[t], want)
             assert as_torch[t].device.type == torch.device(device).type
             np.testing.assert_array_equal(as_torch[t].cpu().numpy(), want)
+
+
+@pytest.mark.parametrize("cache", ["whole", "lru"])
+def test_concurrent_per_table_lookups_share_the_fused_cache_exactly(tables, cache):
+    """HugeCTR's layers call one table each from the graph's threads: with fusion they share one cache."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with hps.HPS(config(tables, True, **CACHES[cache]), show_progress=False) as ps:
+        def worker(seed: int) -> bool:
+            rng = np.random.default_rng(seed)
+            for _ in range(20):
+                keys = queries(rng)
+                t = int(rng.integers(0, len(DIMS)))
+                if not np.array_equal(ps.lookup(keys[t], "m", t), expected(tables, t, keys[t])):
+                    return False
+                if not all(np.array_equal(v, expected(tables, i, keys[i]))
+                           for i, v in enumerate(ps.lookup_many(keys, "m", range(len(DIMS))))):
+                    return False
+            return True
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            assert all(pool.map(worker, range(8)))
