@@ -75,7 +75,7 @@ def test_one_bar_counts_every_phase(tmp_path, small_chunks, monkeypatch, cache, 
         return original(self, *exc)
 
     monkeypatch.setattr(loading.LoadMonitor, "__exit__", keep)
-    with hps.HPS(_config(tmp_path, cache, **model), show_progress=False) as ps:
+    with hps.HPS(_config(tmp_path, cache, **model), show_progress=True) as ps:  # the rich bar drawn too
         report = ps.stats()["load"]["m"]
     outer = monitors[-1]
     assert len({id(m) for m in monitors}) == 1  # the phases shared one monitor (one bar)
