@@ -199,9 +199,9 @@ def bench_fused(rows: int, repeat: int, rng: np.random.Generator, gpu: bool = Fa
     cache = "GPU cache (whole-table: gpucacheper 1.0)" if gpu else "whole-table CPU cache (gpucacheper 1.0)"
     notes = (f"fuse_embedding_table: the {NUM_TABLES} tables of dim {DIM} (one default) form one fused table "
              f"(fused_embedding0, {NUM_TABLES} × {rows:,} rows, disjoint key ranges); `HPS.lookup_many` looks the "
-             f"{NUM_TABLES} × {samples} keys up in one pass, against {NUM_TABLES} `HPS.lookup` calls on the same tables "
-             f"unfused; {cache}, pre-filled or holding the timed keys; the 8 batches of `hps_lookup` in blocks of "
-             f"{BLOCK} per method (the first {WARM_IN_BLOCK} untimed), the methods taking turns, about {repeat} timed "
+             f"{NUM_TABLES} × {samples} keys up in one pass, against {NUM_TABLES} `HPS.lookup` calls on the same "
+             f"tables unfused; {cache}, pre-filled or holding the timed keys; the 8 batches of `hps_lookup` in "
+             f"blocks of {BLOCK} per method (the first {WARM_IN_BLOCK} untimed), the methods taking turns, about {repeat} timed "
              f"batches each{'' if gpu else ', one core'}; identical vectors checked key by key on 8 batches. "
              f"Target: fused ≥ 2× faster. {VM_NOTE}")
     if interpreted:
@@ -214,7 +214,8 @@ def bench_fused(rows: int, repeat: int, rng: np.random.Generator, gpu: bool = Fa
 
 def fused_config(tmp: str, prefill: bool, fuse: bool, samples: int = SAMPLES) -> dict:
     """The 26-table model of `bench_fused`, with `fuse_embedding_table` on or off."""
-    return {"supportlonglong": True, "fuse_embedding_table": fuse, "volatile_db": {"type": "hash_map", "num_partitions": 1},
+    return {"supportlonglong": True, "fuse_embedding_table": fuse,
+            "volatile_db": {"type": "hash_map", "num_partitions": 1},
             "models": [{"model": "dlrm", "sparse_files": [str(Path(tmp) / f"t{t}") for t in range(NUM_TABLES)],
                         "embedding_vecsize_per_table": [DIM] * NUM_TABLES,
                         "maxnum_catfeature_query_per_table_per_sample": [1] * NUM_TABLES,

@@ -94,7 +94,8 @@ def test_fusion_demo_config_per_table_and_in_one_call(tmp_path):
             for i, keys in enumerate(inputs):
                 np.testing.assert_array_equal(per_table[i], from_files(ps_json, i, keys))
                 np.testing.assert_array_equal(together[i], per_table[i])
-        assert ps.stats()["models"][MODEL]["fused_embedding0"]["keys"] == 3 * NUM_TABLES * MAX_BATCH_SIZE * NUM_QUERY_KEY
+        fused_keys = ps.stats()["models"][MODEL]["fused_embedding0"]["keys"]
+        assert fused_keys == 3 * NUM_TABLES * MAX_BATCH_SIZE * NUM_QUERY_KEY
 
 
 def test_torch_fork_wait_fusion_model_on_a_fused_config(tmp_path):
