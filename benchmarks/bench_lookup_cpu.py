@@ -202,7 +202,8 @@ def bench_fused(rows: int, repeat: int, rng: np.random.Generator, gpu: bool = Fa
              f"{NUM_TABLES} × {samples} keys up in one pass, against {NUM_TABLES} `HPS.lookup` calls on the same "
              f"tables unfused; {cache}, pre-filled or holding the timed keys; the 8 batches of `hps_lookup` in "
              f"blocks of {BLOCK} per method (the first {WARM_IN_BLOCK} untimed), the methods taking turns, about "
-             f"{repeat} timed batches each{'' if gpu else ', one core'}; identical vectors checked key by key on 8 batches. "
+             f"{repeat} timed batches each{'' if gpu else ', one core'}; identical vectors checked key by key on "
+             "8 batches. "
              f"Target: fused ≥ 2× faster. {VM_NOTE}")
     if interpreted:
         print("GPU cache code in Triton's CPU interpreter (logic check; timings mean nothing, nothing written):")
