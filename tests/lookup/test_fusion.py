@@ -314,3 +314,15 @@ def test_concurrent_per_table_lookups_share_the_fused_cache_exactly(tables, cach
 
         with ThreadPoolExecutor(max_workers=8) as pool:
             assert all(pool.map(worker, range(8)))
+
+
+def test_a_key_of_another_table_of_the_same_fused_table_answers_that_row(tables):
+    """What fusion means (HugeCTR's too): one row per key in the fused table, so table 0 asked for a key of
+    table 1 answers table 1's row; unfused, table 0 answers its default. Tables of other fused tables are
+    unaffected."""
+    foreign = tables[1][1][:3]
+    with hps.HPS(config(tables, False), show_progress=False) as plain, \
+            hps.HPS(config(tables, True), show_progress=False) as fused:
+        np.testing.assert_array_equal(plain.lookup(foreign, "m", 0), np.full((3, 8), DEFAULTS[0], np.float32))
+        np.testing.assert_array_equal(fused.lookup(foreign, "m", 0), tables[1][2][:3])
+        np.testing.assert_array_equal(fused.lookup(foreign, "m", 3), np.full((3, 8), DEFAULTS[3], np.float32))
