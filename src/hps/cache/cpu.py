@@ -107,6 +107,8 @@ def _find_kernel(slot_keys, slot_vectors, slot_stamps, set_fill, clock, ways, ke
             slot = slots[i - start]
             if slot < 0:
                 found[i] = False
+                for d in range(dim):
+                    out[i, d] = 0.0
                 continue
             tick += 1
             slot_stamps[slot] = tick
@@ -121,30 +123,57 @@ def _find_kernel(slot_keys, slot_vectors, slot_stamps, set_fill, clock, ways, ke
 def _insert_or_assign_kernel(slot_keys, slot_vectors, slot_stamps, set_fill, clock, ways, keys, vectors):
     """Upsert `keys: (n,) int64` with `vectors: (n, dim) float32` in order (a repeated key is
     upserted twice, last value wins). A full set evicts its least recently stamped slot.
-    Returns `(rows added, rows evicted)`."""
+    Returns `(rows added, rows evicted)`.
+
+    Keys go in blocks, as in `_find_kernel`: the block's sets are prefetched (fill, keys, stamps),
+    then each key's slot is chosen in order (prefetching its row), then the rows are copied in
+    order (a slot chosen twice in a block gets the later row, as its key says)."""
+    n = keys.shape[0]
+    num_sets = np.uint64(set_fill.shape[0])
+    dim = slot_vectors.shape[1]
+    flat_vectors = slot_vectors.reshape(-1)
+    sets = np.empty(_FIND_BLOCK, np.int64)
+    slots = np.empty(_FIND_BLOCK, np.int64)
     tick = clock[0]
     added = 0
     evicted = 0
-    for i in range(keys.shape[0]):
-        key = keys[i]
-        s, base, fill, slot = _locate(slot_keys, set_fill, ways, key)
-        if slot < 0:
-            if fill < ways:
-                slot = base + fill
-                set_fill[s] = fill + 1
-                added += 1
-            else:
-                slot = base
-                oldest = slot_stamps[base]
-                for j in range(1, ways):
-                    if slot_stamps[base + j] < oldest:
-                        oldest = slot_stamps[base + j]
-                        slot = base + j
-                evicted += 1
-            slot_keys[slot] = key
-        tick += 1
-        slot_stamps[slot] = tick
-        _copy_row(slot_vectors, slot, vectors, i)
+    for start in range(0, n, _FIND_BLOCK):
+        stop = min(n, start + _FIND_BLOCK)
+        for i in range(start, stop):
+            s = _set_of(keys[i], num_sets)
+            sets[i - start] = s
+            prefetch(set_fill, s)
+            prefetch(slot_keys, s * ways)
+            prefetch(slot_keys, s * ways + ways - 1)
+            prefetch(slot_stamps, s * ways)
+            prefetch(slot_stamps, s * ways + ways - 1)
+        for i in range(start, stop):
+            key = keys[i]
+            s = sets[i - start]
+            base = s * ways
+            fill = set_fill[s]
+            slot = _slot_in_set(slot_keys, base, fill, key)
+            if slot < 0:
+                if fill < ways:
+                    slot = base + fill
+                    set_fill[s] = fill + 1
+                    added += 1
+                else:
+                    slot = base
+                    oldest = slot_stamps[base]
+                    for j in range(1, ways):
+                        if slot_stamps[base + j] < oldest:
+                            oldest = slot_stamps[base + j]
+                            slot = base + j
+                    evicted += 1
+                slot_keys[slot] = key
+            tick += 1
+            slot_stamps[slot] = tick
+            slots[i - start] = slot
+            prefetch(flat_vectors, slot * dim)
+            prefetch(flat_vectors, slot * dim + dim - 1)
+        for i in range(start, stop):
+            _copy_row(slot_vectors, slots[i - start], vectors, i)
     clock[0] = tick
     return added, evicted
 
@@ -234,7 +263,7 @@ class CpuEmbeddingCache:
 
         Returns `(vectors: (n, dim) float32, found: (n,) bool)`; rows of misses are zero."""
         keys = check_keys(keys, "CpuEmbeddingCache.find")
-        out = np.zeros((keys.shape[0], self.dim), dtype=np.float32)
+        out = np.empty((keys.shape[0], self.dim), dtype=np.float32)  # the kernel zeroes the misses' rows
         found = np.empty(keys.shape[0], dtype=np.bool_)
         with self._lock:
             self._check_open("find")
