@@ -119,7 +119,8 @@ def bench_tier_fetch(quick: bool) -> None:
         fns = {"TierChain.fetch (ours)": lambda i: chain.fetch(table, queries[i % 6], stats),
                "TierChain.fetch(out=buffer) (ours)": lambda i: chain.fetch(table, queries[i % 6], stats, out=buffer),
                "before: boolean gathers and scatters": lambda i: fetch_before(chain, table, queries[i % 6], stats),
-               "floor: HashMapBackend.find(out=buffer) of the same keys": lambda i: full.find(TAG, queries[i % 6], buffer)}
+               "floor: HashMapBackend.find(out=buffer) of the same keys":
+                   lambda i: full.find(TAG, queries[i % 6], buffer)}
         times = _alternate(fns, repeat=10 if quick else 30)
         ours = percentile(times["TierChain.fetch (ours)"], 50)
         for name, t in times.items():
@@ -182,7 +183,8 @@ def bench_cache_vs_tier(rows: int, quick: bool) -> None:
                         row["route taken"] = route.snapshot()["route"]
                         rows_out.append(row)
                         print(row, flush=True)
-    notes = (f"HPS.lookup of 1,024 × 26 = {n:,} int64 keys per call, one table of {rows:,} × {dim} float32 rows in an "
+    notes = (f"HPS.lookup of 1,024 × 26 = {n:,} int64 keys per call, one table of {rows:,} × {dim} float32 rows "
+             "in an "
              "in-process hash map (keys 0..rows-1: direct index); a CPU cache (set-associative LRU, or the whole-table "
              "hash at gpucacheper 1.0) at each gpucacheper, hit_rate_threshold 0.9 (default); 'always probed' is the "
              "same cache with the route of hps.lookup.cache_route disabled (the behaviour before it). Three HPS "

@@ -64,7 +64,8 @@ def test_a_file_that_shrinks_during_the_load_keeps_nothing(tmp_path, small_chunk
 
 
 @pytest.mark.parametrize("cache,model", [(None, {}), ("static", {}),
-                                         ("dynamic", {"gpucacheper": 0.5, "cache_refresh_percentage_per_iteration": 1.0})])
+                                         ("dynamic", {"gpucacheper": 0.5,
+                                                      "cache_refresh_percentage_per_iteration": 1.0})])
 def test_one_bar_counts_every_phase(tmp_path, small_chunks, monkeypatch, cache, model):
     _write(tmp_path, 5500)
     monitors = []

@@ -202,7 +202,7 @@ def _fill(targets: list[KeyValueBackend], tag: str, rows: Any, progress: "LoadMo
     owner = next((b for b in targets if hasattr(b, "load_buffer")), None)
     direct = (owner is not None and isinstance(rows, SparseModel) and not rows.is_remote
               and sys.byteorder == "little")
-    chunk_rows = _chunk_rows(rows.dim)
+    chunk_rows = chunk_rows_for(rows.dim)
     chunks = _direct_chunks(owner, tag, rows, chunk_rows) if direct else _read_ahead(rows.iter_chunks(chunk_rows))
     order = [b for b in targets if b is not owner] + ([owner] if owner is not None else [])  # the owner last:
     for keys, vectors in chunks:  # its bulk_load may reuse a row of the buffer (a duplicate key)
@@ -211,8 +211,9 @@ def _fill(targets: list[KeyValueBackend], tag: str, rows: Any, progress: "LoadMo
         progress.advance(len(keys) * row_bytes)
 
 
-def _chunk_rows(dim: int) -> int:
-    """Rows per load chunk at `dim`: `LOAD_CHUNK_ROWS`, fewer where that passes `LOAD_CHUNK_BYTES`."""
+def chunk_rows_for(dim: int) -> int:
+    """Rows per load chunk at `dim`: `LOAD_CHUNK_ROWS`, fewer where that passes `LOAD_CHUNK_BYTES`
+    (two such chunks are in memory at once: one being written, one read ahead)."""
     return max(1, min(LOAD_CHUNK_ROWS, LOAD_CHUNK_BYTES // (8 + 4 * dim)))
 
 
@@ -228,7 +229,8 @@ def _read_ahead(chunks: Iterator[tuple[np.ndarray, np.ndarray]]) -> Iterator[tup
             yield chunk
 
 
-def _direct_chunks(owner: Any, tag: str, sparse: SparseModel, chunk_rows: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def _direct_chunks(owner: Any, tag: str, sparse: SparseModel,
+                   chunk_rows: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """`(keys: (m,) int64, vectors: (m, dim) float32)` chunks of a local sparse file, each chunk's
     vectors read straight into `owner.load_buffer(tag, m)` (the rows its `bulk_load` takes without
     a copy), the next chunk read in a second thread while the caller writes the current one.
@@ -351,7 +353,7 @@ def iter_table_rows(sparse: SparseModel, limit_rows: int | None = None) -> Itera
     if monitor is not None:
         monitor.phase(f"filling the cache from {getattr(sparse, 'where', sparse.path)}")
     row_bytes = 8 + 4 * sparse.dim
-    for keys, vectors in _read_ahead(sparse.iter_chunks(_chunk_rows(sparse.dim))):
+    for keys, vectors in _read_ahead(sparse.iter_chunks(chunk_rows_for(sparse.dim))):
         if remaining <= 0:
             return
         yield keys[:remaining], vectors[:remaining]

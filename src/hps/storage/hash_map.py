@@ -470,7 +470,8 @@ class HashMapBackend:
                 if table.clock >= _CLOCK_MAX:
                     K.halve_meta(table.slots, table.num_slots)
                     table.clock //= 2
-                meta_word = np.uint64(table.tick()) << np.uint64(32) if self._meta_mode == K.META_CLOCK else np.uint64(0)
+                clock = table.tick() if self._meta_mode == K.META_CLOCK else 0
+                meta_word = np.uint64(clock) << np.uint64(32)
                 table.note_inserted(keys)
                 table.state[K.ST_HWM] = hwm + n
                 added = K.insert_keys_at(table.slots, table.num_slots, table.values, table.values_i32, table.state,
