@@ -78,7 +78,8 @@ def make_cache(model: ModelConfig, table: TableConfig, rows: int, device_id: int
     if model.cache_type == "dynamic":
         capacity = capacity_rows(model, rows)
         if capacity >= rows:  # the whole table fits: no set collisions (HugeCTR #278), room for 2x the rows
-            return CpuStaticTable(table.dim, capacity_rows=2 * capacity)
+            prefilled = model.init_ec and model.cache_refresh_percentage_per_iteration > 0  # sized once, not grown
+            return CpuStaticTable(table.dim, capacity_rows=2 * capacity, reserve_rows=rows if prefilled else 0)
         from hps.cache.cpu import CpuEmbeddingCache
 
         return CpuEmbeddingCache(capacity, table.dim)
