@@ -159,3 +159,18 @@ def test_proxy_without_upstream_answers_502():
 
     assert loop.run_until_complete(run()).startswith(b"HTTP/1.1 502")
     loop.close()
+
+
+@pytest.mark.parametrize("datatype,data", [("BOOL", [1]), ("INT64", [1.5]), ("INT32", [True]), ("UINT8", [-1]),
+                                           ("FP32", ["x"]), ("BYTES", [3]), ("INT64", [None])])
+def test_data_elements_of_the_wrong_json_type_are_refused(datatype, data):
+    """Triton 2.51 answers 500 ("attempt to access JSON non-boolean as boolean") for these: client mistakes."""
+    header = json.dumps({"inputs": [{"name": "KEYS", "shape": [1], "datatype": datatype, "data": data}]})
+    assert "not a " + datatype in check_infer_request(header.encode())
+
+
+def test_data_elements_of_the_right_json_type_pass():
+    for datatype, data in (("BOOL", [True]), ("INT64", [[1], [2]]), ("FP32", [1, 2.5]), ("BYTES", ["a"])):
+        shape = [2, 1] if datatype == "INT64" else [len(data)]
+        header = json.dumps({"inputs": [{"name": "X", "shape": shape, "datatype": datatype, "data": data}]})
+        assert check_infer_request(header.encode()) is None

@@ -75,26 +75,59 @@ def check_infer_request(header: bytes, max_input_bytes: int = DEFAULT_MAX_INPUT_
         if isinstance(params, dict) and ("binary_data_size" in params or "shared_memory_region" in params):
             continue
         if "data" in item:
-            found = _count_elements(item["data"], count)
+            found, bad = _count_elements(item["data"], count, _LEAF_TYPES[datatype])
+            if bad is not None:
+                return f"input {name!r}: 'data' holds {_short(bad[0])}, not a {datatype} value"
             if found != count:
                 return (f"input {name!r}: shape {_short(shape)} holds {count:,} elements but 'data' has "
                         f"{'more' if found > count else f'{found:,}'}")
     return None
 
 
-def _count_elements(data: Any, expected: int) -> int:
-    """Leaf elements of nested JSON arrays (a scalar counts 1); stops early past `expected`."""
+def _is_bool(x: Any) -> bool:
+    return type(x) is bool
+
+
+def _is_int(x: Any) -> bool:
+    return type(x) is int
+
+
+def _is_uint(x: Any) -> bool:
+    return type(x) is int and x >= 0
+
+
+def _is_number(x: Any) -> bool:
+    return type(x) in (int, float)
+
+
+def _is_str(x: Any) -> bool:
+    return type(x) is str
+
+
+#: What a JSON `data` element of each datatype must be (Triton answers 500 where its parser disagrees).
+_LEAF_TYPES = {dtype: (_is_bool if dtype == "BOOL" else _is_str if dtype == "BYTES"
+                       else _is_number if dtype in ("FP16", "BF16", "FP32", "FP64")
+                       else _is_uint if dtype.startswith("UINT") else _is_int)
+               for dtype in DTYPE_BYTES}
+
+
+def _count_elements(data: Any, expected: int, leaf_ok: Any) -> tuple[int, tuple | None]:
+    """Leaf elements of nested JSON arrays (a scalar counts 1), stopping early past `expected`, and
+    `(leaf,)` for the first leaf that `leaf_ok` refuses (None when all pass)."""
     if not isinstance(data, list):
-        return 1
+        return 1, (None if leaf_ok(data) else (data,))
     count, stack = 0, [data]
     while stack:
         items = stack.pop()
         nested = [x for x in items if isinstance(x, list)]
         count += len(items) - len(nested)
+        for x in items:
+            if not isinstance(x, list) and not leaf_ok(x):
+                return count, (x,)
         stack.extend(nested)
         if count > expected:
-            return count
-    return count
+            return count, None
+    return count, None
 
 
 def _short(value: Any) -> str:
