@@ -2,9 +2,9 @@
 
 Reports errors, torn or foreign rows, rows newer than any applied update, throughput in the
 first and the last minute (the baseline of the same run: a slowdown shows as a drop), and the RSS
-slope over the second half (a leak shows as MB/min). Every vector is constant across its row
-and encodes `(version, key)`: value = version × 4096 + key mod 4096 (exact in float32 below 2**24),
-so a reader can tell a whole old row, a whole new row and a torn one apart.
+slope over the second half (a leak shows as MB/min). Every vector is `[key mod 2**23, version,
+version, ...]` (integers exact in float32 below 2**24), so a reader can tell a whole old row, a whole
+new row, a torn one (versions differ within the row) and another key's row apart.
 
 Run: `python benchmarks/bench_soak.py [--seconds 600] [--threads 4]`.
 """
@@ -27,13 +27,14 @@ import hps  # noqa: E402
 from hps.model_format import write_sparse_model  # noqa: E402
 
 ROWS, DIM, BATCH, UPDATE_ROWS = 200_000, 32, 1024, 256
-KEY_MOD = 4096
+KEY_MOD = 1 << 23
 
 
 def encode(keys: np.ndarray, versions: np.ndarray) -> np.ndarray:
-    """Rows `(n, DIM)` float32, each constant: version × 4096 + key mod 4096."""
-    values = (versions.astype(np.int64) * KEY_MOD + keys % KEY_MOD).astype(np.float32)
-    return np.repeat(values[:, None], DIM, axis=1)
+    """Rows `(n, DIM)` float32: `[key mod 2**23, version, version, ...]`."""
+    rows = np.repeat(versions.astype(np.float32)[:, None], DIM, axis=1)
+    rows[:, 0] = keys % KEY_MOD
+    return rows
 
 
 def rss_mb() -> float:
@@ -79,10 +80,9 @@ def main() -> None:
                             first_error[:] = first_error or [repr(exc)]
                         continue
                     newest_now = latest[batch]
-                    torn = (got != got[:, :1]).any(axis=1)
-                    value = got[:, 0].astype(np.int64)
-                    foreign = (value % KEY_MOD) != batch % KEY_MOD
-                    future = (value // KEY_MOD) > newest_now
+                    torn = (got[:, 1:] != got[:, 1:2]).any(axis=1)
+                    foreign = got[:, 0].astype(np.int64) != batch % KEY_MOD
+                    future = got[:, 1].astype(np.int64) > newest_now
                     with lock:
                         counts["lookups"] += 1
                         counts["torn rows"] += int(torn.sum())
@@ -130,7 +130,8 @@ def main() -> None:
     notes = (f"{args.threads} threads each looping `HPS.lookup` of {BATCH} Zipf(1.05) keys over {ROWS:,} rows × dim {DIM} "
              f"(CPU cache at gpucacheper 0.2 → hash map → RocksDB, hit_rate_threshold 1.0), while one thread applies "
              f"{UPDATE_ROWS}-key updates to the hash map and RocksDB every 10 ms (each reaching the cache). "
-             "Torn: a row not constant; foreign: another key's row; future: a version newer than any applied. "
+             "Torn: versions differ within a row; foreign: another key's row; future: a version newer than any "
+             "applied. "
              f"The first-minute rate is the baseline of the same run. {VM_NOTE}"
              + (f" First error: {first_error[0]}" if first_error else ""))
     write_results("soak", "cpu", rows, notes)
