@@ -151,7 +151,8 @@ def test_port_in_use_is_a_config_error_and_nothing_stays_open(sparse):
 def test_kafka_sources_read_at_scrape_time():
     stats = {"messages": 12, "pairs_applied": 300, "batches_applied": 4, "messages_skipped": 3,
              "skipped_malformed": 2, "skipped_kafka_key": 0, "skipped_dim_mismatch": 1, "skipped_unknown_table": 0,
-             "skipped_rejected": 0, "apply_failures": 1, "commits": 4, "commit_failures": 0, "client_errors": 2}
+             "skipped_rejected": 0, "apply_failures": 1, "commits": 4, "commit_failures": 0, "client_errors": 2,
+             "lag": 7}
     source = SimpleNamespace(name="volatile:hps_volatile_group", stats=stats, running=True)
     ps = SimpleNamespace(_models={}, volatile=None, persistent=None, update_sources=[source])
     collector = HpsCollector(ps)
@@ -167,6 +168,7 @@ def test_kafka_sources_read_at_scrape_time():
     assert got[("hps_kafka_messages_skipped_total", (("reason", "dim_mismatch"), *tier))] == 1
     assert got[("hps_kafka_commits_total", (("outcome", "ok"), *tier))] == 4
     assert got[("hps_kafka_source_up", tier)] == 1
+    assert got[("hps_kafka_consumer_lag", tier)] == 7
     stats["messages"] += 5  # the source's live dict: the next scrape sees it
     assert read()[("hps_kafka_messages_received_total", tier)] == 17
     source.running = False
@@ -233,6 +235,7 @@ def test_kafka_metrics_of_a_running_hps(kafka_brokers, sparse, monkeypatch):  # 
     assert skipped[("hps_kafka_messages_skipped_total", (("reason", "dim_mismatch"), *volatile))] == 2
     assert metrics["hps_kafka_messages_received_total"][1][("hps_kafka_messages_received_total", volatile)] >= 3
     assert metrics["hps_kafka_source_up"][1][("hps_kafka_source_up", volatile)] == 1
+    assert metrics["hps_kafka_consumer_lag"][1][("hps_kafka_consumer_lag", volatile)] == 0  # caught up
     assert value(metrics, "hps_tier_rows", tier="volatile") == ROWS + 50
 
 

@@ -6,10 +6,9 @@ its caches and tiers, its Kafka update sources — so the numbers reflect every 
 scrape, and the lookup path never calls prometheus_client. Names follow Prometheus conventions:
 base units (seconds, bytes), `_total` for counters, labels for dimensions (`FAMILIES` lists them).
 
-Kafka consumer lag is not exported: confluent-kafka's consumer, called from the scrape thread while
-its own thread polls, answered `assignment()` / `position()` / `get_watermark_offsets(cached=True)` in
-1 to 42 s (measured with tansu, confluent-kafka 2.16): not cheap. The consumer thread would have to
-note it after each poll (`hps.update.source`); until then, read it from Kafka.
+Kafka consumer lag comes from each source's own thread, which notes it after every poll
+(`hps.update.source`): confluent-kafka's consumer, called from the scrape thread while its own thread
+polls, answered `get_watermark_offsets(cached=True)` in 1 to 42 s (tansu, confluent-kafka 2.16).
 
 Where it is exported:
   - `HPS(..., metrics_port=9100)` or `serve_metrics(ps, port)`: an HTTP `/metrics` endpoint of its own
@@ -69,6 +68,8 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...], str]] = {
     "hps_kafka_commits_total": ("counter", ("tier", "outcome"), "offset commits, by outcome: ok, failed"),
     "hps_kafka_client_errors_total": ("counter", ("tier",), "errors reported by the Kafka client"),
     "hps_kafka_source_up": ("gauge", ("tier",), "1 while the update source's consumer thread runs, else 0"),
+    "hps_kafka_consumer_lag": ("gauge", ("tier",), "messages behind the newest offsets of the source's "
+                               "partitions, as of its last poll"),
 }
 
 #: One exported sample: (sample name, labels, value); histogram samples carry `_bucket` (with `le`),
@@ -186,6 +187,7 @@ class HpsCollector(Collector):
             f["hps_kafka_commits_total"].add_metric([tier, "failed"], stats.get("commit_failures", 0))
             f["hps_kafka_client_errors_total"].add_metric(labels, stats.get("client_errors", 0))
             f["hps_kafka_source_up"].add_metric(labels, 1.0 if getattr(source, "running", False) else 0.0)
+            f["hps_kafka_consumer_lag"].add_metric(labels, stats.get("lag", 0))
 
 
 def registry_for(ps: Any) -> CollectorRegistry:

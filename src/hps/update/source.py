@@ -232,6 +232,8 @@ class KafkaUpdateSource:
         self._stop = threading.Event()
         self._cond = threading.Condition()
         self._assigned: set[tuple[str, int]] = set()
+        #: Messages behind each partition's newest offset, as of this thread's last poll of it.
+        self._lag: dict[tuple[str, int], int] = {}
         #: Partitions to read from their first offset when this process first gets them, whatever the
         #: group committed: a tier rebuilt at every start (an in-process hash map) replays every update.
         self._replay_from_start = replay_from_start
@@ -397,6 +399,7 @@ class KafkaUpdateSource:
                 more = consumer.consume(num_messages=drain, timeout=0)
                 for m in (msg, *more):
                     self._handle(m)
+                self._note_lag(consumer, (msg, *more))
                 if len(more) < drain:  # nothing else waiting locally: apply now, not after a poll timeout
                     self._flush_all()
         except BaseException as exc:  # pragma: no cover - unexpected; keep it visible
@@ -413,6 +416,23 @@ class KafkaUpdateSource:
                     log.warning("%s: closing the Kafka consumer failed: %s", self.name, exc)
                 with self._cond:
                     self._cond.notify_all()
+
+    def _note_lag(self, consumer: Any, messages: tuple[Any, ...]) -> None:
+        """`stats["lag"]`: messages behind the newest offsets, summed over the partitions, from the high
+        watermarks the consumer cached with its last fetch (on this thread: other threads would wait
+        for the consumer's lock for seconds)."""
+        newest: dict[tuple[str, int], int] = {}
+        for m in messages:
+            if m.error() is None:
+                newest[(m.topic(), m.partition())] = m.offset()
+        for (topic, partition), offset in newest.items():
+            try:
+                _, high = consumer.get_watermark_offsets(self._kafka.TopicPartition(topic, partition), cached=True)
+            except Exception:  # noqa: BLE001 - lag is a statistic; never stop consuming for it
+                continue
+            if high is not None and high >= 0:
+                self._lag[(topic, partition)] = max(0, high - offset - 1)
+        self.stats["lag"] = sum(self._lag.get(tp, 0) for tp in self._assigned)
 
     def _retry_due(self, slice_s: float) -> float:
         """Attempt the batches whose backoff has passed; returns how long the next poll may block."""
@@ -464,6 +484,7 @@ class KafkaUpdateSource:
         if err is not None:
             if err.code() == kafka.KafkaError._PARTITION_EOF:
                 self._eof.add((topic, partition))
+                self._lag[(topic, partition)] = 0
                 self._flush(topic)
             elif err.code() == kafka.KafkaError.UNKNOWN_TOPIC_OR_PART:
                 log.debug("%s: topic %s does not exist yet", self.name, topic)
