@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.hps-installed
-EXTRAS := torch,onnx,redis,kafka,triton,tf,gpu,dev,bench,remote
+EXTRAS := torch,onnx,redis,kafka,triton,tf,gpu,dev,bench,remote,plot
 
 .PHONY: demo test test-numpy2 install services bench soak perf-analyzer dist clean
 
