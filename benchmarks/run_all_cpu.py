@@ -1,6 +1,7 @@
 """Run every CPU benchmark in turn (`make bench`); each writes its section of benchmarks/results/*.md.
 
-GPU benchmarks (bench_gpu.py, bench_gpu_lookup.py) run on a GPU machine: see benchmarks/gpu_notes.md.
+GPU benchmarks (bench_dlrm.py, bench_gpu.py, bench_gpu_lookup.py, bench_gpu_fp8.py) run on a GPU machine: see
+benchmarks/gpu_notes.md. `make soak` runs bench_soak.py (10 minutes) on its own.
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-CPU_BENCHMARKS = ["bench_storage_cpu.py", "bench_lookup_cpu.py", "bench_redis.py", "bench_updates.py",
-                  "bench_triton.py", "bench_frameworks.py"]
+CPU_BENCHMARKS = ["bench_storage_cpu.py", "bench_lookup_cpu.py", "bench_cpu_miss_path.py", "bench_loading.py",
+                  "bench_shared_hash_map.py", "bench_remote_load.py", "bench_cache_sizing.py", "bench_redis.py",
+                  "bench_updates.py", "bench_triton.py", "bench_frameworks.py"]
 
 
 def main() -> int:
