@@ -21,15 +21,15 @@ import contextlib
 import os
 import shutil
 import socket
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Iterator
 
 import pytest
+
+from tests.local_service import free_port, local_service
 
 #: librdkafka properties for consumers in tests: short sessions so tansu's group join is quick.
 TEST_CONSUMER_CONFIG = {"session.timeout.ms": 1500, "heartbeat.interval.ms": 300, "max.poll.interval.ms": 60000}
@@ -53,13 +53,6 @@ def tansu_binary() -> str | None:
     return shutil.which("tansu")
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def kafka_broker(start_timeout_s: float = 15.0, advertised_port: int | None = None) -> Iterator[str]:
     """Start tansu on 127.0.0.1 with a fresh port and memory storage; yield "127.0.0.1:<port>"; stop it.
@@ -72,33 +65,10 @@ def kafka_broker(start_timeout_s: float = 15.0, advertised_port: int | None = No
     port = free_port()
     url = f"tcp://127.0.0.1:{port}"
     advertised = f"tcp://127.0.0.1:{advertised_port or port}"
-    log = tempfile.NamedTemporaryFile(prefix="tansu-", suffix=".log", delete=False)
-    proc = subprocess.Popen(
-        [binary, "broker", "--listener-url", url, "--advertised-listener-url", advertised,
-         "--storage-engine", "memory://tansu/", "--cluster-id", f"hps-test-{port}"],
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + start_timeout_s
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"tansu exited with {proc.returncode}: {Path(log.name).read_text()[-2000:]}")
-            try:
-                socket.create_connection(("127.0.0.1", port), 0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"tansu did not listen on {port} within {start_timeout_s} s")
-                time.sleep(0.05)
+    argv = [binary, "broker", "--listener-url", url, "--advertised-listener-url", advertised,
+            "--storage-engine", "memory://tansu/", "--cluster-id", f"hps-test-{port}"]
+    with local_service(argv, port, "tansu", start_timeout_s):
         yield f"127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-        log.close()
-        os.unlink(log.name)
 
 
 class BrokerLink:

@@ -12,24 +12,15 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
-import socket
-import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from tests.local_service import free_port, local_service
 
 #: Fake credentials: distinctive, so that a test can search every error text and log record for them.
 ACCESS_KEY_ID = "AKIAHPSTESTKEYID4242"
 SECRET_ACCESS_KEY = "hpsTestSecret/DoNotLog+9f3c2a71e5"
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def moto_available() -> bool:
@@ -41,31 +32,9 @@ def moto_available() -> bool:
 def s3_server(start_timeout_s: float = 30.0) -> Iterator[str]:
     """Start moto's S3 server on 127.0.0.1 and a fresh port; yield its endpoint URL; stop it."""
     port = free_port()
-    log = tempfile.NamedTemporaryFile(prefix="moto-", suffix=".log", delete=False)
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + start_timeout_s
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"moto server exited with {proc.returncode}: {Path(log.name).read_text()[-2000:]}")
-            try:
-                socket.create_connection(("127.0.0.1", port), 0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"moto server did not listen on {port} within {start_timeout_s} s")
-                time.sleep(0.05)
+    argv = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    with local_service(argv, port, "moto server", start_timeout_s):
         yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-        log.close()
-        os.unlink(log.name)
 
 
 def s3_environment(endpoint: str) -> dict[str, str]:
