@@ -61,7 +61,7 @@ import numpy as np
 from hps import __version__
 from hps.config import PsConfig
 from hps.errors import ConfigError, HpsError, KeyInputError, require
-from hps.shared import close_all, is_loaded, real_path, shared_config, shared_hps
+from hps.registry import close_all, is_loaded, real_path, shared_config, shared_hps
 
 tf = require("tensorflow", "tf")
 

@@ -26,7 +26,7 @@ names the `HpsError` class and what is wrong). As in HugeCTR the key dtype must 
 from typing import Any
 
 from hps.errors import ConfigError, KeyInputError, require
-from hps.shared import real_path, shared_config, shared_hps
+from hps.registry import real_path, shared_config, shared_hps
 
 torch = require("torch", "torch")
 

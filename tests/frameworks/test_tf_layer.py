@@ -13,7 +13,7 @@ tf = pytest.importorskip("tensorflow")
 hps_tf = pytest.importorskip("hps.tensorflow")
 
 from hps.errors import ConfigError, HpsError, KeyInputError  # noqa: E402
-from hps.shared import is_loaded  # noqa: E402
+from hps.registry import is_loaded  # noqa: E402
 
 from .conftest import DEFAULT_VALUE, DIM, KEYS_PER_SAMPLE, MAX_BATCH_SIZE, expected_vectors  # noqa: E402
 

@@ -12,7 +12,7 @@ import pytest
 
 from hps.config import HashMapConfig, KafkaConfig
 from hps.errors import BackendError
-from hps.storage.base import make_tag
+from hps.config.tags import make_tag
 from hps.storage.partition import partition_of
 from hps.update import persistent_group_id, volatile_group_id
 from hps.update.message import decode_message, encode_messages

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from hps.errors import BackendError, KeyInputError
-from hps.storage.base import make_tag
+from hps.config.tags import make_tag
 from hps.update.publisher import KafkaPublisher
 from hps.update.source import KafkaUpdateSource
 from tests.kafka_fixture import TEST_CONSUMER_CONFIG, kafka_brokers  # noqa: F401  (fixture)

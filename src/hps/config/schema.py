@@ -16,7 +16,7 @@ from functools import cached_property
 from typing import Any
 
 from hps.errors import ConfigError, UnknownModelError
-from hps.storage.base import make_tag
+from hps.config.tags import make_tag
 
 UINT64_MAX = 2**64 - 1
 INT64_MAX = 2**63 - 1

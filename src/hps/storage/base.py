@@ -11,14 +11,9 @@ from typing import Iterator, Protocol, runtime_checkable
 
 import numpy as np
 
+from hps.config.tags import TAG_PREFIX, make_tag  # noqa: F401  (re-exported: tags are a config concept)
 from hps.errors import BackendError, KeyInputError
 
-TAG_PREFIX = "hps_et"
-
-
-def make_tag(model_name: str, table_name: str) -> str:
-    """The storage tag of a table: `hps_et.<model>.<table>` (DB table, column family, Kafka topic)."""
-    return f"{TAG_PREFIX}.{model_name}.{table_name}"
 
 
 #: The key dtype inside hps; `keys.dtype is INT64` is the cheapest exact check.

@@ -18,7 +18,7 @@ from typing import Any, Callable
 import numpy as np
 
 from hps.errors import UpdateError, require
-from hps.storage.base import make_tag
+from hps.config.tags import make_tag
 from hps.storage.partition import partition_of
 from hps.update.kafka_client import client_logging, make_client
 from hps.update.message import encode_messages

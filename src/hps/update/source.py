@@ -58,7 +58,7 @@ import numpy as np
 
 from hps.config.schema import KafkaConfig
 from hps.errors import BackendError, ClosedError, UpdateError, require
-from hps.storage.base import TAG_PREFIX
+from hps.config.tags import TAG_PREFIX
 from hps.update.kafka_client import RateLimitedLog, client_logging, make_client
 from hps.update.message import HEADER_BYTES, decode_body, parse_header
 
