@@ -276,7 +276,7 @@ def _convert(value: Any, meta: Any, path: str) -> Any:
     kind = meta["kind"]
     secret = bool(meta.get("secret"))
     if isinstance(value, float) and not math.isfinite(value) and kind != "str":
-        raise ConfigError(f"{path}: {value!r} is not a finite number (NaN, Infinity and numbers beyond "
+        raise ConfigError(f"{path}: {float(value)!r} is not a finite number (NaN, Infinity and numbers beyond "
                           "the float range are refused)")
     if kind.startswith("list["):
         if not isinstance(value, (list, tuple)):
