@@ -106,19 +106,9 @@ class BackendRunner:
             self._order = list(self.input_names)
 
     def _init_onnxruntime(self, threads: int) -> None:
-        from hps.serving.triton.dense_runner import ORT_SESSION_CONFIG
+        from hps.serving.triton.dense_runner import onnx_session
 
-        ort = require("onnxruntime", "onnx")
-        options = ort.SessionOptions()
-        for key, value in ORT_SESSION_CONFIG.items():
-            options.add_session_config_entry(key, value)
-        if threads:
-            options.intra_op_num_threads = threads
-        try:
-            self._session = ort.InferenceSession(str(self.path), sess_options=options,
-                                                 providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own non-HpsError types
-            raise RepositoryError(f"{self.path}: onnxruntime cannot load the model: {exc}") from exc
+        self._session = onnx_session(self.path, threads)
 
     # --- running ----------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -73,20 +74,7 @@ class DenseRunner:
         self.width = int(width)
 
     def _init_onnx(self, threads: int) -> None:
-        ort = require("onnxruntime", "onnx")
-        options = ort.SessionOptions()
-        for key, value in ORT_SESSION_CONFIG.items():
-            options.add_session_config_entry(key, value)
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.inter_op_num_threads = 1
-        if threads:
-            options.intra_op_num_threads = threads
-        try:
-            self._session = ort.InferenceSession(str(self.path), sess_options=options,
-                                                 providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own non-HpsError types
-            raise RepositoryError(f"{self.path}: onnxruntime cannot load the model: {exc}") from exc
+        self._session = onnx_session(self.path, threads)
         inputs = self._session.get_inputs()
         if len(inputs) != 1:
             raise RepositoryError(f"{self.path}: the dense model must take exactly 1 input, it takes "
@@ -137,3 +125,21 @@ class DenseRunner:
                 chunk = np.concatenate([chunk, np.zeros((step - chunk.shape[0], self.width), np.float32)])
             out.append(self._run(chunk)[: min(step, n - start)])
         return np.concatenate(out) if out else np.empty((0, 1), np.float32)
+
+
+def onnx_session(path: Any, threads: int = 0) -> Any:
+    """An onnxruntime CPU session of the ONNX model at `path`, `threads` intra-op threads (0: its default);
+    `RepositoryError` naming the file if onnxruntime cannot load it."""
+    ort = require("onnxruntime", "onnx")
+    options = ort.SessionOptions()
+    for key, value in ORT_SESSION_CONFIG.items():
+        options.add_session_config_entry(key, value)
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.inter_op_num_threads = 1
+    if threads:
+        options.intra_op_num_threads = threads
+    try:
+        return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own non-HpsError types
+        raise RepositoryError(f"{path}: onnxruntime cannot load the model: {exc}") from exc
