@@ -70,8 +70,10 @@ def _on_all_cores(find_part: Callable[[slice], int], n: int) -> int:
     """Run `find_part` over `n` keys, split into one contiguous part per core for large `n`;
     returns the sum of what the parts return (keys found)."""
     global _pool
+    if n < PARALLEL_FIND_KEYS:  # most lookups: no system call, no threads
+        return find_part(slice(0, n))
     workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if n < PARALLEL_FIND_KEYS or workers < 2:
+    if workers < 2:
         return find_part(slice(0, n))
     with _pool_lock:
         if _pool is None:
