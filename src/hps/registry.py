@@ -10,7 +10,7 @@ from __future__ import annotations
 import atexit
 import os
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from hps.config import PsConfig, load_config
 from hps.errors import ConfigError
@@ -21,18 +21,22 @@ if TYPE_CHECKING:
 _lock = threading.Lock()
 _servers: dict[str, "HPS"] = {}       # realpath of a ps.json -> its HPS
 _configs: dict[str, PsConfig] = {}    # realpath of a ps.json -> its parsed config
-_realpaths: dict[str, str] = {}       # a path as given -> its realpath (lookups resolve it on every call)
+_realpaths: dict[Any, str] = {}       # a spelling (relative ones with their working directory) -> its realpath
 
 
 def real_path(ps_config_file: str | os.PathLike[str]) -> str:
-    """The canonical key of a ps.json: its realpath (resolved once per spelling)."""
-    real = _realpaths.get(ps_config_file) if isinstance(ps_config_file, str) else None
+    """The canonical key of a ps.json: its realpath (resolved once per spelling, and for a relative
+    spelling once per working directory: the same "ps.json" names another file after a chdir)."""
+    spelling = None
+    if isinstance(ps_config_file, str):
+        spelling = ps_config_file if os.path.isabs(ps_config_file) else (os.getcwd(), ps_config_file)
+    real = _realpaths.get(spelling) if spelling is not None else None
     if real is None:
         if not isinstance(ps_config_file, (str, os.PathLike)) or not str(ps_config_file):
             raise ConfigError(f"ps_config_file must be a path to a ps.json, got {ps_config_file!r}")
         real = os.path.realpath(os.fspath(ps_config_file))
-        if isinstance(ps_config_file, str):
-            _realpaths[ps_config_file] = real
+        if spelling is not None:
+            _realpaths[spelling] = real
     return real
 
 

@@ -133,3 +133,16 @@ def test_dim_model_table_and_batch_errors(small_model):
         hps_torch.LookupLayer(path, "m", 3, DIM)
     with pytest.raises(KeyInputError, match="max_batch_size"):
         hps_torch.LookupLayer(path, "m", 0, DIM)(torch.zeros((MAX_BATCH_SIZE + 1, KEYS_PER_SAMPLE), dtype=torch.int64))
+
+
+def test_a_relative_ps_config_file_follows_the_working_directory(tmp_path, monkeypatch):
+    """The same relative spelling names another ps.json after a chdir (it was resolved once per process)."""
+    from hps.registry import real_path
+
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "ps.json").write_text("{}")
+    monkeypatch.chdir(tmp_path / "a")
+    first = real_path("ps.json")
+    monkeypatch.chdir(tmp_path / "b")
+    assert real_path("ps.json") != first and real_path("ps.json").endswith("b/ps.json")
