@@ -52,8 +52,9 @@ def read_ps_json(path: str | os.PathLike, warning_class: type[Warning]) -> Any:
     A key given twice in one object keeps its last value (as HugeCTR's nlohmann::json does)
     and earns a `warning_class` warning naming the key's JSON path."""
     try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_PS_JSON_BYTES + 1)
+        with open(path, "rb") as f:  # read(n) allocates n bytes first: size the read by the file's size
+            size = os.fstat(f.fileno()).st_size
+            data = f.read(min(size, MAX_PS_JSON_BYTES) + 1 if size else MAX_PS_JSON_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read ps.json: {exc.strerror or exc}") from exc
     except ValueError as exc:  # a NUL or an unencodable character in the path
