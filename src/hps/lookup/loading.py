@@ -54,6 +54,7 @@ from hps.config.schema import ModelConfig, PsConfig
 from hps.errors import HpsError, ModelFormatError
 from hps.lookup.row_home import cache_holds_whole_table
 from hps.model_format import SparseModel
+from hps.model_format.remote import redact
 from hps.storage.base import KeyValueBackend
 
 log = logging.getLogger(__name__)
@@ -166,7 +167,8 @@ def _persistent_action(config: PsConfig, table: Any, persistent: KeyValueBackend
         return "load" if may_load else "none"
     if record.get("state") != "complete":
         if may_load:
-            log.warning("%s: its last load (from %s) was interrupted; loading it again", where, table.sparse_file)
+            log.warning("%s: its last load (from %s) was interrupted; loading it again", where,
+                        redact(table.sparse_file))
             return "reload"
         why = "persistent_db.read_only is set" if config.persistent_db.read_only else \
             "persistent_db.initialize_after_startup is false"
@@ -179,7 +181,7 @@ def _persistent_action(config: PsConfig, table: Any, persistent: KeyValueBackend
         log.info("%s: the sparse files changed since its load (a new model version); loading it again", where)
         return "reload"
     log.warning("%s was loaded from other files than %s (recorded: %s); serving it as it is", where,
-                table.sparse_file, record.get("source"))
+                redact(table.sparse_file), record.get("source"))
     return "none"
 
 
