@@ -19,8 +19,10 @@ then computed from the key).
 
 Thread safety: one readers–writer lock per table; finds share it (the kernels release the GIL
 and run in parallel), inserts / erases / evictions take it exclusively, so no reader ever sees a
-torn row. A large find is itself split over every core (`PARALLEL_FIND_KEYS`); under the LFU / LRU
-policies the parts may race on one key's access metadata, which then counts one access too few.
+torn row. A large find is itself split over every core (`PARALLEL_FIND_KEYS`; `HPS_FIND_WORKERS` or
+`FIND_WORKERS` caps the cores, e.g. 1 for one core per find), but only over the cores no other large
+find holds, so concurrent callers do not oversubscribe the machine; under the LFU / LRU policies the
+parts may race on one key's access metadata, which then counts one access too few.
 """
 
 from __future__ import annotations
@@ -28,13 +30,13 @@ from __future__ import annotations
 import math
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Callable, Iterator
 
 import numpy as np
 
 from hps.config.schema import HashMapConfig
-from hps.errors import BackendError, ClosedError
+from hps.errors import BackendError, ClosedError, ConfigError
 from hps.storage import hash_map_kernels as K
 from hps.storage.base import check_keys, check_vectors
 
@@ -59,30 +61,68 @@ _CACHE_RESIDENT_BYTES = 4 << 20
 #: once this many finds in a row saw no key added or removed.
 _DENSE_SPAN_PER_ROW = 2
 _DENSE_QUIET_FINDS = 4
-#: A find of at least this many keys is split over every core (the kernels release the GIL); below it,
-#: handing parts to threads costs more than it saves.
+#: A find of at least this many keys is split over several cores (the kernels release the GIL); below it,
+#: handing parts to threads costs more than it saves (benchmarks/results/cpu-miss-path.md, all_cores). Each
+#: part gets at least half of it.
 PARALLEL_FIND_KEYS = 1 << 16
+#: Environment variable capping the cores one find is split over (a positive integer; unset: every core).
+FIND_WORKERS_ENV = "HPS_FIND_WORKERS"
+#: The same cap set at run time (`hps.storage.hash_map.FIND_WORKERS = 1`), over the environment variable;
+#: None: the variable, else every core this process may run on.
+FIND_WORKERS: int | None = None
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
+#: Cores taken by the large finds in progress (each caller's own thread and its parts in the pool): a find
+#: is split only over the cores no other find holds, so T concurrent callers never run more than
+#: max(T, workers) find threads at once.
+_busy_cores = 0
+
+
+def find_workers() -> int:
+    """The cores one large find may be split over now: `FIND_WORKERS`, else `HPS_FIND_WORKERS`, else
+    every core of this process's CPU affinity. Raises `ConfigError` naming a bad setting."""
+    setting: object = FIND_WORKERS
+    where = "hps.storage.hash_map.FIND_WORKERS"
+    if setting is None:
+        setting = os.environ.get(FIND_WORKERS_ENV) or None
+        where = f"environment variable {FIND_WORKERS_ENV}"
+    if setting is None:
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        workers = int(setting)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        workers = 0
+    if isinstance(setting, bool) or workers < 1 or (isinstance(setting, float) and not setting.is_integer()):
+        raise ConfigError(f"{where} must be a positive integer (cores one hash-map find may use), got {setting!r}")
+    return workers
 
 
 def _on_all_cores(find_part: Callable[[slice], int], n: int) -> int:
-    """Run `find_part` over `n` keys, split into one contiguous part per core for large `n`;
-    returns the sum of what the parts return (keys found)."""
-    global _pool
-    if n < PARALLEL_FIND_KEYS:  # most lookups: no system call, no threads
+    """Run `find_part` over `n` keys, split for large `n` into one contiguous part per core that no
+    other large find holds (at most `find_workers()`); returns the sum of what the parts return (keys found)."""
+    global _pool, _busy_cores
+    if n < PARALLEL_FIND_KEYS:  # most lookups: no system call, no threads, no accounting
         return find_part(slice(0, n))
-    workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if workers < 2:
-        return find_part(slice(0, n))
+    workers = find_workers()
     with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="hps-find")
-    parts = min(workers, n // (PARALLEL_FIND_KEYS // 2))
-    bounds = np.linspace(0, n, parts + 1).astype(np.int64)
-    futures = [_pool.submit(find_part, slice(int(a), int(b))) for a, b in zip(bounds[1:-1], bounds[2:])]
-    found = find_part(slice(0, int(bounds[1])))  # the caller's thread takes the first part
-    return found + sum(f.result() for f in futures)
+        parts = max(1, min(workers - _busy_cores, n // (PARALLEL_FIND_KEYS // 2)))
+        _busy_cores += parts
+        if parts > 1 and _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=max(workers, os.cpu_count() or 1), thread_name_prefix="hps-find")
+        pool = _pool
+    try:
+        if parts == 1:
+            return find_part(slice(0, n))
+        bounds = np.linspace(0, n, parts + 1).astype(np.int64)
+        futures = [pool.submit(find_part, slice(int(a), int(b))) for a, b in zip(bounds[1:-1], bounds[2:])]
+        try:
+            found = find_part(slice(0, int(bounds[1])))  # the caller's thread takes the first part
+        finally:
+            wait(futures)  # no part may still write into the result once the caller has it
+        return found + sum(f.result() for f in futures)
+    finally:
+        with _pool_lock:
+            _busy_cores -= parts
 
 
 class _ReadWriteLock:
