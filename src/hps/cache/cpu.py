@@ -12,7 +12,7 @@ is cacheable. Probes stop after the occupied slots.
 
 Every batch call runs one numba kernel (`nogil`) under one lock, so a lookup never sees a
 row that an insert is halfway through writing (no torn vectors) and calls from many
-threads are safe. Inputs are validated before the kernel runs: a rejected call changes
+threads are safe; a large find splits its kernel over the cores (as the hash map's find does). Inputs are validated before the kernel runs: a rejected call changes
 nothing.
 """
 
@@ -25,6 +25,7 @@ import numpy as np
 
 from hps.errors import ClosedError, KeyInputError
 from hps.storage.base import check_keys
+from hps.storage import hash_map
 from hps.storage.hash_map_kernels import prefetch
 from hps.storage.partition import rrxmrrxmsx_0_scalar
 
@@ -111,7 +112,8 @@ def _find_kernel(slot_keys, slot_vectors, slot_stamps, set_fill, clock, ways, ke
                     out[i, d] = 0.0
                 continue
             tick += 1
-            slot_stamps[slot] = tick
+            if slot_stamps[slot] < tick:  # parts of a split find: a later part may have stamped it already
+                slot_stamps[slot] = tick
             _copy_row(out, i, slot_vectors, slot)
             found[i] = True
             hits += 1
@@ -262,17 +264,38 @@ class CpuEmbeddingCache:
         """Probe `keys: (n,) int64` (int32 accepted; duplicates allowed) and mark hits recently used.
 
         Returns `(vectors: (n, dim) float32, found: (n,) bool)`; rows of misses are zero."""
+        vectors, found, _ = self.find_counted(keys)
+        return vectors, found
+
+    def find_counted(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+        """`find`, plus the number of hits: `(vectors: (n, dim) float32, found: (n,) bool, hits)`.
+
+        A large batch is split over the cores as the hash map's find is (`hps.storage.hash_map`:
+        `PARALLEL_FIND_KEYS`, `HPS_FIND_WORKERS`), under the cache's one lock: each part stamps its hits
+        from its own stretch of the clock (the clock then advances by n, not by the hits), so the
+        recency order is still the order of the keys."""
         keys = check_keys(keys, "CpuEmbeddingCache.find")
-        out = np.empty((keys.shape[0], self.dim), dtype=np.float32)  # the kernel zeroes the misses' rows
-        found = np.empty(keys.shape[0], dtype=np.bool_)
+        n = keys.shape[0]
+        out = np.empty((n, self.dim), dtype=np.float32)  # the kernel zeroes the misses' rows
+        found = np.empty(n, dtype=np.bool_)
         with self._lock:
             self._check_open("find")
-            if keys.shape[0]:
-                _find_kernel(
-                    self._slot_keys, self._slot_vectors, self._slot_stamps, self._set_fill, self._clock,
-                    self.ways, keys, out, found,
-                )
-        return out, found
+            if not n:
+                return out, found, 0
+            if n < hash_map.PARALLEL_FIND_KEYS:
+                hits = _find_kernel(self._slot_keys, self._slot_vectors, self._slot_stamps, self._set_fill,
+                                    self._clock, self.ways, keys, out, found)
+                return out, found, int(hits)
+            clock = int(self._clock[0])
+
+            def find_part(part: slice) -> int:
+                part_clock = np.array([clock + part.start], dtype=np.int64)  # stamps clock+start+1 ... ≤ clock+stop
+                return int(_find_kernel(self._slot_keys, self._slot_vectors, self._slot_stamps, self._set_fill,
+                                        part_clock, self.ways, keys[part], out[part], found[part]))
+
+            hits = hash_map._on_all_cores(find_part, n)
+            self._clock[0] = clock + n
+        return out, found, hits
 
     def insert_or_assign(self, keys: np.ndarray, vectors: np.ndarray) -> None:
         """Insert or overwrite `keys: (n,) int64` with `vectors: (n, dim) float32`; a full set
