@@ -66,7 +66,7 @@ class TableLookup:
             host_out = out if type(out) is np.ndarray and type(keys) is np.ndarray else None  # filled in place
             vectors, source = self.tiers.fetch(self.table, _to_numpy(keys), self.stats, host_out)
             seconds = time.perf_counter() - start
-            self.stats.record(np.bincount(source, minlength=len(LEVELS)), seconds)
+            self.stats.record(_level_counts(source), seconds)
             if route is not None:
                 route.record(False, len(keys), seconds)
             return _into(_like(vectors, keys), out)
@@ -216,6 +216,13 @@ def _side_stream(device: str) -> Any:
     if stream is None:
         stream = _SIDE_STREAMS.setdefault(device, torch.cuda.Stream(torch.device(device)))
     return torch.cuda.stream(stream)
+
+
+def _level_counts(source: np.ndarray) -> np.ndarray:
+    """Keys per level of `source: (n,) uint8` as `(len(LEVELS),) int64`: one compare per level, since
+    `np.bincount` first widens the levels to int64 (2 ms of serial work in a 1 M-key lookup whose find
+    is split over the cores)."""
+    return np.array([np.count_nonzero(source == level) for level in range(len(LEVELS))], dtype=np.int64)
 
 
 def is_torch(x: Any) -> bool:
