@@ -126,6 +126,8 @@ class HPS:
         if (type(keys) is np.ndarray and keys.dtype is INT64 and self.config.supportlonglong
                 and (out is None or type(out) is np.ndarray)):
             return self._lookup_host(replica, keys, out)  # the hot path: nothing to convert or range-check
+        if out is None and self.config.supportlonglong and replica.takes_as_is(keys):
+            return replica.lookup(keys)  # flat int64 keys on the cache's GPU: nothing to convert or check
         if out is None and not replica.takes_torch and _is_cpu_int_tensor(keys):
             # host cache, CPU tensor keys: the numpy path on zero-copy views (torch ops cost µs each)
             import torch

@@ -328,3 +328,62 @@ def test_find_counted_matches_find_across_graph_replays():
         earlier.append((query, out, found))
     for query, out, found in earlier:
         np.testing.assert_array_equal(out[found].cpu().numpy(), rows(query[found.cpu().numpy()]))
+
+
+@pytest.mark.parametrize("graphs", [False, True])
+def test_counted_find_counts_misses_of_every_program_and_lends_its_miss_words_back_zeroed(graphs):
+    """`find_counted` over batches of several programs (misses spread over them), from a misaligned view
+    of the keys and into a caller's `out`: the count equals the mask's, and every miss word is back in
+    the pool at zero afterwards (a word left non-zero would make a later all-hit call report misses)."""
+    if graphs and INTERPRET:
+        pytest.skip("CUDA graphs need CUDA")
+    from hps.cache.gpu import MISS_SLOTS
+
+    cache = GpuEmbeddingCache(4096, DIM, DEVICE)
+    cache.use_graphs = graphs
+    keys = np.arange(1500, dtype=np.int64) * 3
+    cache.insert_or_assign(tkeys(keys), tvec(rows(keys)))
+    rng = np.random.default_rng(5)
+    for misses in (1, 37, 0, 150):
+        query = np.concatenate([rng.choice(keys, 300), np.arange(10**7, 10**7 + misses)])
+        rng.shuffle(query)
+        padded = tkeys(np.concatenate([[0], query]))[1:]  # 8 bytes past an allocation: not 16-byte aligned
+        out = torch.full((len(query), DIM), -1.0, device=DEVICE)
+        vectors, found, num_found = cache.find_counted(padded, out)
+        assert vectors is out and num_found == 300
+        if misses:
+            assert int(found.sum()) == 300
+            np.testing.assert_array_equal(found.cpu().numpy(), query < 10**7)
+        else:
+            assert found is None
+        hit = query < 10**7
+        np.testing.assert_array_equal(out.cpu().numpy()[hit], rows(query[hit]))
+        assert not out.cpu().numpy()[~hit].any()
+        assert cache.find_counted(tkeys(query[hit][:64]))[1:] == (None, 64)  # all hits right after misses
+    assert sorted(cache._free_slots) == list(range(MISS_SLOTS))
+    assert not cache._misses[:MISS_SLOTS].any()
+
+
+def test_counted_finds_from_several_threads_each_get_their_own_count():
+    """Threads calling `find_counted` at once, each with its own number of misses: each call's count is
+    its own (the miss words are lent one per call)."""
+    import threading
+
+    cache = GpuEmbeddingCache(2048, DIM, DEVICE)
+    keys = np.arange(800, dtype=np.int64)
+    cache.insert_or_assign(tkeys(keys), tvec(rows(keys)))
+    errors: list[str] = []
+
+    def caller(t: int) -> None:
+        query = tkeys(np.concatenate([keys[:100], np.arange(10**6, 10**6 + 3 * t)]))
+        for _ in range(4):
+            _, _, num_found = cache.find_counted(query)
+            if num_found != 100:
+                errors.append(f"thread {t}: {num_found} found, expected 100")
+
+    threads = [threading.Thread(target=caller, args=(t,)) for t in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert errors == []

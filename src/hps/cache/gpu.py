@@ -27,10 +27,12 @@ Static and uvm tables (whole tables on the GPU or in pinned host memory) are in 
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from typing import Any, Callable
 
 from hps.cache.gpu_graphs import FindGraphs, find_counted_eager
+from hps.cache.gpu_launch import CompiledLaunch
 from hps.cache.gpu_static import (GpuStaticTable, GpuUvmTable, check_out, interpreting, load_whole_table,
                                   normalize_device, pow2, run_kernel)
 from hps.cache.gpu_whole import GpuWholeTableCache
@@ -42,6 +44,9 @@ K = require("hps.cache.gpu_kernels", "gpu")
 
 MIN_CAPACITY_ROWS = 64
 DEFAULT_WAYS = 8
+_NO_LOCK = contextlib.nullcontext()
+#: Counted finds that may be in flight at once (each holds one int64 miss word on the device).
+MISS_SLOTS = 256
 def _storage_dtype(dtype: Any) -> Any:
     named = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16}
     dtype = named.get(dtype, dtype) if isinstance(dtype, str) else dtype
@@ -99,6 +104,16 @@ class GpuEmbeddingCache:
         self._interpret = interpreting()
         self._dim_p2 = pow2(dim)
         self._graphs = FindGraphs(self.find, self.torch_device, dim)
+        #: Replay a CUDA graph per batch size in `find_counted` instead of one direct launch.
+        self.use_graphs = False
+        #: Concurrent `find_counted` calls launch one at a time (see there).
+        self.serialize_launches = True
+        self._launch_lock = threading.Lock()
+        # Miss words: one per counted find in flight (lent from `_free_slots`), the last for `find`.
+        self._misses = torch.zeros(MISS_SLOTS + 1, dtype=torch.int64, device=dev)
+        self._miss_words = list(self._misses.unbind())
+        self._free_slots = list(range(MISS_SLOTS))
+        self._launcher = CompiledLaunch(K.find_kernel)
         # Launch geometry (benchmarks may override these attributes).
         self.find_block = 32  # H200: 32 keys and 1 warp per program was fastest at dims 16, 32 and 128
         self.find_warps = 1
@@ -145,9 +160,14 @@ class GpuEmbeddingCache:
         `out`: a contiguous `(n, dim) float32` tensor on the cache's device to write the vectors into
         (returned as `vectors`); every row is written."""
         keys = self._check_keys(keys, "find")
+        out = check_out(out, keys.shape[0], self.dim, self.torch_device, "GpuEmbeddingCache.find")
+        return self._probe(keys, out, MISS_SLOTS)  # the last miss word: nobody reads it
+
+    def _probe(self, keys: Any, out: Any, miss_slot: int) -> tuple[Any, Any]:
+        """Launch the find of checked `keys` into `out`, adding the misses to `self._misses[miss_slot]`."""
         n = keys.shape[0]
-        out = check_out(out, n, self.dim, self.torch_device, "GpuEmbeddingCache.find")
-        found = torch.empty(n, dtype=torch.int8, device=self.device)
+        dev = self.torch_device
+        found = torch.empty(n, dtype=torch.int8, device=dev)
         if n == 0:
             return out, found.view(torch.bool)
         with self._lock:
@@ -155,13 +175,25 @@ class GpuEmbeddingCache:
             self._calls += 1
             clock = self._clock
             touch = self.touch_every_calls > 0 and self._calls % self.touch_every_calls == 0
-        scratch = torch.empty(n, dtype=torch.int64, device=self.device) if self.consistent_reads else keys
-        grid = (triton_cdiv(n, self.find_block),)
-        self._launch(K.find_kernel, grid, keys, n, self._keys, self._ver32, self._scores, self._rows,
-                     self._special, out, found, scratch, self.num_buckets, clock, 0,
-                     DIM=self.dim, DIM_P2=self._dim_p2, W=self.ways, BK=self.find_block,
-                     CHECK=self.consistent_reads, TOUCH=touch, LFU=self.eviction == "lfu",
-                     num_warps=self.find_warps)
+        scratch = torch.empty(n, dtype=torch.int64, device=dev) if self.consistent_reads else keys
+        args = (keys, n, self._keys, self._ver32, self._scores, self._rows, self._special, out, found, scratch,
+                self.num_buckets, clock, 0, self._misses, miss_slot)
+        grid0 = -(-n // self.find_block)
+        constexprs = (("DIM", self.dim), ("DIM_P2", self._dim_p2), ("W", self.ways), ("BK", self.find_block),
+                      ("CHECK", self.consistent_reads), ("TOUCH", touch), ("LFU", self.eviction == "lfu"))
+        if self._interpret:
+            self._launch(K.find_kernel, (grid0,), *args, **dict(constexprs), num_warps=self.find_warps)
+        else:
+            # what the JIT specializes on besides the constexprs: caller pointers' 16-byte alignment and
+            # whether the clock still fits an int32
+            variant = (touch, keys.data_ptr() % 16 == 0, out.data_ptr() % 16 == 0, clock > 0x7FFFFFFF,
+                       self.find_block, self.find_warps)
+            index = dev.index
+            if torch.cuda.current_device() == index:
+                self._launcher.launch(variant, grid0, args, constexprs, self.find_warps, index)
+            else:
+                with torch.cuda.device(dev):
+                    self._launcher.launch(variant, grid0, args, constexprs, self.find_warps, index)
         return out, found.view(torch.bool)
 
     def find_counted(self, keys: Any, out: Any = None) -> tuple[Any, Any, int]:
@@ -169,14 +201,36 @@ class GpuEmbeddingCache:
         `found` is None when every key was found (the all-hit path skips copying the mask); `vectors`
         is `out` when given (see `find`).
 
-        On a GPU the probe and the hit count replay a CUDA graph captured once per batch size (up to
-        `MAX_GRAPHS` sizes): one replay instead of a Triton launch from Python plus a reduction, which
-        is most of the all-hit path's time (DESIGN.md: launch ≈ 45 µs, replay ≈ 19 µs). Large batches
-        run eagerly, straight into the result (`gpu_graphs.GRAPH_MAX_BYTES`)."""
+        One kernel launch, straight into the result (`out`, or a new tensor), through the compiled
+        kernel's own launcher (`gpu_launch.CompiledLaunch`); the kernel adds the misses to a word of
+        its own (one of `MISS_SLOTS`, lent for the call), and one 8-byte copy of that word to the host
+        is the only synchronization. An all-hit batch does no atomic and leaves the word at zero; a
+        batch with misses zeroes it before the word is lent again. `use_graphs = True` replays a CUDA
+        graph per batch size instead (`gpu_graphs.FindGraphs`: a copy of the keys in, of the vectors out)."""
         keys = self._check_keys(keys, "find")
-        if self._interpret or keys.shape[0] == 0 or self.touch_every_calls != 1 or self.torch_device.type != "cuda":
+        n = keys.shape[0]
+        free = self._free_slots
+        if n == 0 or not free:  # more than MISS_SLOTS calls at once: the rest count with a reduction
             return find_counted_eager(self.find, keys, out)
-        return self._graphs(keys, out)
+        if (self.use_graphs and self.touch_every_calls == 1 and not self._interpret
+                and n <= self._graphs.max_graph_keys):
+            return self._graphs(keys, out)
+        # Concurrent callers take turns for the launch (Python, under the GIL) and wait for their own
+        # count outside the lock: each torch call releases and retakes the GIL, and with several threads
+        # contending for it every retake can queue behind the others (a convoy); threads asleep on this
+        # lock do not contend. `serialize_launches = False` lets them all contend.
+        with self._launch_lock if self.serialize_launches else _NO_LOCK:
+            out = check_out(out, n, self.dim, self.torch_device, "GpuEmbeddingCache.find")
+            slot = free.pop()  # atomic under the GIL
+            vectors, found = self._probe(keys, out, slot)
+        word = self._miss_words[slot]
+        misses = int(word.item())  # waits for the find (this stream)
+        if misses:
+            word.zero_()
+            if not self._interpret:
+                torch.cuda.current_stream(self.torch_device).synchronize()  # zero before the word is lent again
+        free.append(slot)  # (a call interrupted before this line leaves its word out of the pool)
+        return vectors, (found if misses else None), n - misses
 
     def _write(self, keys: Any, vectors: Any, mode: int, op: str) -> None:
         keys = self._check_keys(keys, op)
@@ -232,7 +286,8 @@ class GpuEmbeddingCache:
     def close(self) -> None:
         """Free the device memory; later calls raise `ClosedError`. Idempotent."""
         self._closed = True
-        self._keys = self._ver32 = self._scores = self._rows = self._special = None
+        self._keys = self._ver32 = self._scores = self._rows = self._special = self._misses = None
+        self._miss_words = []
 
     def memory_bytes(self) -> int:
         """Device bytes held: per bucket line `ways` × (key 8 + score 8) plus `ways - 1` rows."""

@@ -78,12 +78,14 @@ def bucket_kernel(k_ptr, out_ptr, n, num_buckets, BLOCK: tl.constexpr):
     tl.store(out_ptr + offs, _bucket_of(k, num_buckets), mask=m)
 
 
-@triton.jit(do_not_specialize=["n", "num_buckets", "clock", "zero"])
+@triton.jit(do_not_specialize=["n", "num_buckets", "clock", "zero", "miss_slot"])
 def find_kernel(q_ptr, n, keys_ptr, ver_ptr, scores_ptr, rows_ptr, special_ptr, out_ptr, found_ptr, scratch_ptr,
-                num_buckets, clock, zero,
+                num_buckets, clock, zero, miss_ptr, miss_slot,
                 DIM: tl.constexpr, DIM_P2: tl.constexpr, W: tl.constexpr, BK: tl.constexpr,
                 CHECK: tl.constexpr, TOUCH: tl.constexpr, LFU: tl.constexpr):
-    """Probe `n` keys `q: (n,) int64`; write `out: (n, DIM) float32` and `found: (n,) int8`.
+    """Probe `n` keys `q: (n,) int64`; write `out: (n, DIM) float32` and `found: (n,) int8`, and add
+    the number of keys not found to the int64 word `miss_ptr[miss_slot]` (one atomic per program
+    that has misses: an all-hit batch does no atomic at all; the caller zeroes the word).
 
     One bucket line per key (its W - 1 keys and its version word), BK keys per program.
     CHECK: seqlock validation (no torn rows). TOUCH: mark hits used (LRU bit, or LFU count + 1).
@@ -143,6 +145,8 @@ def find_kernel(q_ptr, n, keys_ptr, ver_ptr, scores_ptr, rows_ptr, special_ptr, 
     # .cs (streaming): the output is written once and must not push bucket lines out of L2
     tl.store(out_ptr + (offs * DIM)[:, None] + cols[None, :], row, mask=out_mask, cache_modifier=".cs")
     tl.store(found_ptr + offs, ok.to(tl.int8), mask=inb, cache_modifier=".cs")
+    misses = tl.sum((inb & ~ok).to(tl.int64), axis=0)
+    tl.atomic_add(miss_ptr + miss_slot, misses, mask=misses > 0, sem="relaxed")
     if TOUCH:
         if LFU:
             tl.atomic_add(scores_ptr + slot, 1, mask=ok, sem="relaxed")

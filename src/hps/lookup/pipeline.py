@@ -51,9 +51,22 @@ class TableLookup:
         self.max_keys = model.max_keys_per_call(table.table_id)
         #: True when the cache works on torch tensors (the GPU cache), False for numpy.
         self.takes_torch = cache is not None and cache.array_module == "torch"
+        self._device_index: int | None = None  # the cache's CUDA device (torch tensors on it skip the checks)
         self._staging: Any = None  # the GPU cache's pinned buffers (`transfers.StagingPool`), made on first use
+        if self.takes_torch and cache.torch_device.type == "cuda":
+            import torch
+
+            self._tensor, self._int64, self._strided = torch.Tensor, torch.int64, torch.strided
+            self._device_index = cache.torch_device.index
         #: A host cache is skipped while the tiers answer faster without it (`hps.lookup.cache_route`).
         self.route = CacheRoute() if cache is not None and not self.takes_torch and not self._complete_table else None
+
+    def takes_as_is(self, keys: Any) -> bool:
+        """Whether `keys` need no conversion: a dense, contiguous, 1-D int64 torch tensor on this replica's
+        GPU of at most `max_keys` keys (the hot path of CUDA keys; a few attribute reads)."""
+        return (self._device_index is not None and type(keys) is self._tensor and keys.dtype is self._int64
+                and keys.is_cuda and keys.layout is self._strided and keys.dim() == 1 and keys.is_contiguous()
+                and keys.get_device() == self._device_index and keys.shape[0] <= self.max_keys)
 
     def lookup(self, keys: Any, out: Any = None) -> Any:
         """Vectors for flat `keys: (n,) int64` (numpy, or torch on the cache's device).
@@ -113,18 +126,25 @@ class TableLookup:
 
     def _fetch_misses_gpu(self, keys: Any, vectors: Any, miss_positions: Any) -> np.ndarray:
         """Fill `vectors[miss_positions]` (GPU) from the tiers and insert the rows into the cache: the misses
-        are deduplicated on the GPU, their keys cross PCIe once into pinned memory, their rows once back
-        from it, and the merge is a GPU scatter. Returns the per-level counts of the missed keys."""
+        are deduplicated on the GPU, their keys cross PCIe once into pinned memory, the tiers write their
+        rows straight into pinned memory (no host copy), one DMA takes them to the GPU, and the merge is a
+        GPU scatter. Returns the per-level counts of the missed keys."""
         import torch
 
         miss_keys, inverse = torch.unique(keys[miss_positions], return_inverse=True)
         with self.staging().take() as staging:
             host_keys = staging.small_to_host(miss_keys)
-            host_vectors, source = self.tiers.fetch(self.table, host_keys, self.stats)
-            fetched = staging.to_device(host_vectors)
-            source_dev = torch.from_numpy(source).to(fetched.device, non_blocking=False)
+            host_rows = staging.rows_buffer(host_keys.shape[0], self.table.dim)
+            _, source = self.tiers.fetch(self.table, host_keys, self.stats, host_rows)
+            fetched = staging.rows_to_device(host_rows)
             self.cache.insert_or_assign(miss_keys, fetched)
             vectors[miss_positions] = fetched[inverse]
+            first = int(source[0])
+            if not (source != first).any():  # one level answered every key (the usual case): count on the host
+                counts = np.zeros(len(LEVELS), dtype=np.int64)
+                counts[first] = miss_positions.shape[0]
+                return counts
+            source_dev = torch.from_numpy(source).to(fetched.device, non_blocking=False)
             counts = torch.bincount(source_dev[inverse].to(torch.int64), minlength=len(LEVELS))
         return counts.cpu().numpy().astype(np.int64)
 

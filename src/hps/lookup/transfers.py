@@ -14,6 +14,8 @@ before it, and those host copies run on several cores (`numpy.copyto` releases t
   allocation); `Staging.small_to_host(src)`: a 1-D device tensor → a numpy view of the set's pinned
   buffer (valid while the set is lent).
 - `Staging.to_device(src)`: `(m, dim)` float32 numpy → a new device tensor.
+- `Staging.rows_buffer(m, dim)` / `rows_to_device(host)`: a pinned `(m, dim)` float32 array for the tiers to
+  write rows into, then one DMA of it to a new device tensor (the miss path: each row moved once on the host).
 
 On the CPU (the Triton interpreter's "cpu" device, tests) the same chunked code runs on plain tensors.
 """
@@ -166,6 +168,24 @@ class Staging:
             for (a, b), future in zip(pieces, futures):
                 future.result()
                 flat_out[a:b].copy_(pinned[a:b], non_blocking=True)
+        self._pending = True
+        return out
+
+    def rows_buffer(self, m: int, dim: int) -> np.ndarray:
+        """A `(m, dim) float32` numpy array in this set's pinned memory (valid while the set is lent) for
+        the tiers to write rows into; `rows_to_device` then moves them with one DMA, no host copy."""
+        if not self._cuda:
+            return np.empty((m, dim), dtype=np.float32)
+        return self._buffer("in", m * dim, torch.float32).numpy().reshape(m, dim)
+
+    def rows_to_device(self, host: np.ndarray) -> Any:
+        """`host` (from `rows_buffer`) → a new `(m, dim) float32` device tensor (queued on the current
+        stream; the pinned buffer stays busy until it has run)."""
+        if not self._cuda:
+            return torch.from_numpy(host)
+        pinned = self._buffers["in"][:host.nbytes].view(torch.float32).view(host.shape)
+        out = torch.empty(host.shape, dtype=torch.float32, device=self.device)
+        out.copy_(pinned, non_blocking=True)
         self._pending = True
         return out
 

@@ -97,15 +97,16 @@ def find_workers() -> int:
     return workers
 
 
-def _on_all_cores(find_part: Callable[[slice], int], n: int) -> int:
-    """Run `find_part` over `n` keys, split for large `n` into one contiguous part per core that no
-    other large find holds (at most `find_workers()`); returns the sum of what the parts return (keys found)."""
+def _on_all_cores(find_part: Callable[[slice], int], n: int, split_from: int = PARALLEL_FIND_KEYS) -> int:
+    """Run `find_part` over `n` keys, split for `n` ≥ `split_from` into one contiguous part per core that no
+    other large find holds (at most `find_workers()`, each of at least `split_from // 2` keys); returns the
+    sum of what the parts return (keys found)."""
     global _pool, _busy_cores
-    if n < PARALLEL_FIND_KEYS:  # most lookups: no system call, no threads, no accounting
+    if n < split_from:  # most lookups: no system call, no threads, no accounting
         return find_part(slice(0, n))
     workers = find_workers()
     with _pool_lock:
-        parts = max(1, min(workers - _busy_cores, n // (PARALLEL_FIND_KEYS // 2)))
+        parts = max(1, min(workers - _busy_cores, n // (split_from // 2)))
         _busy_cores += parts
         if parts > 1 and _pool is None:
             _pool = ThreadPoolExecutor(max_workers=max(workers, os.cpu_count() or 1), thread_name_prefix="hps-find")
@@ -564,7 +565,10 @@ class HashMapBackend:
                 def find_part(part: slice) -> int:
                     return K.find_rows(table.slots, table.num_slots, table.values, keys[part], out[part], found[part],
                                        self._meta_mode, clock, block)
-            num_found = _on_all_cores(find_part, keys.shape[0])
+            # rows wider than 16 floats split sooner: each part gathers at least the bytes a part of
+            # PARALLEL_FIND_KEYS // 2 rows of dim 16 does (2 MiB), e.g. 4,096 rows of dim 128 (GPU miss path)
+            split_from = max(8192, PARALLEL_FIND_KEYS * 16 // max(16, table.dim))
+            num_found = _on_all_cores(find_part, keys.shape[0], split_from)
         if dense is not None and num_found < keys.shape[0]:
             out[~found] = 0.0
         return out, found, num_found
