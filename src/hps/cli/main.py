@@ -111,10 +111,21 @@ def _parser() -> argparse.ArgumentParser:
                    help="ensemble: three models, hps_embedding → dense_model → ensemble_model (HugeCTR's "
                         "tutorial); fused: one python model with the same I/O (faster)")
     p.add_argument("--instances", type=int, default=1, help="model instances (processes) per model")
+    p.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
+                   help="cpu: KIND_CPU instances, numpy tensors; gpu: KIND_GPU instances, tensors through DLPack "
+                        "on the GPU (GPU cache lookup, TorchScript dense model on the GPU; docs/triton.md)")
+    p.add_argument("--gpus", type=int, nargs="+", metavar="ID",
+                   help="with --device gpu: the GPUs the instances go on (default: the model's deployed_device_list)")
+    p.add_argument("--dense-instances", type=int, help="instances of the dense model (default: --instances)")
+    p.add_argument("--shared-host-tier", action=argparse.BooleanOptionalAction, default=None,
+                   help="one host tier for all instances: an in-process volatile_db becomes a multi_process_hash_map "
+                        "(default: with --device gpu and --instances above 1)")
     p.add_argument("--no-copy-sparse", action="store_true", help="point at the sparse files instead of copying")
     p.add_argument("--overwrite", action="store_true", help="replace existing model folders (default: refused)")
     p.set_defaults(run=_triton_build, flags={"overwrite": "--overwrite", "instance_count": "--instances",
-                                             "layout": "--layout", "model_name": "--model"})
+                                             "layout": "--layout", "model_name": "--model", "device": "--device",
+                                             "gpus": "--gpus", "dense_instance_count": "--dense-instances",
+                                             "shared_host_tier": "--shared-host-tier"})
     p = _add(tsub, "convert", "rewrite a HugeCTR repository (backend 'hps') to run on hps",
              "hps triton convert hugectr_repo --config hugectr_repo/ps.json --out hps_repo")
     p.add_argument("repo_in", help="the HugeCTR model repository (with models of backend 'hps')")
@@ -204,8 +215,16 @@ def _triton_build(args: argparse.Namespace) -> int:
 
     repo = build_repository(args.config, args.dense, args.out, model_name=args.model, layout=args.layout,
                             instance_count=args.instances, copy_sparse=not args.no_copy_sparse,
-                            overwrite=args.overwrite)
+                            overwrite=args.overwrite, device=args.device, gpus=args.gpus,
+                            dense_instance_count=args.dense_instances, shared_host_tier=args.shared_host_tier)
     print(f"wrote Triton model repository {repo}")
+    if args.device == "gpu":
+        from hps.config import load_config
+        from hps.serving.triton.gpu_layout import describe_instance_memory
+
+        config = load_config(args.config)
+        name = args.model or config.models[0].name
+        print(describe_instance_memory(config, name, args.instances, shared=args.shared_host_tier))
     return 0
 
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Mapping
+from typing import Mapping, Sequence
+
+from hps.serving.triton.errors import RepositoryError
 
 EMBEDDING_INPUTS = (("KEYS", "TYPE_INT64"), ("NUMKEYS", "TYPE_INT32"))
 EMBEDDING_OUTPUT = "OUTPUT0"
@@ -25,14 +27,40 @@ def quote(text: str) -> str:
     return json.dumps(str(text))
 
 
+#: Devices a python-backend model of an hps repository can run on (`instance_group` kind).
+DEVICES = ("cpu", "gpu")
+#: The python backend's parameter that lets inputs arrive in GPU memory (its default, "yes", copies
+#: every input to the host first).
+FORCE_CPU_ONLY_INPUT_TENSORS = "FORCE_CPU_ONLY_INPUT_TENSORS"
+
+
+def instance_group(instance_count: int, device: str = "cpu", gpus: Sequence[int] | None = None) -> str:
+    """The `instance_group` line: `instance_count` instances of kind KIND_CPU, or KIND_GPU (on each GPU of
+    `gpus`, every visible GPU when None; each instance is its own python stub process)."""
+    if device not in DEVICES:
+        raise RepositoryError(f"device must be one of {DEVICES}, not {device!r}")
+    if device == "cpu":
+        return f"instance_group [ {{ count: {int(instance_count)} kind: KIND_CPU }} ]\n"
+    where = f" gpus: [ {', '.join(str(int(g)) for g in gpus)} ]" if gpus else ""
+    return f"instance_group [ {{ count: {int(instance_count)} kind: KIND_GPU{where} }} ]\n"
+
+
+def device_parameters(device: str) -> dict[str, str]:
+    """Parameters a python model needs on `device`: on a GPU, inputs may arrive in GPU memory
+    (FORCE_CPU_ONLY_INPUT_TENSORS "no"), so the models take them through DLPack."""
+    return {FORCE_CPU_ONLY_INPUT_TENSORS: "no"} if device == "gpu" else {}
+
+
 def parameters_block(parameters: Mapping[str, str]) -> str:
     """`parameters { key: ... value: { string_value: ... } }` lines, one per entry."""
     return "".join(f"parameters {{ key: {quote(k)} value: {{ string_value: {quote(v)} }} }}\n"
                    for k, v in parameters.items())
 
 
-def embedding_config(name: str, parameters: Mapping[str, str], *, instance_count: int = 1) -> str:
-    """config.pbtxt of a python-backend hps embedding model (max_batch_size 0, HugeCTR I/O)."""
+def embedding_config(name: str, parameters: Mapping[str, str], *, instance_count: int = 1, device: str = "cpu",
+                     gpus: Sequence[int] | None = None) -> str:
+    """config.pbtxt of a python-backend hps embedding model (max_batch_size 0, HugeCTR I/O); `device`
+    "gpu": KIND_GPU instances whose inputs may arrive in GPU memory (`device_parameters`)."""
     return (
         f"name: {quote(name)}\n"
         'backend: "python"\n'
@@ -43,8 +71,8 @@ def embedding_config(name: str, parameters: Mapping[str, str], *, instance_count
         "]\n"
         'output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ -1 ] } ]\n'
         "version_policy: { specific: { versions: [ 1 ] } }\n"
-        f"instance_group [ {{ count: {int(instance_count)} kind: KIND_CPU }} ]\n"
-        + parameters_block(parameters)
+        + instance_group(instance_count, device, gpus)
+        + parameters_block({**parameters, **device_parameters(device)})
     )
 
 
@@ -58,7 +86,8 @@ ENSEMBLE_IO = (
 )
 
 
-def fused_config(name: str, parameters: Mapping[str, str], *, instance_count: int = 1) -> str:
+def fused_config(name: str, parameters: Mapping[str, str], *, instance_count: int = 1, device: str = "cpu",
+                 gpus: Sequence[int] | None = None) -> str:
     """config.pbtxt of the fused python model: the ensemble's I/O (EMB_KEY, EMB_N_KEY → DENSE_OUTPUT),
     lookup and dense model in one stub process (one IPC hop instead of two, no intermediate copy)."""
     return (
@@ -67,12 +96,13 @@ def fused_config(name: str, parameters: Mapping[str, str], *, instance_count: in
         "max_batch_size: 0\n"
         + ENSEMBLE_IO
         + "version_policy: { specific: { versions: [ 1 ] } }\n"
-        f"instance_group [ {{ count: {int(instance_count)} kind: KIND_CPU }} ]\n"
-        + parameters_block(parameters)
+        + instance_group(instance_count, device, gpus)
+        + parameters_block({**parameters, **device_parameters(device)})
     )
 
 
-def python_dense_config(name: str, parameters: Mapping[str, str], *, instance_count: int = 1) -> str:
+def python_dense_config(name: str, parameters: Mapping[str, str], *, instance_count: int = 1, device: str = "cpu",
+                        gpus: Sequence[int] | None = None) -> str:
     """config.pbtxt of the python-backend dense model: input_1 FP32 [-1] → output_1 FP32 [-1, 1]."""
     return (
         f"name: {quote(name)}\n"
@@ -81,8 +111,8 @@ def python_dense_config(name: str, parameters: Mapping[str, str], *, instance_co
         f'input [ {{ name: "{DENSE_INPUT}" data_type: TYPE_FP32 dims: [ -1 ] }} ]\n'
         f'output [ {{ name: "{DENSE_OUTPUT_NAME}" data_type: TYPE_FP32 dims: [ -1, 1 ] }} ]\n'
         "version_policy: { specific: { versions: [ 1 ] } }\n"
-        f"instance_group [ {{ count: {int(instance_count)} kind: KIND_CPU }} ]\n"
-        + parameters_block(parameters)
+        + instance_group(instance_count, device, gpus)
+        + parameters_block({**parameters, **device_parameters(device)})
     )
 
 

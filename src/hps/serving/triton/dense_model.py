@@ -5,9 +5,15 @@ Triton's python stub. config.pbtxt parameters:
   dense_file  the model file inside the version directory (.onnx or .pt)
   width       floats per sample: Σ maxnum keys per sample × dim (the embedding model's OUTPUT0 per sample)
   threads     intra-op threads (0 = the runtime's default)
+  FORCE_CPU_ONLY_INPUT_TENSORS  the python backend's; "no" (the GPU layout) lets inputs arrive in GPU memory
 
 Request: input_1 FP32 [-1] (the embedding model's OUTPUT0), reshaped inside to (samples, width).
 Response: output_1 FP32 (samples, 1).
+
+On a KIND_GPU instance (or with FORCE_CPU_ONLY_INPUT_TENSORS "no") the input is taken through DLPack
+wherever it is (the GPU embedding model hands OUTPUT0 on in GPU memory), a TorchScript model runs on
+the instance's GPU and output_1 is handed back through DLPack as a GPU tensor; an ONNX model runs there
+only with onnxruntime's CUDAExecutionProvider, else on the CPU (said once in the log).
 """
 
 import gc
@@ -27,12 +33,22 @@ class TritonPythonModel:
         version_dir = os.path.join(args["model_repository"], args["model_version"])
         self.name = args["model_name"]
         width = int(params["width"]) if params.get("width") else None
+        self.dlpack, device = _tensor_device(args, params)
+        if self.dlpack:
+            import torch
+            import torch.utils.dlpack  # noqa: F401 - a submodule, not imported by `import torch`
+
+            self._torch = torch
         self.runner = DenseRunner(os.path.join(version_dir, params["dense_file"]), width=width,
-                                  threads=int(params.get("threads") or 0))
+                                  threads=int(params.get("threads") or 0), device=device)
         self.input_name = self.model_config["input"][0]["name"]
         self.output_name = self.model_config["output"][0]["name"]
+        if self.runner.note:
+            pb_utils.Logger.log_warn(f"dense model {self.name}: {self.runner.note}")
         pb_utils.Logger.log_info(f"dense model {self.name}: {self.runner.kind} {params['dense_file']}, "
-                                 f"{self.runner.width} floats per sample")
+                                 f"{self.runner.width} floats per sample, "
+                                 + (f"DLPack tensors, runs on {device if self.runner.on_gpu else 'cpu'}"
+                                    if self.dlpack else "numpy tensors"))
         gc.freeze()  # keep the imported modules' objects out of full collections (tens of ms each)
 
     def execute(self, requests):
@@ -42,11 +58,28 @@ class TritonPythonModel:
                 tensor = pb_utils.get_input_tensor_by_name(request, self.input_name)
                 if tensor is None:
                     raise ValueError(f"the request needs {self.input_name}")
-                out = self.runner(tensor.as_numpy())
-                responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(self.output_name, out)]))
+                if self.dlpack:
+                    dlpack = self._torch.utils.dlpack
+                    out = self.runner.run_tensor(dlpack.from_dlpack(tensor.to_dlpack()))
+                    output = pb_utils.Tensor.from_dlpack(self.output_name, dlpack.to_dlpack(out.contiguous()))
+                else:
+                    output = pb_utils.Tensor(self.output_name, self.runner(tensor.as_numpy()))
+                responses.append(pb_utils.InferenceResponse(output_tensors=[output]))
             except Exception as exc:  # every failure becomes this request's error response
                 code = (pb_utils.TritonError.INVALID_ARG if isinstance(exc, (RequestError, ValueError))
                         else pb_utils.TritonError.INTERNAL)  # a client mistake is HTTP 400, not 500
                 responses.append(pb_utils.InferenceResponse(
                     output_tensors=[], error=pb_utils.TritonError(f"dense model {self.name}: {exc}", code)))
+        if self.dlpack and self.runner.on_gpu:  # GPU answers written on torch's stream: done before Triton reads them
+            self._torch.cuda.current_stream(self.runner.torch_device).synchronize()
         return responses
+
+
+def _tensor_device(args, params):
+    """(dlpack, device): the DLPack path on a KIND_GPU instance ("cuda:<its GPU>") or when inputs may arrive
+    in GPU memory (FORCE_CPU_ONLY_INPUT_TENSORS "no" on a KIND_CPU instance: "cpu")."""
+    kind = str(args.get("model_instance_kind", "CPU")).upper()
+    forced = str(params.get("FORCE_CPU_ONLY_INPUT_TENSORS", "yes")).strip().lower() not in ("no", "false", "0", "off")
+    if kind == "GPU":
+        return True, f"cuda:{int(args.get('model_instance_device_id') or 0)}"
+    return not forced, "cpu"

@@ -8,6 +8,18 @@ by hps itself. config.pbtxt parameters:
   metrics_interval_s how often hps statistics are copied to Triton's metrics endpoint (0 = every request)
   dense_file, width, threads   (fused layout only) a dense model in the version directory, run on the
                      vectors in this same process (see dense_model.py)
+  FORCE_CPU_ONLY_INPUT_TENSORS  the python backend's; "no" (the GPU layout) lets inputs arrive in GPU memory
+
+Two ways through a request:
+- numpy (a KIND_CPU instance whose inputs are forced to the host, the CPU layout): KEYS as numpy, the
+  vectors as numpy, OUTPUT0 a host tensor;
+- DLPack (a KIND_GPU instance, or FORCE_CPU_ONLY_INPUT_TENSORS "no": the GPU layout): KEYS is taken
+  with `to_dlpack()` wherever Triton put it, as a torch tensor; on a GPU instance keys in host memory
+  are copied to the instance's GPU once, looked up in its GPU cache (`HPS.lookup` with CUDA keys,
+  `HPS.lookup_many` for several tables of a fused model), and OUTPUT0 (and, fused, the dense model's
+  answer) is handed on with `Tensor.from_dlpack` as a GPU tensor: no host round trip. Each GPU
+  instance's `hps.HPS` serves only its own GPU (deployed_device_list = [the instance's GPU]). On a
+  KIND_CPU instance the same path runs on CPU tensors.
 
 Request: KEYS INT64 (any shape; table-major concatenation), NUMKEYS INT32 (one count per table).
 Response: OUTPUT0 FP32 (Σ_t NUMKEYS[t] × dim[t],), 1-D whatever the config's max_batch_size (as HugeCTR's backend). The fused layout names them as the seed's ensemble
@@ -19,13 +31,15 @@ problem (INVALID_ARG, HTTP 400, for a client mistake); the model keeps serving.
 import gc
 import json
 import os
+import time
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
 import hps
 from hps.errors import KeyInputError
-from hps.serving.triton.embedding_io import EmbeddingSpec, lookup_request
+from hps.serving.triton.errors import RepositoryError
+from hps.serving.triton.embedding_io import EmbeddingSpec, lookup_request, lookup_request_tensor
 
 
 class TritonPythonModel:
@@ -40,8 +54,21 @@ class TritonPythonModel:
         if not os.path.isabs(ps_json):
             ps_json = os.path.join(model_dir, ps_json)
         self.hps_model = params.get("hps_model_name") or self.triton_name
-        self.ps = hps.HPS(_config_with_overrides(ps_json, self.hps_model, params), show_progress=False)
-        self.spec = EmbeddingSpec.from_model_config(self.ps.config.model(self.hps_model))
+        self.dlpack, self.device, gpu = _tensor_path(args, params)
+        if self.dlpack:
+            import torch
+            import torch.utils.dlpack  # noqa: F401 - a submodule, not imported by `import torch`
+
+            self._torch = torch
+        started = time.monotonic()
+        self.ps = hps.HPS(_config_with_overrides(ps_json, self.hps_model, params, gpu), show_progress=False)
+        load_s = time.monotonic() - started
+        model_config = self.ps.config.model(self.hps_model)
+        self.spec = EmbeddingSpec.from_model_config(model_config)
+        self.device_id = gpu if gpu is not None else (model_config.deployed_device_list or (0,))[0]
+        # several tables of a fused model: one lookup_many pass per fused table instead of one call per table
+        fused = self.ps.config.fuse_embedding_table and model_config.fuse_embedding_table
+        self.lookup_many = self._lookup_many if self.spec.num_tables > 1 and fused else None
         by_type = {i["data_type"]: i["name"] for i in self.model_config["input"]}
         self.keys_name = by_type.get("TYPE_INT64", "KEYS")       # KEYS, or EMB_KEY in the fused layout
         self.numkeys_name = by_type.get("TYPE_INT32", "NUMKEYS")  # NUMKEYS, or EMB_N_KEY
@@ -55,7 +82,10 @@ class TritonPythonModel:
             version_dir = os.path.join(model_dir, args["model_version"])
             self.dense = DenseRunner(os.path.join(version_dir, params["dense_file"]),
                                      width=int(params.get("width") or self.spec.sample_width),
-                                     threads=int(params.get("threads") or 0))
+                                     threads=int(params.get("threads") or 0),
+                                     device=str(self.device) if self.dlpack else "cpu")
+            if self.dense.note:
+                pb_utils.Logger.log_warn(f"hps model {self.triton_name}: {self.dense.note}")
         self.metrics = None
         try:
             from hps.serving.triton.metrics import TritonMetricsExporter
@@ -67,7 +97,9 @@ class TritonPythonModel:
         pb_utils.Logger.log_info(
             f"hps model {self.triton_name}: serving {self.hps_model!r} from {ps_json} "
             f"({self.spec.num_tables} table(s), dims {list(self.spec.dims)}, "
-            f"max_batch_size {self.spec.max_batch_size}, hps {hps.__version__}, numpy {np.__version__})"
+            f"max_batch_size {self.spec.max_batch_size}, hps {hps.__version__}, numpy {np.__version__}), "
+            + (f"tensors through DLPack on {self.device}" if self.dlpack else "numpy tensors")
+            + f", loaded in {load_s:.1f} s, volatile_db {_tier_name(self.ps.config.volatile_db)}"
             + (f", fused with dense model {params['dense_file']}" if self.dense is not None else ""))
         # the stub holds ~100k long-lived objects (numpy, numba, onnxruntime, hps): a full collection of them
         # takes tens of ms (65 ms measured on a 2-core VM), paid by whichever request triggers it
@@ -81,16 +113,21 @@ class TritonPythonModel:
                 numkeys = pb_utils.get_input_tensor_by_name(request, self.numkeys_name)
                 if keys is None or numkeys is None:
                     raise ValueError(f"the request needs both {self.keys_name} and {self.numkeys_name}")
-                keys = keys.as_numpy()
-                out = lookup_request(keys, numkeys.as_numpy(), self.spec,
-                                     lambda k, t: self.ps.lookup(k, self.hps_model, t))
-                if self.dense is not None:
-                    out = self.dense(out)
-                responses.append(pb_utils.InferenceResponse(
-                    output_tensors=[pb_utils.Tensor(self.output_name, out)]))
+                if self.dlpack:
+                    output = self._execute_dlpack(keys, numkeys)
+                else:
+                    out = lookup_request(keys.as_numpy(), numkeys.as_numpy(), self.spec,
+                                         lambda k, t: self.ps.lookup(k, self.hps_model, t))
+                    if self.dense is not None:
+                        out = self.dense(out)
+                    output = pb_utils.Tensor(self.output_name, out)
+                responses.append(pb_utils.InferenceResponse(output_tensors=[output]))
             except Exception as exc:  # every failure becomes this request's error response
                 responses.append(pb_utils.InferenceResponse(output_tensors=[], error=_error(
                     f"hps model {self.triton_name}: {exc}", exc)))
+        if self.dlpack and self.device.type == "cuda":
+            # the answers are GPU tensors written on torch's stream: finished before Triton reads them
+            self._torch.cuda.current_stream(self.device).synchronize()
         if self.metrics is not None:
             try:
                 self.metrics.maybe_update()
@@ -98,6 +135,24 @@ class TritonPythonModel:
                 pb_utils.Logger.log_warn(f"hps model {self.triton_name}: metrics update failed: {exc}")
                 self.metrics = None
         return responses
+
+    def _execute_dlpack(self, keys, numkeys):
+        """One request on the DLPack path: the output tensor (on `self.device`), no host round trip."""
+        from_dlpack, to_dlpack = self._torch.utils.dlpack.from_dlpack, self._torch.utils.dlpack.to_dlpack
+        key_tensor = from_dlpack(keys.to_dlpack())
+        counts = numkeys.as_numpy() if numkeys.is_cpu() else from_dlpack(numkeys.to_dlpack()).cpu().numpy()
+        out = lookup_request_tensor(key_tensor, counts, self.spec, self._lookup, device=self.device,
+                                    lookup_many=self.lookup_many)
+        if self.dense is not None:
+            out = self.dense.run_tensor(out)
+        return pb_utils.Tensor.from_dlpack(self.output_name, to_dlpack(out.contiguous()))
+
+    def _lookup(self, keys, table_id, out):
+        """(n,) int64 torch keys on `self.device` → (n, dim) float32 on the same device (into `out` if given)."""
+        return self.ps.lookup(keys, self.hps_model, table_id, self.device_id, out=out)
+
+    def _lookup_many(self, keys_per_table, table_ids):
+        return self.ps.lookup_many(keys_per_table, self.hps_model, table_ids, self.device_id)
 
     def finalize(self):
         if getattr(self, "metrics", None) is not None:  # its thread reads the HPS: stop it first
@@ -118,10 +173,41 @@ def _error(message, exc):
 OVERRIDES = {"refresh_interval": float, "refresh_delay": float}
 
 
-def _config_with_overrides(ps_json, model_name, params):
+def _tensor_path(args, params):
+    """(dlpack, torch device or None, GPU id or None) of this instance: the DLPack path on a KIND_GPU
+    instance (its GPU) or when inputs may arrive in GPU memory (FORCE_CPU_ONLY_INPUT_TENSORS "no")."""
+    kind = str(args.get("model_instance_kind", "CPU")).upper()
+    forced = str(params.get("FORCE_CPU_ONLY_INPUT_TENSORS", "yes")).strip().lower() not in ("no", "false", "0", "off")
+    if kind != "GPU" and forced:
+        return False, None, None
+    import torch
+
+    if kind != "GPU":
+        return True, torch.device("cpu"), None
+    gpu = int(args.get("model_instance_device_id") or 0)
+    if not torch.cuda.is_available():
+        raise RepositoryError(f"a KIND_GPU instance on GPU {gpu}, but torch {torch.__version__} sees no CUDA device "
+                           f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}); install a CUDA "
+                           "build of torch in the stub's environment, or build the repository with device='cpu'")
+    torch.cuda.set_device(gpu)
+    return True, torch.device("cuda", gpu), gpu
+
+
+def _tier_name(volatile):
+    if volatile is None:
+        return "none"
+    name = getattr(volatile, "shared_memory_name", None)
+    return f"{volatile.type} {name!r}" if volatile.type == "multi_process_hash_map" else volatile.type
+
+
+def _config_with_overrides(ps_json, model_name, params, gpu=None):
     """The ps.json path, or its parsed config with `refresh_interval` / `refresh_delay` taken from
-    the config.pbtxt parameters (as HugeCTR's backend did); other HugeCTR parameters are ignored."""
+    the config.pbtxt parameters (as HugeCTR's backend did), and on a GPU instance deployed_device_list
+    = [its GPU] (each instance is its own process: one GPU cache, on the GPU Triton gave it); other
+    HugeCTR parameters are ignored."""
     given = {k: conv(params[k]) for k, conv in OVERRIDES.items() if params.get(k, "") != ""}
+    if gpu is not None:
+        given["deployed_device_list"] = [int(gpu)]
     if not given:
         return ps_json
     from hps.config import parse_config

@@ -28,7 +28,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 from hps.config import ModelConfig, PsConfig, load_config
 from hps.errors import ConfigError, pip_install_hint
@@ -37,6 +37,7 @@ from hps.serving.triton.backend_runner import DEFAULT_MODEL_FILES, RUNNABLE, bac
 from hps.serving.triton.dense_runner import DenseRunner, dense_kind
 from hps.serving.triton.embedding_io import EmbeddingSpec
 from hps.serving.triton.errors import RepositoryError
+from hps.serving.triton.gpu_layout import shared_host_tier_json
 from hps.serving.triton.install import server_backends
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -50,7 +51,9 @@ def build_repository(ps_json: str | os.PathLike, dense_model: str | os.PathLike,
                      model_name: str | None = None, ensemble_name: str = "ensemble_model",
                      dense_name: str | None = None, batch_size_hint: int = 1024, copy_sparse: bool = True,
                      instance_count: int = 1, dense_threads: int = 1, metrics_interval_s: float = 1.0,
-                     layout: str = "ensemble", overwrite: bool = False) -> Path:
+                     layout: str = "ensemble", overwrite: bool = False, device: str = "cpu",
+                     gpus: Sequence[int] | None = None, shared_host_tier: bool | None = None,
+                     dense_instance_count: int | None = None) -> Path:
     """Write a model repository serving `ps_json`'s model and `dense_model` as the seed's ensemble.
 
     ps_json: HugeCTR ps.json; model_name picks its model (needed when it has several);
@@ -61,10 +64,23 @@ def build_repository(ps_json: str | os.PathLike, dense_model: str | os.PathLike,
     metrics_interval_s: how often the embedding model refreshes its Prometheus metrics;
     layout: "ensemble" (the seed's three models) or "fused" (one python model named `ensemble_name`
     with the ensemble's I/O; ONNX / TorchScript only).
+    device: "cpu" (KIND_CPU instances, numpy tensors) or "gpu": the python models get KIND_GPU instances
+    (on `gpus`, default the model's deployed_device_list) and FORCE_CPU_ONLY_INPUT_TENSORS "no"; they take
+    their inputs through DLPack wherever they are, look keys up in the instance's GPU cache and hand the
+    vectors to the dense model (TorchScript on the GPU) as GPU tensors (docs/triton.md, "On a GPU").
+    instance_count: instances of the embedding (or fused) model; dense_instance_count: of the python
+    dense model (default: instance_count). shared_host_tier: give the instances one host tier
+    (`gpu_layout.shared_host_tier_json`: an in-process volatile_db becomes a multi_process_hash_map);
+    None: on a GPU with instance_count > 1.
     Returns the repository path. Raises `RepositoryError` / `ConfigError` naming the file.
     """
     out = Path(out_dir)
     config, model = _open_model(ps_json, model_name, instance_count)
+    gpus = _check_device(device, gpus, model)
+    share = shared_host_tier if shared_host_tier is not None else (device == "gpu" and instance_count > 1)
+    dense_instance_count = instance_count if dense_instance_count is None else dense_instance_count
+    if dense_instance_count < 1:
+        raise RepositoryError(f"dense_instance_count must be at least 1, got {dense_instance_count}")
     dense_path = Path(dense_model)
     if not dense_path.is_file():
         raise RepositoryError(f"{dense_path}: dense model file not found")
@@ -80,7 +96,8 @@ def build_repository(ps_json: str | os.PathLike, dense_model: str | os.PathLike,
         _claim_model_dir(out / ensemble_name, overwrite)
         _write_embedding_model(out / ensemble_name, ps_json, config, model, copy_sparse=copy_sparse,
                                instance_count=instance_count, metrics_interval_s=metrics_interval_s,
-                               dense=(dense_path, spec.sample_width, dense_threads))
+                               dense=(dense_path, spec.sample_width, dense_threads), device=device, gpus=gpus,
+                               shared_host_tier=share)
         return out
     names = [model.name, dense_name, ensemble_name]
     if len(set(names)) != 3:
@@ -93,7 +110,8 @@ def build_repository(ps_json: str | os.PathLike, dense_model: str | os.PathLike,
     if kind in ("onnx", "torchscript"):
         DenseRunner(dense_path, width=spec.sample_width)  # fails now, not in the server, on a width mismatch
     _write_embedding_model(out / model.name, ps_json, config, model, copy_sparse=copy_sparse,
-                           instance_count=instance_count, metrics_interval_s=metrics_interval_s)
+                           instance_count=instance_count, metrics_interval_s=metrics_interval_s,
+                           device=device, gpus=gpus, shared_host_tier=share)
     dense_dir = out / dense_name
     (dense_dir / VERSION).mkdir(parents=True)
     shutil.copy2(dense_path, dense_dir / VERSION / dense_path.name)
@@ -104,7 +122,7 @@ def build_repository(ps_json: str | os.PathLike, dense_model: str | os.PathLike,
         shutil.copy2(DENSE_MODEL_SOURCE, dense_dir / VERSION / "model.py")
         text = config_text.python_dense_config(dense_name, {
             "dense_file": dense_path.name, "width": str(spec.sample_width), "threads": str(int(dense_threads)),
-        }, instance_count=instance_count)
+        }, instance_count=dense_instance_count, device=device, gpus=gpus)
     (dense_dir / "config.pbtxt").write_text(text)
     ens_dir = out / ensemble_name
     (ens_dir / VERSION).mkdir(parents=True)
@@ -115,21 +133,26 @@ def build_repository(ps_json: str | os.PathLike, dense_model: str | os.PathLike,
 
 def add_model_to_repository(repo: str | os.PathLike, ps_json: str | os.PathLike, *, model_name: str | None = None,
                             copy_sparse: bool = True, instance_count: int = 1, metrics_interval_s: float = 1.0,
-                            overwrite: bool = False) -> Path:
+                            overwrite: bool = False, device: str = "cpu", gpus: Sequence[int] | None = None,
+                            shared_host_tier: bool | None = None) -> Path:
     """Write one more hps embedding model (HugeCTR I/O, its own ps.json) into `repo`.
 
     For a model that is not in the running server's ps.json (HugeCTR issue #451): write it here,
     then load it with `TritonServer.load_model(name)` (model-control mode explicit); it runs in its
-    own python stub process with its own `hps.HPS`. Returns the new model directory.
+    own python stub process with its own `hps.HPS`. device, gpus, shared_host_tier: as in
+    `build_repository`. Returns the new model directory.
     """
     config, model = _open_model(ps_json, model_name, instance_count)
+    gpus = _check_device(device, gpus, model)
+    share = shared_host_tier if shared_host_tier is not None else (device == "gpu" and instance_count > 1)
     repo = Path(repo)
     if not repo.is_dir():
         raise RepositoryError(f"{repo}: model repository not found")
     model_dir = repo / model.name
     _claim_model_dir(model_dir, overwrite)
     _write_embedding_model(model_dir, ps_json, config, model, copy_sparse=copy_sparse,
-                           instance_count=instance_count, metrics_interval_s=metrics_interval_s)
+                           instance_count=instance_count, metrics_interval_s=metrics_interval_s,
+                           device=device, gpus=gpus, shared_host_tier=share)
     return model_dir
 
 
@@ -320,6 +343,21 @@ def _check_instances(config: PsConfig, instance_count: int, ps_json: Any) -> Non
             "persistent_db.read_only to true")
 
 
+def _check_device(device: str, gpus: Sequence[int] | None, model: ModelConfig) -> list[int] | None:
+    """The GPUs a `device` "gpu" model's instances go on (`gpus`, else the model's deployed_device_list);
+    None for "cpu". `RepositoryError` for another device, or gpus given for the CPU."""
+    if device not in config_text.DEVICES:
+        raise RepositoryError(f"device must be one of {list(config_text.DEVICES)}, not {device!r}")
+    if device == "cpu":
+        if gpus:
+            raise RepositoryError(f"gpus {list(gpus)} given for device 'cpu'; pass device='gpu'")
+        return None
+    chosen = [int(g) for g in (gpus if gpus else model.deployed_device_list)]
+    if not chosen or min(chosen) < 0 or len(set(chosen)) != len(chosen):
+        raise RepositoryError(f"model {model.name!r}: gpus must be distinct GPU ids >= 0, got {chosen}")
+    return chosen
+
+
 def _claim_model_dir(path: Path, overwrite: bool) -> None:
     if path.exists():
         if not overwrite:
@@ -333,9 +371,11 @@ def _embedding_parameters(json_name: str, model_name: str, metrics_interval_s: f
 
 def _write_embedding_model(model_dir: Path, ps_json: Any, config: PsConfig, model: ModelConfig, *,
                            copy_sparse: bool, instance_count: int, metrics_interval_s: float,
-                           dense: tuple[Path, int, int] | None = None) -> None:
+                           dense: tuple[Path, int, int] | None = None, device: str = "cpu",
+                           gpus: Sequence[int] | None = None, shared_host_tier: bool = False) -> None:
     """Write config.pbtxt, <name>.json, 1/model.py and (copy_sparse) 1/<table dirs> under `model_dir`
-    (named like the directory); with `dense` = (model file, width, threads) the fused layout."""
+    (named like the directory); with `dense` = (model file, width, threads) the fused layout; `device`
+    "gpu": KIND_GPU instances on `gpus`; `shared_host_tier`: one host tier for all instances."""
     version = model_dir / VERSION
     version.mkdir(parents=True)
     try:
@@ -355,16 +395,20 @@ def _write_embedding_model(model_dir: Path, ps_json: Any, config: PsConfig, mode
             sparse = [str(Path(p).resolve()) if "://" not in p else p for p in model.sparse_files]
         json_name = f"{model.name}.json"
         raw = _single_model_json(ps_json, config, model, sparse)
+        if shared_host_tier:
+            raw, _ = shared_host_tier_json(raw, config, model)
         (model_dir / json_name).write_text(json.dumps(raw, indent=2) + "\n")
         shutil.copy2(EMBEDDING_MODEL_SOURCE, version / "model.py")
         params = _embedding_parameters(json_name, model.name, metrics_interval_s)
         if dense is None:
-            text = config_text.embedding_config(model_dir.name, params, instance_count=instance_count)
+            text = config_text.embedding_config(model_dir.name, params, instance_count=instance_count,
+                                                device=device, gpus=gpus)
         else:
             dense_path, width, threads = dense
             shutil.copy2(dense_path, version / dense_path.name)
             params.update(dense_file=dense_path.name, width=str(width), threads=str(int(threads)))
-            text = config_text.fused_config(model_dir.name, params, instance_count=instance_count)
+            text = config_text.fused_config(model_dir.name, params, instance_count=instance_count,
+                                            device=device, gpus=gpus)
         (model_dir / "config.pbtxt").write_text(text)
     except BaseException:
         shutil.rmtree(model_dir, ignore_errors=True)

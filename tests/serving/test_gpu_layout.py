@@ -1,0 +1,407 @@
+"""The GPU deployment (`build_repository(device="gpu")`), on a machine without a GPU.
+
+What can run without a GPU runs here: the configs written (KIND_GPU instances, the python backend's
+FORCE_CPU_ONLY_INPUT_TENSORS "no", a host tier the instances share in the ps.json), the memory each
+instance takes, the torch / DLPack request path in process, and a real tritonserver serving the GPU
+layout with its instances switched to KIND_CPU (the one thing a GPU-less Triton refuses): the models
+then take their tensors through DLPack on the CPU, the same code the GPU runs, and answer exactly the
+sparse files' vectors and the dense model's predictions; two instances map one shared host tier.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import hps
+from hps.config import load_config
+from hps.serving.triton import build_repository
+from hps.serving.triton.dense_runner import DenseRunner
+from hps.serving.triton.embedding_io import (EmbeddingSpec, lookup_request, lookup_request_tensor, make_request)
+from hps.serving.triton.errors import RepositoryError, RequestError
+from hps.serving.triton.gpu_layout import instance_memory, shared_memory_bytes
+from hps.serving.triton.repository import add_model_to_repository
+from hps.sizing import cache_table_bytes
+from tests.serving.conftest import write_dense_onnx, write_ps_json, write_table
+
+torch = pytest.importorskip("torch")
+
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*` is deprecated:DeprecationWarning")
+
+
+def write_dense_torchscript(path: Path, width: int, hidden: int = 32, seed: int = 0) -> Path:
+    """A small MLP (width → hidden → 1, ReLU, sigmoid) as TorchScript (the GPU layout's dense model)."""
+    gen = torch.Generator().manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(width, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 1),
+                                torch.nn.Sigmoid())
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+    torch.jit.script(model.eval()).save(str(path))
+    return path
+
+
+def read(repo: Path, model: str) -> str:
+    return (repo / model / "config.pbtxt").read_text()
+
+
+def ps_of(repo: Path, model: str, hps_model: str | None = None) -> dict:
+    """The ps.json written for Triton model `model` (named after the hps model it serves)."""
+    return json.loads((repo / model / f"{hps_model or model}.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def dense_pt(seed_model) -> Path:
+    return write_dense_torchscript(seed_model["root"] / "naive_dnn_dense.pt", 48)
+
+
+# --- configs ------------------------------------------------------------------------------------
+
+
+def test_gpu_layout_configs(seed_model, dense_pt, tmp_path):
+    repo = build_repository(seed_model["ps_json"], dense_pt, tmp_path / "repo", device="gpu", instance_count=3,
+                            dense_instance_count=1)
+    emb, dense = read(repo, "hps_embedding"), read(repo, "dense_model")
+    assert "instance_group [ { count: 3 kind: KIND_GPU gpus: [ 0 ] } ]" in emb
+    assert "instance_group [ { count: 1 kind: KIND_GPU gpus: [ 0 ] } ]" in dense
+    for text in (emb, dense):
+        assert 'parameters { key: "FORCE_CPU_ONLY_INPUT_TENSORS" value: { string_value: "no" } }' in text
+        assert "KIND_CPU" not in text
+    assert "dense_file" in dense and "naive_dnn_dense.pt" in dense
+    assert 'platform: "ensemble"' in read(repo, "ensemble_model")
+    # the CPU layout is as it was: KIND_CPU, inputs forced to the host, one tier per instance
+    cpu = build_repository(seed_model["ps_json"], dense_pt, tmp_path / "cpu", instance_count=3)
+    for model in ("hps_embedding", "dense_model"):
+        assert "instance_group [ { count: 3 kind: KIND_CPU } ]" in read(cpu, model)
+        assert "FORCE_CPU_ONLY_INPUT_TENSORS" not in read(cpu, model)
+    assert ps_of(cpu, "hps_embedding")["volatile_db"]["type"] == "hash_map"
+
+
+def test_gpu_fused_layout_and_chosen_gpus(seed_model, dense_pt, tmp_path):
+    repo = build_repository(seed_model["ps_json"], dense_pt, tmp_path / "repo", layout="fused", device="gpu",
+                            gpus=[1, 3], instance_count=2)
+    text = read(repo, "ensemble_model")
+    assert "instance_group [ { count: 2 kind: KIND_GPU gpus: [ 1, 3 ] } ]" in text
+    assert 'string_value: "no"' in text and 'name: "EMB_KEY"' in text and "naive_dnn_dense.pt" in text
+    with pytest.raises(RepositoryError, match="device must be one of"):
+        build_repository(seed_model["ps_json"], dense_pt, tmp_path / "x", device="tpu")
+    with pytest.raises(RepositoryError, match="gpus \\[0\\] given for device 'cpu'"):
+        build_repository(seed_model["ps_json"], dense_pt, tmp_path / "y", gpus=[0])
+    with pytest.raises(RepositoryError, match="distinct GPU ids"):
+        build_repository(seed_model["ps_json"], dense_pt, tmp_path / "z", device="gpu", gpus=[0, 0])
+
+
+def test_instances_share_the_host_tier(seed_model, dense_pt, tmp_path):
+    two = build_repository(seed_model["ps_json"], dense_pt, tmp_path / "two", device="gpu", instance_count=2)
+    volatile = ps_of(two, "hps_embedding")["volatile_db"]
+    assert volatile["type"] == "multi_process_hash_map" and volatile["num_partitions"] == 2  # the user's keys kept
+    assert volatile["initialize_after_startup"] is True and volatile["shared_memory_auto_remove"] is True
+    assert re.fullmatch(r"hps_hps_embedding_[0-9a-f]{8}", volatile["shared_memory_name"])
+    config = load_config(seed_model["ps_json"])
+    assert volatile["shared_memory_size"] == shared_memory_bytes(config.models[0], 2)
+    assert volatile["shared_memory_size"] > 30000 * (16 * 4 + 16)  # the rows and their slots fit
+    again = build_repository(seed_model["ps_json"], dense_pt, tmp_path / "again", device="gpu", instance_count=4)
+    assert ps_of(again, "hps_embedding")["volatile_db"]["shared_memory_name"] != volatile["shared_memory_name"]
+    # one instance keeps its in-process map; so does a user who says no; a CPU deployment may ask for it
+    one = build_repository(seed_model["ps_json"], dense_pt, tmp_path / "one", device="gpu")
+    assert ps_of(one, "hps_embedding")["volatile_db"]["type"] == "hash_map"
+    no = build_repository(seed_model["ps_json"], dense_pt, tmp_path / "no", device="gpu", instance_count=2,
+                          shared_host_tier=False)
+    assert ps_of(no, "hps_embedding")["volatile_db"]["type"] == "hash_map"
+    cpu = build_repository(seed_model["ps_json"], dense_pt, tmp_path / "cpu", instance_count=2, shared_host_tier=True)
+    assert ps_of(cpu, "hps_embedding")["volatile_db"]["type"] == "multi_process_hash_map"
+    fused = build_repository(seed_model["ps_json"], dense_pt, tmp_path / "fused", device="gpu", instance_count=2,
+                             layout="fused", ensemble_name="fused_model")
+    assert ps_of(fused, "fused_model", "hps_embedding")["volatile_db"]["type"] == "multi_process_hash_map"
+
+
+@pytest.mark.parametrize("volatile, kept", [
+    ({"type": "redis_cluster", "address": "127.0.0.1:7000"}, "redis_cluster"),
+    ({"type": "multi_process_hash_map", "shared_memory_name": "mine"}, "multi_process_hash_map"),
+    (None, "multi_process_hash_map"),  # no volatile_db: hps would keep the rows in each instance
+])
+def test_shared_host_tier_from_the_users_config(seed_model, dense_pt, tmp_path, volatile, kept):
+    raw = json.loads(Path(seed_model["ps_json"]).read_text())
+    raw["models"][0]["sparse_files"] = [str(seed_model["root"] / "naive_dnn_sparse.model")]
+    if volatile is None:
+        raw.pop("volatile_db")
+    else:
+        raw["volatile_db"] = volatile
+    (tmp_path / "ps.json").write_text(json.dumps(raw))
+    repo = build_repository(tmp_path / "ps.json", dense_pt, tmp_path / "repo", device="gpu", instance_count=2)
+    written = ps_of(repo, "hps_embedding")["volatile_db"]
+    assert written["type"] == kept
+    if volatile is not None:
+        assert written == volatile  # the user's shared tier as they wrote it
+
+
+def test_static_cache_needs_no_host_tier(seed_model, dense_pt, tmp_path):
+    raw = json.loads(Path(seed_model["ps_json"]).read_text())
+    raw["models"][0].update(gpucache=True, use_static_table=True,
+                            sparse_files=[str(seed_model["root"] / "naive_dnn_sparse.model")])
+    (tmp_path / "ps.json").write_text(json.dumps(raw))
+    repo = build_repository(tmp_path / "ps.json", dense_pt, tmp_path / "repo", device="gpu", instance_count=2)
+    assert ps_of(repo, "hps_embedding")["volatile_db"]["type"] == "hash_map"
+
+
+def test_memory_per_instance(seed_model):
+    raw = json.loads(Path(seed_model["ps_json"]).read_text())
+    raw["models"][0].update(gpucache=True, gpucacheper=0.5, deployed_device_list=[0, 1],
+                            sparse_files=[str(seed_model["root"] / "naive_dnn_sparse.model")])
+    config = load_config(raw)
+    one_gpu_cache = cache_table_bytes(15000, 16, whole_table=False)  # 30,000 rows × 0.5 on one GPU
+    shared = instance_memory(config, "hps_embedding", 4)
+    assert shared.gpu_cache_bytes_per_instance == one_gpu_cache and shared.gpu_bytes == 4 * one_gpu_cache
+    assert shared.host_tier_copies == 1 and shared.host_tier == "multi_process_hash_map"
+    assert 30000 * 64 < shared.host_tier_bytes == shared.host_bytes < 30000 * 64 * 2
+    private = instance_memory(config, "hps_embedding", 4, shared=False)
+    assert private.host_tier_copies == 4 and private.host_bytes == 4 * shared.host_tier_bytes
+    assert instance_memory(config, "hps_embedding", 1).host_tier_copies == 1
+    with pytest.raises(RepositoryError, match="at least 1"):
+        instance_memory(config, "hps_embedding", 0)
+
+
+def test_cli_build_flags(seed_model, dense_pt, tmp_path, capsys):
+    from hps.cli.main import main
+
+    repo = tmp_path / "repo"
+    assert main(["triton", "build", "--config", str(seed_model["ps_json"]), "--dense", str(dense_pt), "--out",
+                 str(repo), "--device", "gpu", "--instances", "2", "--dense-instances", "1", "--gpus", "0"]) == 0
+    assert "count: 2 kind: KIND_GPU gpus: [ 0 ]" in read(repo, "hps_embedding")
+    assert "count: 1 kind: KIND_GPU gpus: [ 0 ]" in read(repo, "dense_model")
+    assert ps_of(repo, "hps_embedding")["volatile_db"]["type"] == "multi_process_hash_map"
+    out = capsys.readouterr().out
+    assert "GPU cache" in out and "per instance" in out
+    assert main(["triton", "build", "--config", str(seed_model["ps_json"]), "--dense", str(dense_pt), "--out",
+                 str(tmp_path / "b"), "--device", "gpu", "--instances", "2", "--no-shared-host-tier"]) == 0
+    assert ps_of(tmp_path / "b", "hps_embedding")["volatile_db"]["type"] == "hash_map"
+
+
+# --- the torch / DLPack request path, in process -------------------------------------------------
+
+
+def test_torch_request_path_equals_the_numpy_one(seed_model):
+    ps = hps.HPS(seed_model["ps_json"], show_progress=False)
+    try:
+        spec = EmbeddingSpec.from_model_config(ps.config.model("hps_embedding"))
+        keys = np.random.default_rng(3).integers(0, 30000, (8, 3)).astype(np.int64)
+        keys[0, 0] = 77_777_777  # a miss: the default value
+        numkeys = np.array([[keys.size]], np.int32)
+        expected = lookup_request(keys, numkeys, spec, lambda k, t: ps.lookup(k, "hps_embedding", t))
+        calls = []
+
+        def lookup(k, t, out):
+            calls.append((k.dtype, k.device.type, out))
+            return ps.lookup(k, "hps_embedding", t, out=out)
+
+        # int32 keys (a client may send them through a cast): one int64 copy, then the same answer
+        got = lookup_request_tensor(torch.from_numpy(keys.astype(np.int32)), numkeys, spec, lookup, device="cpu")
+        assert isinstance(got, torch.Tensor) and got.dtype == torch.float32 and got.shape == (8 * 3 * 16,)
+        np.testing.assert_array_equal(got.numpy(), expected)
+        assert calls == [(torch.int64, "cpu", None)]
+        np.testing.assert_array_equal(got.numpy()[:16], np.full(16, 0.5, np.float32))
+        np.testing.assert_array_equal(got.numpy()[16:32], seed_model["vectors"][keys[0, 1]])
+        empty = lookup_request_tensor(torch.empty((1, 0), dtype=torch.int64), np.array([[0]], np.int32), spec, lookup)
+        assert empty.shape == (0,)
+        with pytest.raises(RequestError, match="adds up to 3 keys but KEYS holds 24"):
+            lookup_request_tensor(torch.from_numpy(keys), np.array([[3]], np.int32), spec, lookup)
+        with pytest.raises(RequestError, match="KEYS must be INT64"):
+            lookup_request_tensor(torch.zeros(3), np.array([[3]], np.int32), spec, lookup)
+    finally:
+        ps.close()
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_torch_request_path_several_tables(tmp_path, fused):
+    """Table-major OUTPUT0 from torch keys: per table into views of one output, or one lookup_many pass."""
+    a = write_table(tmp_path / "a.model", np.arange(0, 100), 8, seed=1)
+    b = write_table(tmp_path / "b.model", np.arange(1000, 1200), 8, seed=2)
+    c = write_table(tmp_path / "c.model", np.arange(5000, 5050), 4, seed=3)
+    path = write_ps_json(tmp_path / "m.json", "m", ["a.model", "b.model", "c.model"], [8, 8, 4], [2, 3, 1])
+    raw = json.loads(path.read_text())
+    raw["fuse_embedding_table"] = fused
+    ps = hps.HPS(_with_paths(raw, tmp_path), show_progress=False)
+    try:
+        spec = EmbeddingSpec.from_model_config(ps.config.model("m"))
+        ka, kb, kc = np.array([3, 99, 4]), np.array([1000, 1199, 777_777, 1001]), np.array([5049, 5000])
+        keys, numkeys = make_request([ka, kb, kc])
+        used = []
+
+        def lookup(k, t, out):
+            used.append("lookup")
+            return ps.lookup(k, "m", t, out=out)
+
+        def many(keys_per_table, table_ids):
+            used.append(("many", tuple(table_ids)))
+            return ps.lookup_many(keys_per_table, "m", table_ids)
+
+        got = lookup_request_tensor(torch.from_numpy(keys), numkeys, spec, lookup,
+                                    lookup_many=many if fused else None).numpy()
+        expected = np.concatenate([a[[3, 99, 4]].ravel(), b[[0, 199]].ravel(), np.full(8, 0.5, np.float32),
+                                   b[[1]].ravel(), c[[49, 0]].ravel()])
+        np.testing.assert_array_equal(got, expected)
+        assert used == ([("many", (0, 1, 2))] if fused else ["lookup"] * 3)
+        # a table with no keys in the request
+        keys, numkeys = make_request([ka, [], kc])
+        got = lookup_request_tensor(torch.from_numpy(keys), numkeys, spec, lookup,
+                                    lookup_many=many if fused else None).numpy()
+        np.testing.assert_array_equal(got, np.concatenate([a[[3, 99, 4]].ravel(), c[[49, 0]].ravel()]))
+    finally:
+        ps.close()
+
+
+def _with_paths(raw: dict, root: Path) -> dict:
+    raw["models"][0]["sparse_files"] = [str(root / p) for p in raw["models"][0]["sparse_files"]]
+    return raw
+
+
+def test_dense_runner_tensors(seed_model, dense_pt):
+    flat = np.random.default_rng(5).standard_normal(7 * 48).astype(np.float32)
+    ts = DenseRunner(dense_pt, width=48)
+    out = ts.run_tensor(torch.from_numpy(flat))
+    assert isinstance(out, torch.Tensor) and out.shape == (7, 1) and out.dtype == torch.float32
+    np.testing.assert_array_equal(out.numpy(), ts(flat))
+    assert ts.on_gpu is False and ts.note is None
+    onnx = DenseRunner(write_dense_onnx(seed_model["root"] / "fixed.onnx", 48, batch=4), width=48)
+    np.testing.assert_allclose(onnx.run_tensor(torch.from_numpy(flat)).numpy(), onnx(flat), rtol=1e-6)
+    with pytest.raises(RequestError, match="not a whole number of samples"):
+        ts.run_tensor(torch.zeros(50))
+    with pytest.raises(RequestError, match="must be FP32"):
+        ts.run_tensor(torch.zeros(48, dtype=torch.float64))
+    with pytest.raises(RepositoryError, match="device must be"):
+        DenseRunner(dense_pt, width=48, device="tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(RepositoryError, match="sees no CUDA device"):
+            DenseRunner(dense_pt, width=48, device="cuda:0")
+        ort = pytest.importorskip("onnxruntime")
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            fallback = DenseRunner(seed_model["dense"], width=48, device="cuda:0")
+            assert not fallback.on_gpu and "no CUDAExecutionProvider" in fallback.note
+            np.testing.assert_array_equal(fallback.run_tensor(torch.from_numpy(flat)).numpy(), fallback(flat))
+
+
+# --- a real tritonserver serving the GPU layout on CPU instances -----------------------------------
+
+
+def on_cpu_instances(repo: Path) -> None:
+    """Switch every KIND_GPU instance group of `repo` to KIND_CPU (a tritonserver without a GPU refuses
+    KIND_GPU); everything else, FORCE_CPU_ONLY_INPUT_TENSORS "no" included, stays as built."""
+    for cfg in repo.glob("*/config.pbtxt"):
+        cfg.write_text(re.sub(r"kind: KIND_GPU( gpus: \[[^\]]*\])?", "kind: KIND_CPU", cfg.read_text()))
+
+
+@pytest.fixture(scope="module")
+def served(seed_model, dense_pt, tmp_path_factory):
+    http = pytest.importorskip("tritonclient.http")
+    from hps.serving.triton import serve
+
+    root = tmp_path_factory.mktemp("gpu_layout")
+    repo = build_repository(seed_model["ps_json"], dense_pt, root / "repo", device="gpu", instance_count=2,
+                            dense_instance_count=1, metrics_interval_s=0)
+    build_repository(seed_model["ps_json"], dense_pt, repo, layout="fused", ensemble_name="fused_model",
+                     device="gpu", metrics_interval_s=0)
+    wide = write_table(root / "wdl_wide.model", np.arange(0, 1000, 2), 4, seed=5)
+    deep = write_table(root / "wdl_deep.model", np.arange(10_000, 12_000), 8, seed=6)
+    wdl_ps = write_ps_json(root / "wdl.json", "wdl", ["wdl_wide.model", "wdl_deep.model"], [4, 8], [2, 26],
+                           max_batch_size=10, defaults=[0.25, -1.0])
+    add_model_to_repository(repo, wdl_ps, device="gpu", metrics_interval_s=0)
+    on_cpu_instances(repo)
+    server = serve(repo, http_port=0, grpc_port=0, metrics_port=0, ready_timeout_s=240)
+    client = http.InferenceServerClient(server.url_http)
+    yield {"repo": repo, "server": server, "client": client, "http": http, "wide": wide, "deep": deep,
+           "dense": DenseRunner(dense_pt, width=48)}
+    client.close()
+    server.stop()
+
+
+def infer(served, model: str, inputs: dict[str, np.ndarray], output: str) -> np.ndarray:
+    http = served["http"]
+    tensors = []
+    for name, array in inputs.items():
+        tensor = http.InferInput(name, list(array.shape), "INT64" if array.dtype == np.int64 else "INT32")
+        tensor.set_data_from_numpy(array)
+        tensors.append(tensor)
+    return served["client"].infer(model, tensors, outputs=[http.InferRequestedOutput(output)]).as_numpy(output)
+
+
+@pytest.mark.triton
+@pytest.mark.slow
+def test_served_through_dlpack_equals_the_sparse_file_and_the_dense_model(served, seed_model):
+    log = Path(served["server"].log_path).read_text()
+    assert log.count("tensors through DLPack on cpu") == 4  # 2 hps_embedding instances, fused_model, wdl
+    assert "dense model dense_model: torchscript naive_dnn_dense.pt, 48 floats per sample, DLPack tensors" in log
+    keys = np.random.default_rng(11).integers(0, 30000, (256, 3)).astype(np.int64)
+    vectors = seed_model["vectors"][keys.reshape(-1)]
+    keys[0, 0], vectors[0] = 99_999_999, 0.5  # a miss: the table's default value
+    out = infer(served, "hps_embedding", {"KEYS": keys, "NUMKEYS": np.array([[keys.size]], np.int32)}, "OUTPUT0")
+    assert out.shape == (keys.size * 16,) and out.dtype == np.float32
+    np.testing.assert_array_equal(out, vectors.reshape(-1))
+    expected = served["dense"](vectors.reshape(-1))
+    for model in ("ensemble_model", "fused_model"):
+        pred = infer(served, model, {"EMB_KEY": keys, "EMB_N_KEY": np.array([[keys.size]], np.int32)}, "DENSE_OUTPUT")
+        assert pred.shape == (256, 1)
+        np.testing.assert_allclose(pred, expected, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.triton
+@pytest.mark.slow
+def test_served_two_tables_and_bad_requests(served):
+    from tritonclient.utils import InferenceServerException
+
+    wide_keys = np.array([0, 2, 998, 3, 40, 40], np.int64)   # 3 is a miss
+    deep_keys = np.arange(10_000, 10_052, dtype=np.int64)
+    deep_keys[5] = 5                                          # a miss
+    keys, numkeys = make_request([wide_keys, deep_keys])
+    out = infer(served, "wdl", {"KEYS": keys, "NUMKEYS": numkeys}, "OUTPUT0")
+    wide, deep = served["wide"], served["deep"]
+    expected_wide = np.concatenate([wide[[0, 1, 499]], np.full((1, 4), 0.25, np.float32), wide[[20, 20]]])
+    expected_deep = deep[np.arange(52)].copy()
+    expected_deep[5] = -1.0
+    np.testing.assert_array_equal(out, np.concatenate([expected_wide.ravel(), expected_deep.ravel()]))
+    with pytest.raises(InferenceServerException, match="adds up to 5 keys but KEYS holds 6"):
+        infer(served, "wdl", {"KEYS": np.arange(6, dtype=np.int64).reshape(1, 6),
+                              "NUMKEYS": np.array([[2, 3]], np.int32)}, "OUTPUT0")
+    with pytest.raises(InferenceServerException, match="more than max_batch_size 10"):
+        infer(served, "wdl", {"KEYS": np.arange(281, dtype=np.int64).reshape(1, -1),
+                              "NUMKEYS": np.array([[20, 261]], np.int32)}, "OUTPUT0")
+    assert infer(served, "wdl", {"KEYS": keys, "NUMKEYS": numkeys}, "OUTPUT0").shape == out.shape  # still serving
+
+
+@pytest.mark.triton
+@pytest.mark.slow
+def test_two_instances_map_one_host_tier(served):
+    """Both hps_embedding stub processes map the same /dev/shm segment: the table is held once."""
+    from hps.storage.shared_hash_map import SHM_DIR
+
+    name = ps_of(served["repo"], "hps_embedding")["volatile_db"]["shared_memory_name"]
+    segments = sorted(p for p in os.listdir(SHM_DIR) if p.startswith(name + ".") and p.rsplit(".", 1)[-1].isdigit())
+    assert len(segments) == 1, segments  # one table, one data segment
+    segment = os.path.join(SHM_DIR, segments[0])
+    mapping = []
+    for pid in _stub_pids(served["server"].process.pid):
+        try:
+            maps = Path(f"/proc/{pid}/maps").read_text()
+        except OSError:
+            continue
+        if segment in maps:
+            mapping.append(pid)
+    assert len(mapping) == 2, (segment, mapping)
+
+
+def _stub_pids(server_pid: int) -> list[int]:
+    """The python stub processes of a tritonserver (its process group)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if os.getpgid(int(entry)) == server_pid and int(entry) != server_pid:
+                pids.append(int(entry))
+        except OSError:
+            continue
+    return pids
