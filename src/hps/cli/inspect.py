@@ -1,22 +1,28 @@
 """`hps inspect`: what a ps.json will take, per table and tier, in all and against this machine's RAM;
-with `--keys`, the hit rate a sample of the user's own keys gets at each `gpucacheper`."""
+with `--keys`, the hit rate a sample of the user's own keys gets at each `gpucacheper`; with
+`--measure-load`, the peak and steady memory of a real load of the config, measured in a child process."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 from dataclasses import asdict
 from typing import Any
 
 from hps.cli.text_output import Output, human_bytes
-from hps.errors import KeyInputError
+from hps.errors import HpsError, KeyInputError
 
 EXAMPLE = """examples:
   hps inspect hps-demo/ps.json
   hps inspect ps.json --json > sizes.json
   hps inspect ps.json --model dlrm --table 0 --keys keys.npy --plot hit_rate.png
+  hps inspect ps.json --measure-load
 
-Memory figures are estimates from each structure's layout (hps.sizing), not measurements.
+Memory figures are estimates from each structure's layout (hps.sizing), not measurements;
+--measure-load also loads the config in a child process and reports its measured peak and
+steady resident memory beside them (a real start: every tier the config names is filled).
 --keys replays the sample through hps's CPU cache (set-associative LRU): see its help."""
 
 POLICY_NOTE = ("replayed through hps's CPU cache (CpuEmbeddingCache: sets of {ways} slots, exact LRU within a set; a "
@@ -53,6 +59,10 @@ def register(sub: Any) -> None:
     p.add_argument("--plot", metavar="OUT.png",
                    help="with --keys: also write a PNG of hit rate and memory against gpucacheper "
                         "(needs matplotlib: the 'plot' extra)")
+    p.add_argument("--measure-load", action="store_true",
+                   help="also load the config in a child process (as HPS(ps.json) would: every tier it names "
+                        "is filled, RocksDB and Redis included; no update source is started) and report the "
+                        "measured peak and steady resident memory (RSS) beside the estimates")
     p.set_defaults(run=run, flags={"model_name": "--model", "table_id": "--table", "batch_keys": "--batch",
                                    "gpucacheper": "--gpucacheper"})
 
@@ -72,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
     estimates = estimate_memory(config)
     totals = memory_totals(config, estimates, gpu=cuda_available())
     replay = _replay(args, config) if args.keys else None
+    measured = measure_load(args.config) if args.measure_load else None
     out = Output()
     if args.json:
         doc: dict[str, Any] = {
@@ -79,6 +90,8 @@ def run(args: argparse.Namespace) -> int:
             "tiers": _tiers(config), "tables": [asdict(e) for e in estimates], "memory": asdict(totals)}
         if replay is not None:
             doc["hit_rates"] = replay["doc"]
+        if measured is not None:
+            doc["measured_load"] = measured
         out.stream.write(json.dumps(doc) + "\n")
         return 0
     out.line(f"{args.config}: key type {config.key_dtype}; " + ", ".join(f"{k} {v}" for k, v in _tiers(config).items()))
@@ -94,6 +107,8 @@ def run(args: argparse.Namespace) -> int:
                   [[e.table, f"{e.rows:,}", str(e.dim), human_bytes(e.cache_bytes), human_bytes(e.volatile_bytes),
                     human_bytes(e.persistent_bytes)] for e in rows])
     _print_totals(out, totals)
+    if measured is not None:
+        _print_measured(out, measured, totals)
     if replay is not None:
         _print_replay(out, replay)
     return 0
@@ -124,6 +139,118 @@ def _print_totals(out: Output, t: Any) -> None:
                       f"{human_bytes(t.ram_available_bytes)} available: {verdict}"))
     out.table("memory (estimates)", [("where", "left"), ("bytes", "right"), ("what", "left")],
               [list(line) for line in lines])
+
+
+def measure_load(config_path: str) -> dict[str, Any]:
+    """Load `config_path` in a child Python process and return what it measured (see `_measure_here`):
+    `{"rss_before_bytes", "peak_rss_bytes", "steady_rss_bytes", "seconds", "peak_over_steady", "peak_source",
+    "models"}`. The child's progress bar goes to this terminal's stderr. A failed load raises the child's
+    `HpsError` subclass with its message (`HpsError` naming the exit status for anything else)."""
+    code = "import sys; from hps.cli.inspect import _measure_child; sys.exit(_measure_child(sys.argv[1]))"
+    proc = subprocess.run([sys.executable, "-c", code, str(config_path)], stdout=subprocess.PIPE,
+                          stderr=None if sys.stderr.isatty() else subprocess.PIPE, text=True)
+    lines = proc.stdout.strip().splitlines()
+    try:
+        doc = json.loads(lines[-1]) if lines else None
+    except ValueError:
+        doc = None
+    if proc.returncode == 0 and isinstance(doc, dict) and "peak_rss_bytes" in doc:
+        return doc
+    if isinstance(doc, dict) and "error" in doc:
+        import hps.errors
+
+        cls = getattr(hps.errors, str(doc["error"]), None)
+        cls = cls if isinstance(cls, type) and issubclass(cls, HpsError) else HpsError
+        raise cls(f"--measure-load: loading {config_path} in a child process failed: {doc.get('message')}")
+    tail = (proc.stderr or "").strip().splitlines()[-5:]
+    raise HpsError(f"--measure-load: the child process loading {config_path} exited with status {proc.returncode}"
+                   + (": " + " / ".join(tail) if tail else ""))
+
+
+def _measure_child(config_path: str) -> int:
+    """The child of `measure_load`: load, measure, print one JSON line on stdout; 0, or 2 with
+    `{"error", "message"}` on an `HpsError`."""
+    try:
+        doc = _measure_here(config_path)
+    except HpsError as exc:
+        print(json.dumps({"error": type(exc).__name__, "message": str(exc)}), flush=True)
+        return 2
+    print(json.dumps(doc), flush=True)
+    return 0
+
+
+def _measure_here(config_path: str) -> dict[str, Any]:
+    """Load `config_path` in this process (meant to be a fresh one) with no update source and measure it:
+    RSS before the load (Python, hps and its imports), the peak during it (the kernel's high-water mark,
+    reset just before the load, where /proc allows; else the loader's sampled peak) and the steady RSS
+    once loaded, then close it."""
+    import dataclasses
+    import gc
+    import time
+
+    from hps import HPS
+    from hps.config import load_config
+    from hps.lookup.loading import rss_bytes
+
+    config = load_config(config_path)
+    if config.update_source is not None:  # measure the load, do not join the consumer group
+        config = dataclasses.replace(config, update_source=None)
+    gc.collect()
+    before = rss_bytes()
+    hwm_reset = _reset_peak_rss()
+    started = time.perf_counter()
+    hps = HPS(config, show_progress=sys.stderr.isatty())
+    try:
+        seconds = time.perf_counter() - started
+        loads = hps.stats().get("load", {})
+        gc.collect()
+        steady = rss_bytes()
+        sampled = max([before, steady] + [int(r.get("peak_rss_bytes") or 0) for r in loads.values()])
+        hwm = _peak_rss() if hwm_reset else 0
+        peak = max(hwm, sampled)
+    finally:
+        hps.close()
+    return {"rss_before_bytes": before, "peak_rss_bytes": peak, "steady_rss_bytes": steady, "seconds": seconds,
+            "peak_over_steady": peak / steady if steady else None,
+            "peak_source": "kernel high-water mark (VmHWM)" if hwm_reset else "sampled by the loader",
+            "models": loads}
+
+
+def _reset_peak_rss() -> bool:
+    """Reset this process's RSS high-water mark (Linux: `5` into /proc/self/clear_refs); False where it can't."""
+    try:
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")
+        return _peak_rss() > 0
+    except OSError:
+        return False
+
+
+def _peak_rss() -> int:
+    """This process's RSS high-water mark in bytes (VmHWM of /proc/self/status; 0 where unreadable)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def _print_measured(out: Output, m: dict[str, Any], t: Any) -> None:
+    before = m["rss_before_bytes"]
+    ratio = m["peak_over_steady"]
+    lines = [("RSS before loading", human_bytes(before), "Python, hps and its imports"),
+             ("host memory, loaded", human_bytes(m["steady_rss_bytes"] - before),
+              f"steady RSS {human_bytes(m['steady_rss_bytes'])} less the above; estimate "
+              f"{human_bytes(t.host_bytes)}"),
+             ("host memory, loading peak", human_bytes(m["peak_rss_bytes"] - before),
+              f"peak RSS {human_bytes(m['peak_rss_bytes'])} less the above; estimate "
+              f"{human_bytes(t.peak_host_bytes)}"),
+             ("peak / steady RSS", "-" if ratio is None else f"{ratio:.2f}x", f"load took {m['seconds']:.1f} s")]
+    out.table(f"memory (measured: a load in a child process; peak from the {m['peak_source']})",
+              [("where", "left"), ("bytes", "right"), ("what", "left")], [list(line) for line in lines])
 
 
 def _replay(args: argparse.Namespace, config: Any) -> dict[str, Any]:
