@@ -8,16 +8,21 @@ Report "shared-hash-map", sections "memory", "find", "update_visibility".
   loaded) and after; the table's share from the /dev/shm mappings in /proc/<pid>/smaps. "one
   copy" is the table's segment (what one in-process hash map of the same rows holds, within the
   slab's rounding); the in-process figure is a measured HashMapBackend of the same rows.
-- find: three more processes, each holding only its own table as deployed: an in-process
-  HashMapBackend of the same rows, a secondary attached to the shared table, and the in-process
-  map again with numpy's huge-page madvise off (4 KiB pages, like the /dev/shm segment on a
-  kernel whose shmem_enabled is never); `find` of 1M random keys (all hits) per call, called in
-  turn, median of the calls.
-- update_visibility: the owner rewrites 1 key, then 1,000 keys, 200 times each, 2 ms apart; a
+- find: four more processes, each holding only its own table as deployed: an in-process
+  HashMapBackend of the same rows (numpy's arrays on 2 MiB transparent huge pages), a secondary
+  attached to the shared table (its segment collapsed into 2 MiB pages and mapped with 2 MiB
+  entries: `hps.storage.shared_hash_map_pages`), and each of the two again on 4 KiB pages (the
+  in-process map with numpy's huge-page madvise off; a secondary with HPS_SHM_HUGE_PAGES=0, which
+  maps the same segment with 4 KiB entries); `find` of 1M random keys (all hits) per call, called
+  in turn, median of the calls. Each process reports how much of its table it maps on 2 MiB pages
+  (smaps: AnonHugePages for the in-process map, ShmemPmdMapped for the secondaries).
+- update_visibility: the owner rewrites 1 key, then 1,000 keys, 1,000 times each, 2 ms apart; a
   secondary polls the last key of the batch in a loop, timing every find (CLOCK_MONOTONIC is one
   clock for every process of the host). Visible = end of the first find that read the new
   version − start of the owner's `insert_or_assign` call; stale = finds that started after a
-  write had returned and still read an older version.
+  write had returned and still read an older version (none: so the write call's own duration
+  bounds when a find sees the update); poller gaps = time between two consecutive finds of the
+  poller (it was not running), which the visible figure includes.
 
 Keys are scattered 64-bit values (k · 0x9E3779B97F4A7C15 mod 2^64), so neither map takes its
 direct-index path; vectors are a function of the key, so every process checks what it reads.
@@ -86,13 +91,13 @@ def _pages(directory: str) -> str:
             best, options = fields[1], fields[3]
     huge = [o for o in options.split(",") if o.startswith("huge=") and o not in ("huge=never", "huge=deny")]
     if huge:
-        return f"2 MiB pages (tmpfs {best} mounted {huge[0]})"
+        return f"tmpfs {best} mounted {huge[0]}: 2 MiB pages by itself"
     try:
         shmem = open("/sys/kernel/mm/transparent_hugepage/shmem_enabled").read().split()
         setting = next((w.strip("[]") for w in shmem if w.startswith("[")), "?")
     except OSError:
         setting = "?"
-    return f"4 KiB pages (tmpfs {best} without huge=; shmem_enabled {setting})"
+    return f"tmpfs {best} without huge=: 4 KiB pages by itself; shmem_enabled {setting}"
 
 
 def _config(name: str, owner: bool) -> Any:
@@ -151,25 +156,38 @@ def member(role: str, name: str, rows: int, commands: Any, results: Any) -> None
         command = commands.get()
         if command == "exit":
             break
-        if command == "write" and role == "owner":
-            results.put(("write", _write_versions(backend, rows)))
-        elif command == "poll":
-            results.put(("poll", _poll_versions(backend, rows)))
+        what, niceness, v0 = command
+        if not _set_niceness(niceness):
+            results.put((what, None))
+        elif what == "write" and role == "owner":
+            results.put(("write", _write_versions(backend, v0)))
+        elif what == "poll":
+            results.put(("poll", _poll_versions(backend, v0)))
+        _set_niceness(0)
     backend.close()
 
 
 _BATCHES = (1, 1000)
-_VERSIONS = 200
+_VERSIONS = 1000
 
 
-def _write_versions(backend: Any, rows: int) -> list[tuple[int, int, int, int]]:
-    """Rewrite the first `b` keys for each batch size `b`, `_VERSIONS` times, 2 ms apart:
-    [(batch, version, start_ns, end_ns)]."""
+def _set_niceness(niceness: int) -> bool:
+    """Run this process at `niceness` (below 0 needs root / CAP_SYS_NICE); False when refused."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, niceness)
+        return True
+    except (PermissionError, OSError):
+        return False
+
+
+def _write_versions(backend: Any, v0: int) -> list[tuple[int, int, int, int]]:
+    """Rewrite the first `b` keys for each batch size `b`, `_VERSIONS` times, 2 ms apart, as versions
+    v0 + 1 ...: [(batch, version, start_ns, end_ns)]."""
     times = []
     for b, batch in enumerate(_BATCHES):
         keys = table_keys(0, batch)
         for v in range(1, _VERSIONS + 1):
-            version = b * _VERSIONS + v
+            version = v0 + b * _VERSIONS + v
             vectors = table_rows(keys, version)
             t0 = time.monotonic_ns()
             backend.insert_or_assign(TAG, keys, vectors)
@@ -179,17 +197,17 @@ def _write_versions(backend: Any, rows: int) -> list[tuple[int, int, int, int]]:
     return times
 
 
-def _poll_versions(backend: Any, rows: int) -> dict[str, np.ndarray]:
-    """Poll the last key of each batch until the last version; every poll's start and end
+def _poll_versions(backend: Any, v0: int) -> dict[str, np.ndarray]:
+    """Poll the last key of each batch until the last version after `v0`; every poll's start and end
     (CLOCK_MONOTONIC ns), the version it read and which batch's key it polled."""
     polls: list[tuple[int, int, int, int]] = []
-    last = len(_BATCHES) * _VERSIONS
+    last = v0 + len(_BATCHES) * _VERSIONS
     probes = [table_keys(batch - 1, batch) for batch in _BATCHES]
     base = [float(table_rows(p)[0, 0]) for p in probes]
     deadline = time.monotonic() + 120
-    current = 0
+    current = v0
     while current < last and time.monotonic() < deadline:
-        b = 0 if current < _VERSIONS else 1
+        b = 0 if current < v0 + _VERSIONS else 1
         t0 = time.monotonic_ns()
         vectors, _ = backend.find(TAG, probes[b])
         t1 = time.monotonic_ns()
@@ -197,6 +215,39 @@ def _poll_versions(backend: Any, rows: int) -> dict[str, np.ndarray]:
         polls.append((t0, t1, int(round((float(vectors[0, 0]) - base[b]) / 10000)), b))
     arr = np.array(polls, dtype=np.int64).reshape(-1, 4)
     return {"start": arr[:, 0], "end": arr[:, 1], "version": arr[:, 2], "probe": arr[:, 3]}
+
+
+def _visibility_row(batch: int, w: np.ndarray, starts: np.ndarray, ends: np.ndarray,
+                    versions: np.ndarray) -> dict[str, Any]:
+    """One update_visibility row from the writes `w: (m, 3) [version, start_ns, end_ns]` and the polls."""
+    # visible: the end of the first poll that read this version or a later one, from the write's start
+    first = np.searchsorted(versions, w[:, 0])
+    seen = first < versions.shape[0]
+    lat = (ends[first[seen]] - w[seen, 1]) / 1e6
+    # stale: a poll that started after a write had returned, yet read an older version
+    done = np.searchsorted(w[:, 2], starts, side="left") - 1  # last write returned before the poll
+    required = np.where(done >= 0, w[np.maximum(done, 0), 0], 0)
+    stale = int(np.count_nonzero(versions < required))
+    dur = (w[:, 2] - w[:, 1]) / 1e6
+    # the poller's stalls: a find of 1 key takes ~5 µs, so a poll that took longer than 0.5 ms, or a gap
+    # of more than 0.5 ms between two polls, is time the poller was not running (or waited on the seqlock)
+    long_poll = (ends - starts) > 500_000
+    gap = (starts[1:] - ends[:-1]) > 500_000
+    stall_starts = np.concatenate([starts[long_poll], ends[:-1][gap]])
+    stall_ends = np.concatenate([ends[long_poll], starts[1:][gap]])
+    stall_ms = (stall_ends - stall_starts) / 1e6
+    late = lat > 1.0
+    late_stalled = 0
+    for v_start, v_end in zip(w[seen, 1][late], ends[first[seen]][late]):
+        late_stalled += int(np.any((stall_ends > v_start) & (stall_starts < v_end)))
+    return {"keys_per_update": batch, "updates": int(w.shape[0]), "polls": int(starts.shape[0]),
+            "stale_polls_after_write_returned": stale,
+            "write_call_p50_ms": float(np.percentile(dur, 50)), "write_call_p99_ms": float(np.percentile(dur, 99)),
+            "write_call_max_ms": float(dur.max()),
+            "visible_p50_ms": float(np.percentile(lat, 50)), "visible_p99_ms": float(np.percentile(lat, 99)),
+            "visible_max_ms": float(lat.max()), "visible_over_10ms": int((lat > 10).sum()),
+            "updates_never_seen": int((~seen).sum()), "poller_stall_max_ms": float(stall_ms.max(initial=0.0)),
+            "visible_over_1ms": int(late.sum()), "of_which_poller_stalled": late_stalled}
 
 
 def speed_worker(kind: str, name: str, rows: int, commands: Any, results: Any) -> None:
@@ -207,8 +258,12 @@ def speed_worker(kind: str, name: str, rows: int, commands: Any, results: Any) -
     from hps.storage.hash_map import HashMapBackend
     from hps.storage.shared_hash_map import SharedHashMapBackend
 
-    if kind == "local_4k":  # numpy's large arrays without transparent huge pages, as the /dev/shm segment
+    from hps.storage import shared_hash_map_pages
+
+    if kind == "local_4k":  # numpy's large arrays without transparent huge pages
         np.core.multiarray._set_madvise_hugepage(False)
+    if kind == "shared_4k":  # the segment mapped with 4 KiB page-table entries
+        shared_hash_map_pages.HUGE_PAGES = False
     _warm()
     before = _pss_kib()[0]
     if kind.startswith("local"):
@@ -221,7 +276,12 @@ def speed_worker(kind: str, name: str, rows: int, commands: Any, results: Any) -
     else:
         backend = SharedHashMapBackend(_config(name, False), attach_timeout_s=60, shm_dir=SHM_DIR)
         backend.create_table(TAG, DIM)
-    results.put((kind, "ready", backend.memory_bytes(TAG), _pss_kib()[0] - before))
+    if kind.startswith("local"):
+        huge = sum(int(line.split()[1]) * 1024 for line in open("/proc/self/smaps_rollup")
+                   if line.startswith("AnonHugePages:"))
+    else:
+        huge = backend.huge_page_bytes(TAG)
+    results.put((kind, "ready", backend.memory_bytes(TAG), _pss_kib()[0] - before, huge))
     n = min(CHUNK, rows)
     out = np.empty((n, DIM), np.float32)
     while True:
@@ -238,22 +298,25 @@ def speed_worker(kind: str, name: str, rows: int, commands: Any, results: Any) -
     backend.close()
 
 
-def compare_finds(ctx: Any, name: str, rows: int, repeat: int) -> tuple[dict[str, list[float]], int, int]:
-    """Interleaved finds in two processes (the four members idle meanwhile): {label: seconds}, and the
-    in-process map's memory_bytes and measured PSS increase (KiB)."""
+def compare_finds(ctx: Any, name: str, rows: int,
+                  repeat: int) -> tuple[dict[str, list[float]], int, int, dict[str, tuple[int, int]]]:
+    """Interleaved finds in four processes (the four members idle meanwhile): {label: seconds}, the
+    in-process map's memory_bytes and measured PSS increase (KiB), and {label: (bytes on 2 MiB pages,
+    table bytes)}."""
     results = ctx.Queue()
-    queues = {kind: ctx.Queue() for kind in ("local", "shared", "local_4k")}
+    queues = {kind: ctx.Queue() for kind in ("local", "shared", "local_4k", "shared_4k")}
     procs = [ctx.Process(target=speed_worker, args=(kind, name, rows, q, results), daemon=True)
              for kind, q in queues.items()]
     for proc in procs:
         proc.start()
     ready = {m[0]: m for m in (results.get(timeout=1800) for _ in queues)}
-    labels = {"local": "in-process hash_map", "shared": "multi_process_hash_map (secondary)",
-              "local_4k": "in-process hash_map, 4 KiB pages"}
+    labels = {"local": "in-process hash_map (2 MiB THP)", "shared": "multi_process_hash_map secondary (2 MiB pages)",
+              "local_4k": "in-process hash_map, 4 KiB pages",
+              "shared_4k": "multi_process_hash_map secondary, 4 KiB pages"}
     times: dict[str, list[float]] = {label: [] for label in labels.values()}
     for i in range(repeat + 2):
         kinds = list(queues)
-        for kind in kinds[i % 3:] + kinds[:i % 3]:
+        for kind in kinds[i % len(kinds):] + kinds[:i % len(kinds)]:
             queues[kind].put(i)
             got = results.get(timeout=600)
             if i >= 2:  # two warm-up calls each
@@ -262,13 +325,14 @@ def compare_finds(ctx: Any, name: str, rows: int, repeat: int) -> tuple[dict[str
         q.put("exit")
     for proc in procs:
         proc.join(60)
-    return times, ready["local"][2], ready["local"][3]
+    huge = {labels[kind]: (ready[kind][4], ready[kind][2]) for kind in queues}
+    return times, ready["local"][2], ready["local"][3], huge
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="1M rows instead of 10M")
-    parser.add_argument("--repeat", type=int, default=15)
+    parser.add_argument("--repeat", type=int, default=21)
     parser.add_argument("--shm-dir", default=SHM_DIR, help="tmpfs for the segments (default /dev/shm); results "
                         "from another directory go to sections named after it")
     args = parser.parse_args()
@@ -300,7 +364,7 @@ def main() -> None:
         one_copy = segment / 2**20
 
         # find speed: two more processes, one in-process map and one secondary, with the four idle
-        times, local_bytes, local_pss = compare_finds(ctx, name, rows, args.repeat)
+        times, local_bytes, local_pss, huge = compare_finds(ctx, name, rows, args.repeat)
         mem_rows.append({"process": "sum of the 4", "pss_before_MiB": sum(r["pss_before_MiB"] for r in mem_rows),
                          "pss_after_MiB": sum(r["pss_after_MiB"] for r in mem_rows),
                          "pss_increase_MiB": total_increase, "table_pss_MiB": total_table, "load_s": ""})
@@ -321,52 +385,59 @@ def main() -> None:
             f"{4 * local_pss * mib / one_copy:.2f}× one copy in 4 processes. {VM_NOTE}"))
 
         find_rows = []
-        base = median(times["in-process hash_map"])
+        base = median(times["in-process hash_map (2 MiB THP)"])
+        base_4k = median(times["in-process hash_map, 4 KiB pages"])
         for label, ts in times.items():
-            find_rows.append({"backend": label, "keys_per_call": min(CHUNK, rows), "median_ms": median(ts) * 1e3,
+            on_huge, table_bytes = huge[label]
+            find_rows.append({"backend": label, "keys_per_call": min(CHUNK, rows), "table_on_2MiB_pages_MiB":
+                              on_huge / 2**20, "table_MiB": table_bytes / 2**20, "median_ms": median(ts) * 1e3,
                               "p90_ms": percentile(ts, 90) * 1e3, "M_keys_per_s": min(CHUNK, rows) / median(ts) / 1e6,
-                              "time_vs_in_process": median(ts) / base})
+                              "time_vs_in_process": median(ts) / base,
+                              "time_vs_in_process_4KiB": median(ts) / base_4k})
         write_results("shared-hash-map", "find" + suffix, find_rows, notes=(
             f"find of 1M random keys (all hits) per call on the {rows:,} × {DIM} table: an in-process HashMapBackend "
             f"in one process and a secondary attached to the shared table in another (each holding only its own "
             f"table, as deployed), called in turn, {args.repeat} calls each after 2 warm-up calls; both split a call "
-            f"over the 2 cores. The segments are in {args.shm_dir}: {_pages(args.shm_dir)}; numpy's large arrays get "
-            f"transparent huge pages (2 MiB); the third line is the in-process map with numpy's "
-            f"huge-page madvise off, i.e. on 4 KiB pages. Target: time_vs_in_process ≤ 1.2. {VM_NOTE}"))
+            f"over the 2 cores. The segments are in {args.shm_dir} ({_pages(args.shm_dir)}), collapsed into 2 MiB "
+            f"pages when made (MADV_COLLAPSE) and mapped 2 MiB-aligned; numpy's large arrays get transparent huge "
+            f"pages (2 MiB, THP enabled = madvise). The 4 KiB lines compare like with like on small pages: the "
+            f"in-process map with numpy's huge-page madvise off, a secondary with HPS_SHM_HUGE_PAGES=0 (the same "
+            f"segment mapped with 4 KiB entries). table_on_2MiB_pages_MiB: the process's AnonHugePages (in-process) "
+            f"or ShmemPmdMapped of the segment (secondary). Target: time_vs_in_process ≤ 1.2 (like with like: "
+            f"secondary vs in-process on 2 MiB pages). {VM_NOTE}"))
 
-        # update visibility: owner writes, s1 polls
-        commands["s1"].put("poll")
-        time.sleep(0.5)
-        commands["owner"].put("write")
-        got = {kind: payload for kind, payload in (results.get(timeout=600) for _ in range(2))}
-        writes, polls = got["write"], got["poll"]
+        # update visibility: owner writes, s1 polls; at normal priority, then (root only) both at nice -10
         vis_rows = []
-        for b, batch in enumerate(_BATCHES):
-            mine = polls["probe"] == b
-            starts, ends, versions = polls["start"][mine], polls["end"][mine], polls["version"][mine]
-            w = np.array([(v, t0, t1) for size, v, t0, t1 in writes if size == batch], dtype=np.int64)
-            # visible: the end of the first poll that read this version or a later one, from the write's start
-            first = np.searchsorted(versions, w[:, 0])
-            seen = first < versions.shape[0]
-            lat = (ends[first[seen]] - w[seen, 1]) / 1e6
-            # stale: a poll that started after a write had returned, yet read an older version
-            done = np.searchsorted(w[:, 2], starts, side="left") - 1  # last write returned before the poll
-            required = np.where(done >= 0, w[np.maximum(done, 0), 0], 0)
-            stale = int(np.count_nonzero(versions < required))
-            dur = (w[:, 2] - w[:, 1]) / 1e6
-            vis_rows.append({"keys_per_update": batch, "updates": int(w.shape[0]), "polls": int(starts.shape[0]),
-                             "stale_polls_after_write_returned": stale,
-                             "write_call_p50_ms": float(np.percentile(dur, 50)),
-                             "visible_p50_ms": float(np.percentile(lat, 50)),
-                             "visible_p99_ms": float(np.percentile(lat, 99)),
-                             "visible_max_ms": float(lat.max()), "updates_never_seen": int((~seen).sum())})
+        for round_, niceness in enumerate((0, -10)):
+            v0 = round_ * len(_BATCHES) * _VERSIONS
+            commands["s1"].put(("poll", niceness, v0))
+            time.sleep(0.5)
+            commands["owner"].put(("write", niceness, v0))
+            got = {kind: payload for kind, payload in (results.get(timeout=600) for _ in range(2))}
+            writes, polls = got["write"], got["poll"]
+            if writes is None or polls is None:
+                print(f"nice {niceness} refused: visibility at nice 0 only")
+                continue
+            for b, batch in enumerate(_BATCHES):
+                mine = polls["probe"] == b
+                w = np.array([(v, t0, t1) for size, v, t0, t1 in writes if size == batch], dtype=np.int64)
+                vis_rows.append({"niceness": niceness, **_visibility_row(
+                    batch, w, polls["start"][mine], polls["end"][mine], polls["version"][mine])})
         write_results("shared-hash-map", "update_visibility" + suffix, vis_rows, notes=(
             f"The owner process rewrites the first 1 or 1,000 keys of the {rows:,}-row table {_VERSIONS} times, "
-            f"2 ms apart; a secondary process polls the batch's last key in a loop. visible = end of the "
-            f"secondary's first find that returned this version or a later one − start of the owner's "
-            f"insert_or_assign call (CLOCK_MONOTONIC, shared by the host's processes; it includes the time the "
-            f"poller was not scheduled: this 2-vCPU VM is shared). stale polls = finds that started after a write "
-            f"had returned and still read an older version (must be 0). Target: ≤ 10 ms. {VM_NOTE}"))
+            f"2 ms apart; a secondary process polls the batch's last key in a loop (a find of 1 key, ~5 µs). "
+            f"visible = end of the secondary's first find that returned this version or a later one − start of "
+            f"the owner's insert_or_assign call (CLOCK_MONOTONIC, shared by the host's processes). Nothing polls "
+            f"or batches in between: the owner writes the shared rows in place under the seqlock, and a find "
+            f"reads them directly, so with stale polls = 0 (no find that started after a write returned read an "
+            f"older version) the write call's own duration bounds the propagation; the rest of 'visible' is time "
+            f"the poller was not running (poller gaps: this 2-vCPU VM is shared with other jobs). "
+            f"poller stall: a poll that took > 0.5 ms or a gap > 0.5 ms between two polls (a 1-key find takes "
+            f"~5 µs: the poller was descheduled, or spun on the seqlock while a write was in flight); "
+            f"of_which_poller_stalled: updates seen later than 1 ms with a stall in between. Rows at niceness "
+            f"-10: the owner and the poller at nice -10 (os.setpriority, as root), i.e. less exposed to the "
+            f"other jobs of this VM; the mechanism is the same. "
+            f"Target: ≤ 10 ms. {VM_NOTE}"))
         for queue in commands.values():
             queue.put("exit")
         for proc in procs:

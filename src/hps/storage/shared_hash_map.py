@@ -36,12 +36,15 @@ bytes, and each new segment must fit /dev/shm's free space: it is allocated up f
 (`posix_fallocate`), so a full /dev/shm is a `BackendError` naming both figures when the segment is
 made, never a SIGBUS later (Docker's default /dev/shm is 64 MiB: `docker run --shm-size`).
 
-**Pages.** The segments are tmpfs pages: 4 KiB unless the tmpfs gives huge pages (mounted with
-`huge=within_size` or `huge=always`; for /dev/shm's kernel-internal default see
-`/sys/kernel/mm/transparent_hugepage/shmem_enabled`), while the in-process map's large numpy
-arrays get 2 MiB transparent huge pages. On a table far larger than the TLB reach, random finds
-on 4 KiB pages cost ~1.3-1.6x the in-process map's (the in-process map on 4 KiB pages is as slow);
-on a huge-page tmpfs (`HPS_SHM_DIR`) ~1.1x (benchmarks/results/shared-hash-map.md).
+**Pages.** On a table far larger than the TLB's reach, random finds on 4 KiB pages cost ~1.3-1.6x
+the in-process map's, whose large numpy arrays get 2 MiB transparent huge pages (the in-process
+map on 4 KiB pages is as slow). /dev/shm gives its files 4 KiB pages unless mounted with `huge=`,
+so each segment is collapsed into 2 MiB pages when it is made (`madvise(MADV_COLLAPSE)`, Linux ≥
+6.1, whatever the mount's option) and every process maps it at a 2 MiB-aligned address
+(`hps.storage.shared_hash_map_pages`; `HPS_SHM_HUGE_PAGES=0` turns it off). Where the kernel
+refuses (older kernels, `shmem_enabled` deny), a tmpfs mounted `-o huge=always` named by
+`HPS_SHM_DIR` gives 2 MiB pages too. `huge_page_bytes(tag)` says what this process got
+(benchmarks/results/shared-hash-map.md).
 
 **Starting and stopping.** A process with `initialize_after_startup: false` (a secondary) waits in
 `create_table` until the owner has created and loaded the table (`mark_loaded`), at most
@@ -83,6 +86,7 @@ from hps.config.schema import HashMapConfig
 from hps.errors import BackendError, ClosedError
 from hps.storage import hash_map_kernels as K
 from hps.storage import shared_hash_map_kernels as S
+from hps.storage import shared_hash_map_pages as P
 from hps.storage.base import check_keys, check_vectors
 from hps.storage.hash_map import (BATCH_LOAD, MAX_LOAD, MAX_ROWS, MIN_ROWS, MIN_SLOTS, SLOT_GROWTH,
                                   _on_all_cores, _output)
@@ -141,10 +145,12 @@ class _Generation:
         fd = os.open(path, os.O_RDWR)
         try:
             size = os.fstat(fd).st_size
-            # page tables filled up front: a secondary's first lookups take no page faults
-            self.mm = mmap.mmap(fd, size, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0))
+            # 2 MiB-aligned where huge pages are on, page tables filled up front: a secondary's first
+            # lookups take no page faults (`hps.storage.shared_hash_map_pages`)
+            self.mapping = P.map_segment(fd, size)
         finally:
             os.close(fd)
+        self.mm = self.mapping.buffer
         self.path, self.gen, self.nbytes = path, generation, size
         words = np.frombuffer(self.mm, np.int64, 8, 0)
         if int(words[D_MAGIC]) != _MAGIC:
@@ -530,7 +536,7 @@ class SharedHashMapBackend:
                     why = f"{self._dir} could not allocate it ({os.strerror(exc.errno)})"
                     raise BackendError(self._no_room(base, nbytes, capacity_rows, dim, why)) from exc
                 raise
-            mm = mmap.mmap(fd, nbytes)
+            mm = P.map_segment(fd, nbytes, collapse=True).buffer  # its pages made 2 MiB ones before use
             words = np.frombuffer(mm, np.int64, 8, 0)
             state = np.frombuffer(mm, np.int64, 4, _STATE_OFFSET)
             state[:] = (0, 0, -1, 0)
@@ -539,8 +545,7 @@ class SharedHashMapBackend:
             words[D_NUM_SLOTS], words[D_CAPACITY], words[D_DIM], words[D_PARTITIONS] = (
                 num_slots, capacity_rows, dim, num_partitions)
             words[D_MAGIC] = _MAGIC
-            del words, state
-            mm.close()
+            del words, state, mm
         except BaseException:
             os.close(fd)
             os.unlink(path)
@@ -637,6 +642,11 @@ class SharedHashMapBackend:
     def memory_bytes(self, tag: str) -> int:
         """Bytes of table `tag`'s data segment (slots + slab capacity + counters), shared by every process."""
         return self._table(tag).current().nbytes
+
+    def huge_page_bytes(self, tag: str) -> int:
+        """Bytes of table `tag`'s data segment this process maps with 2 MiB pages (0: all on 4 KiB pages;
+        the last partial 2 MiB always is). Read from /proc/self/smaps: for diagnostics, not hot paths."""
+        return self._table(tag).current().mapping.huge_page_bytes()
 
     def segment_paths(self, tag: str) -> list[str]:
         """The files of table `tag`: header, current data segment, users lock file."""
