@@ -52,8 +52,16 @@ fi
 
 # the stub links libpython$PYVER: hps's launcher puts the interpreter's LIBDIR on LD_LIBRARY_PATH
 LIBDIR="$("$DEST/venv/bin/python" -c 'import sysconfig; print(sysconfig.get_config_var("LIBDIR") or "")')"
+EXTRA_LD=""
 if ! LD_LIBRARY_PATH="$DEST/site/nvidia_pytriton.libs:$LIBDIR" ldd "$STUB" | grep -q "libpython$PYVER.*=> /"; then
-  echo "setup.sh: WARNING: the python stub does not find libpython$PYVER.so in $LIBDIR; python models will not start" >&2
+  # not in the interpreter's LIBDIR: look where Python builds usually put it, and add that folder
+  found="$(find /usr /opt /root/.local /usr/local -name "libpython$PYVER.so.1.0" 2>/dev/null | head -1 || true)"
+  if [ -n "$found" ]; then
+    EXTRA_LD="$(dirname "$found")"
+    echo "setup.sh: libpython$PYVER found in $EXTRA_LD (not in LIBDIR $LIBDIR): env.sh adds it to LD_LIBRARY_PATH"
+  else
+    echo "setup.sh: WARNING: no libpython$PYVER.so.1.0 on this machine; the python stub (python models) will not start" >&2
+  fi
 fi
 if ! LD_LIBRARY_PATH="$DEST/site/nvidia_pytriton.libs" ldd "$DEST/site/pytriton/tritonserver/bin/tritonserver" | grep -q "not found"; then :; else
   echo "setup.sh: WARNING: tritonserver misses libraries:" >&2
@@ -84,6 +92,7 @@ cat > "$DEST/env.sh" <<ENV
 export PATH="$DEST/venv/bin:$DEST/bin:\$PATH"
 export HPS_CACHE_DIR="$DEST/cache"
 export PERF_ANALYZER="$DEST/bin/perf_analyzer"
+${EXTRA_LD:+export LD_LIBRARY_PATH="$EXTRA_LD\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}"}
 ENV
 
 HPS_CACHE_DIR="$DEST/cache" PATH="$DEST/venv/bin:$PATH" "$DEST/venv/bin/python" - <<PY
