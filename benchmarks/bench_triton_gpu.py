@@ -508,7 +508,7 @@ def main() -> None:
                 "size drawn from 1 M cached keys (all hits), like HugeCTR's same-batch-repeated runs. Targets: served "
                 "p50 ≤ in-process p50 + 1 ms; ≥ 4× faster than HugeCTR's ensemble at 1,024 samples and above.")
 
-        reserve = 15.0 + 75.0 * len([x for x in args.instances.split(",") if x.strip()])
+        reserve = 15.0 + 55.0 * len([x for x in args.instances.split(",") if x.strip()])
         for c in concurrency:  # concurrency 1 at every batch first: the targets are read there
             for b in batches:
                 section("latency", lambda: latency_point(b, c), prefix, report)
