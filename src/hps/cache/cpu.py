@@ -12,8 +12,8 @@ is cacheable. Probes stop after the occupied slots.
 
 Every batch call runs one numba kernel (`nogil`) under one lock, so a lookup never sees a
 row that an insert is halfway through writing (no torn vectors) and calls from many
-threads are safe; a large find splits its kernel over the cores (as the hash map's find does). Inputs are validated before the kernel runs: a rejected call changes
-nothing.
+threads are safe; a large find splits its kernel over the cores (as the hash map's find does).
+Inputs are validated before the kernel runs: a rejected call changes nothing.
 """
 
 from __future__ import annotations
