@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -285,6 +286,112 @@ def test_dense_runner_tensors(seed_model, dense_pt):
             np.testing.assert_array_equal(fallback.run_tensor(torch.from_numpy(flat)).numpy(), fallback(flat))
 
 
+# HugeCTR's style of repository (reference §4): the hps backend on a GPU, a TorchScript dense model in
+# Triton's pytorch backend, the ensemble; `convert_hugectr_repository(device="gpu")` keeps the GPU instances
+HUGECTR_WDL = """name: "wdl"
+backend: "hps"
+max_batch_size: 0
+input [ { name: "KEYS" data_type: TYPE_INT64 dims: [ -1, -1 ] },
+        { name: "NUMKEYS" data_type: TYPE_INT32 dims: [ -1, -1 ] } ]
+output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ -1 ] } ]
+version_policy: { specific: { versions: 1 } }
+instance_group [ { count: 2 kind: KIND_GPU gpus: [ 0 ] } ]
+parameters [ { key: "refresh_interval" value: { string_value: "0" } } ]
+"""
+HUGECTR_DENSE = """name: "wdl_dense"
+platform: "pytorch_libtorch"
+max_batch_size: 0
+input [ { name: "INPUT__0" data_type: TYPE_FP32 dims: [ -1 ] } ]
+output [ { name: "OUTPUT__0" data_type: TYPE_FP32 dims: [ -1, 1 ] } ]
+instance_group [ { count: 1 kind: KIND_GPU gpus: [ 0 ] } ]
+"""
+WDL_WIDTH = 2 * 4 + 26 * 8  # floats per sample of the wdl model's OUTPUT0
+
+
+class RowSums(torch.nn.Module):
+    def forward(self, x):
+        return (x.reshape(-1, 216) * 0.5).sum(1, keepdim=True)
+
+
+def write_hugectr_wdl(root: Path) -> dict:
+    """A HugeCTR repository (wdl: 2 tables, dims 4 and 8; wdl_dense: TorchScript; wdl_ensemble) + its ps.json."""
+    from hps.serving.triton import config_text
+
+    repo = root / "hugectr"
+    (repo / "wdl" / "1").mkdir(parents=True)
+    wide = write_table(repo / "wdl" / "1" / "wdl_wide.model", np.arange(0, 1000, 2), 4, seed=5)
+    deep = write_table(repo / "wdl" / "1" / "wdl_deep.model", np.arange(10_000, 12_000), 8, seed=6)
+    (repo / "wdl" / "config.pbtxt").write_text(HUGECTR_WDL)
+    (repo / "wdl_dense" / "1").mkdir(parents=True)
+    torch.jit.script(RowSums()).save(str(repo / "wdl_dense" / "1" / "model.pt"))
+    (repo / "wdl_dense" / "config.pbtxt").write_text(HUGECTR_DENSE)
+    (repo / "wdl_ensemble" / "1").mkdir(parents=True)
+    (repo / "wdl_ensemble" / "config.pbtxt").write_text(config_text.ensemble_config(
+        "wdl_ensemble", "wdl", "wdl_dense", dense_input="INPUT__0", dense_output="OUTPUT__0"))
+    ps = write_ps_json(root / "hugectr_ps.json", "wdl", ["/models/wdl/1/wdl_wide.model",
+                       "/models/wdl/1/wdl_deep.model"], [4, 8], [2, 26], max_batch_size=10, defaults=[0.25, -1.0])
+    raw = json.loads(ps.read_text())
+    raw["volatile_db"] = {"type": "redis_cluster", "address": "127.0.0.1:7000"}  # not connected: only written
+    (root / "redis_ps.json").write_text(json.dumps(raw))
+    return {"repo": repo, "ps_json": ps, "wide": wide, "deep": deep}
+
+
+def test_convert_hugectr_repository_for_the_gpu(tmp_path):
+    from hps.serving.triton import convert_hugectr_repository
+
+    wdl = write_hugectr_wdl(tmp_path)
+    assert convert_hugectr_repository(wdl["repo"], tmp_path / "gpu", wdl["ps_json"], backends={"python"},
+                                      device="gpu") == ["wdl", "wdl_dense"]
+    for model in ("wdl", "wdl_dense"):
+        text = read(tmp_path / "gpu", model)
+        assert 'backend: "python"' in text and "KIND_CPU" not in text
+        assert 'parameters { key: "FORCE_CPU_ONLY_INPUT_TENSORS" value: { string_value: "no" } }' in text
+    assert "instance_group [ { count: 2 kind: KIND_GPU gpus: [ 0 ] } ]" in read(tmp_path / "gpu", "wdl")
+    assert "instance_group [ { count: 1 kind: KIND_GPU gpus: [ 0 ] } ]" in read(tmp_path / "gpu", "wdl_dense")
+    convert_hugectr_repository(wdl["repo"], tmp_path / "cpu", wdl["ps_json"], backends={"python"})
+    for model in ("wdl", "wdl_dense"):
+        assert "kind: KIND_CPU" in read(tmp_path / "cpu", model)
+        assert "FORCE_CPU_ONLY_INPUT_TENSORS" not in read(tmp_path / "cpu", model)
+    with pytest.raises(RepositoryError, match="device must be one of"):
+        convert_hugectr_repository(wdl["repo"], tmp_path / "x", wdl["ps_json"], device="npu")
+
+
+def test_add_model_for_the_gpu(tmp_path, seed_model):
+    wdl = write_hugectr_wdl(tmp_path)
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    raw = json.loads((tmp_path / "redis_ps.json").read_text())
+    raw["models"][0]["sparse_files"] = [str(wdl["repo"] / "wdl" / "1" / n) for n in ("wdl_wide.model",
+                                                                                       "wdl_deep.model")]
+    (tmp_path / "wdl.json").write_text(json.dumps(raw))
+    add_model_to_repository(repo, tmp_path / "wdl.json", device="gpu", instance_count=3)
+    assert "count: 3 kind: KIND_GPU gpus: [ 0 ]" in read(repo, "wdl") and 'string_value: "no"' in read(repo, "wdl")
+    assert ps_of(repo, "wdl")["volatile_db"]["type"] == "redis_cluster"  # shared already: as the user wrote it
+
+
+def test_backend_runner_tensors(tmp_path):
+    from hps.serving.triton.backend_runner import BackendRunner
+
+    class Two(torch.nn.Module):
+        def forward(self, a, b):
+            return a * 2 + b, a - b
+
+    torch.jit.script(Two()).save(str(tmp_path / "two.pt"))
+    runner = BackendRunner("pytorch", tmp_path / "two.pt", ["b", "a"], ["OUT__1", "OUT__0"])
+    a, b = torch.arange(4, dtype=torch.float32), torch.ones(4)
+    out = runner.run_tensors({"a": a, "b": b})
+    assert isinstance(out["OUT__0"], torch.Tensor) and runner.on_gpu is False
+    torch.testing.assert_close(out["OUT__0"], a * 2 + b)
+    torch.testing.assert_close(out["OUT__1"], a - b)
+    with pytest.raises(RequestError, match="needs inputs"):
+        runner.run_tensors({"a": a})
+    with pytest.raises(RequestError, match="rejects the request"):
+        runner.run_tensors({"a": a, "b": torch.ones(3)})
+    if not torch.cuda.is_available():
+        with pytest.raises(RepositoryError, match="sees no CUDA device"):
+            BackendRunner("pytorch", tmp_path / "two.pt", ["a", "b"], ["x", "y"], device="cuda:0")
+
+
 # --- a real tritonserver serving the GPU layout on CPU instances -----------------------------------
 
 
@@ -298,18 +405,19 @@ def on_cpu_instances(repo: Path) -> None:
 @pytest.fixture(scope="module")
 def served(seed_model, dense_pt, tmp_path_factory):
     http = pytest.importorskip("tritonclient.http")
-    from hps.serving.triton import serve
+    from hps.serving.triton import convert_hugectr_repository, serve
 
     root = tmp_path_factory.mktemp("gpu_layout")
     repo = build_repository(seed_model["ps_json"], dense_pt, root / "repo", device="gpu", instance_count=2,
                             dense_instance_count=1, metrics_interval_s=0)
     build_repository(seed_model["ps_json"], dense_pt, repo, layout="fused", ensemble_name="fused_model",
                      device="gpu", metrics_interval_s=0)
-    wide = write_table(root / "wdl_wide.model", np.arange(0, 1000, 2), 4, seed=5)
-    deep = write_table(root / "wdl_deep.model", np.arange(10_000, 12_000), 8, seed=6)
-    wdl_ps = write_ps_json(root / "wdl.json", "wdl", ["wdl_wide.model", "wdl_deep.model"], [4, 8], [2, 26],
-                           max_batch_size=10, defaults=[0.25, -1.0])
-    add_model_to_repository(repo, wdl_ps, device="gpu", metrics_interval_s=0)
+    wdl = write_hugectr_wdl(root)  # converted for the GPU, its models copied beside the others
+    convert_hugectr_repository(wdl["repo"], root / "converted", wdl["ps_json"], backends={"python"}, device="gpu",
+                               metrics_interval_s=0)
+    for model in ("wdl", "wdl_dense", "wdl_ensemble"):
+        shutil.copytree(root / "converted" / model, repo / model)
+    wide, deep = wdl["wide"], wdl["deep"]
     on_cpu_instances(repo)
     server = serve(repo, http_port=0, grpc_port=0, metrics_port=0, ready_timeout_s=240)
     client = http.InferenceServerClient(server.url_http)
@@ -333,8 +441,9 @@ def infer(served, model: str, inputs: dict[str, np.ndarray], output: str) -> np.
 @pytest.mark.slow
 def test_served_through_dlpack_equals_the_sparse_file_and_the_dense_model(served, seed_model):
     log = Path(served["server"].log_path).read_text()
-    assert log.count("tensors through DLPack on cpu") == 4  # 2 hps_embedding instances, fused_model, wdl
+    assert log.count("tensors through DLPack on cpu") == 5  # 2 hps_embedding instances, fused_model, 2 wdl
     assert "dense model dense_model: torchscript naive_dnn_dense.pt, 48 floats per sample, DLPack tensors" in log
+    assert "model wdl_dense: pytorch model model.pt run by hps in the python backend (DLPack tensors on cpu;" in log
     keys = np.random.default_rng(11).integers(0, 30000, (256, 3)).astype(np.int64)
     vectors = seed_model["vectors"][keys.reshape(-1)]
     keys[0, 0], vectors[0] = 99_999_999, 0.5  # a miss: the table's default value
@@ -363,6 +472,12 @@ def test_served_two_tables_and_bad_requests(served):
     expected_deep = deep[np.arange(52)].copy()
     expected_deep[5] = -1.0
     np.testing.assert_array_equal(out, np.concatenate([expected_wide.ravel(), expected_deep.ravel()]))
+    # the converted TorchScript dense model (backend_model.py, DLPack path) behind it, in the ensemble
+    samples_keys, samples_counts = make_request([np.arange(0, 12, 2), np.arange(10_000, 10_078)])  # 3 samples
+    pred = infer(served, "wdl_ensemble", {"EMB_KEY": samples_keys, "EMB_N_KEY": samples_counts}, "DENSE_OUTPUT")
+    vectors = infer(served, "wdl", {"KEYS": samples_keys, "NUMKEYS": samples_counts}, "OUTPUT0")
+    assert pred.shape == (3, 1)
+    np.testing.assert_array_equal(pred, RowSums()(torch.from_numpy(vectors.copy())).numpy())
     with pytest.raises(InferenceServerException, match="adds up to 5 keys but KEYS holds 6"):
         infer(served, "wdl", {"KEYS": np.arange(6, dtype=np.int64).reshape(1, 6),
                               "NUMKEYS": np.array([[2, 3]], np.int32)}, "OUTPUT0")
@@ -370,6 +485,9 @@ def test_served_two_tables_and_bad_requests(served):
         infer(served, "wdl", {"KEYS": np.arange(281, dtype=np.int64).reshape(1, -1),
                               "NUMKEYS": np.array([[20, 261]], np.int32)}, "OUTPUT0")
     assert infer(served, "wdl", {"KEYS": keys, "NUMKEYS": numkeys}, "OUTPUT0").shape == out.shape  # still serving
+    empty = infer(served, "hps_embedding", {"KEYS": np.empty((1, 0), np.int64), "NUMKEYS": np.array([[0]], np.int32)},
+                  "OUTPUT0")
+    assert empty.shape == (0,) and empty.dtype == np.float32
 
 
 @pytest.mark.triton

@@ -135,7 +135,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="a backend the target tritonserver has (repeatable; default: those of the tritonserver "
                         "hps runs, only python for nvidia-pytriton's); dense models of other backends get a "
                         "python runner (tensorflow, pytorch, onnxruntime) or fail with what to do")
-    p.set_defaults(run=_triton_convert)
+    p.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
+                   help="cpu: KIND_CPU instances, numpy tensors; gpu: the models keep their KIND_GPU instance "
+                        "groups and take tensors through DLPack on the GPU")
+    p.set_defaults(run=_triton_convert, flags={"device": "--device"})
     p = _add(tsub, "add-model", "add an hps_embedding model for another ps.json to a repository",
              "hps triton add-model repo --config other/ps.json --model other")
     p.add_argument("repo", help="the model repository to add to")
@@ -232,7 +235,8 @@ def _triton_convert(args: argparse.Namespace) -> int:
     from hps.serving.triton import convert_hugectr_repository
 
     backends = None if args.backends is None else {"python", *args.backends}
-    converted = convert_hugectr_repository(args.repo_in, args.out, args.config, backends=backends)
+    converted = convert_hugectr_repository(args.repo_in, args.out, args.config, backends=backends,
+                                           device=args.device)
     print(f"rewrote {', '.join(converted) or 'no model'} to run on hps")
     return 0
 

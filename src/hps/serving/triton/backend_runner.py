@@ -16,6 +16,10 @@ Input mapping, as in Triton's backends:
               suffix, else in config order; a tuple / list result maps to the config outputs by the
               `__<i>` suffix or in order, a dict by key, a single tensor to the one output.
   onnxruntime the graph's inputs and outputs by name.
+
+On a GPU (`device="cuda:N"`, a converted repository's KIND_GPU instance) a pytorch model is loaded onto
+that GPU and `run_tensors` takes and answers torch tensors there (through DLPack in the stub, no host
+copy); tensorflow and onnxruntime models take host arrays (`run_tensors` copies GPU inputs to the host).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -46,12 +50,13 @@ class BackendRunner:
     """A framework model called with named numpy arrays, answering named numpy arrays.
 
     backend: "tensorflow" (SavedModel directory), "pytorch" (TorchScript file) or "onnxruntime";
-    path: the model file or directory; input_names / output_names: the config.pbtxt's, in order.
+    path: the model file or directory; input_names / output_names: the config.pbtxt's, in order;
+    device: "cpu" or "cuda[:N]", where a pytorch model runs.
     Raises `RepositoryError` naming the path when the model cannot be loaded.
     """
 
     def __init__(self, backend: str, path: str | os.PathLike, input_names: Sequence[str],
-                 output_names: Sequence[str], threads: int = 0):
+                 output_names: Sequence[str], threads: int = 0, device: str = "cpu"):
         if backend not in RUNNABLE:
             raise RepositoryError(f"{path}: no python runner for Triton backend {backend!r}; "
                                   f"runnable: {sorted(RUNNABLE)}")
@@ -59,6 +64,11 @@ class BackendRunner:
         self.path = Path(path)
         self.input_names = list(input_names)
         self.output_names = list(output_names)
+        self.device = str(device)
+        if self.device != "cpu" and not self.device.startswith("cuda"):
+            raise RepositoryError(f"{self.path}: device must be 'cpu' or 'cuda[:N]', not {self.device!r}")
+        #: Whether the model runs on `device` (a pytorch model on a GPU); `run_tensors` answers there.
+        self.on_gpu = False
         if not self.path.exists():
             raise RepositoryError(f"{self.path}: {backend} model not found")
         getattr(self, f"_init_{backend}")(threads)
@@ -89,11 +99,16 @@ class BackendRunner:
         torch = require("torch", "torch")
         if threads:
             torch.set_num_threads(threads)
+        if self.device != "cpu" and not torch.cuda.is_available():
+            raise RepositoryError(f"{self.path}: device {self.device!r} asked for, but torch {torch.__version__} "
+                                  "sees no CUDA device")
+        self.torch_device = torch.device(self.device)
         try:
-            module = torch.jit.load(str(self.path), map_location="cpu").eval()
+            module = torch.jit.load(str(self.path), map_location=self.torch_device).eval()
         except Exception as exc:  # torch raises RuntimeError for bad archives
             raise RepositoryError(f"{self.path}: torch.jit.load cannot load the model: {exc}") from exc
         self._torch, self._module = torch, module
+        self.on_gpu = self.device != "cpu"
         try:
             args = [a.name for a in module.forward.schema.arguments][1:]  # drop self
         except Exception:
@@ -134,25 +149,49 @@ class BackendRunner:
         result = self._signature(**feed)
         return self._pick_outputs({k: v.numpy() for k, v in result.items()})
 
-    def _run_pytorch(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run_tensors(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        """`__call__` on torch tensors (CPU or GPU): a pytorch model gets them on its device and answers torch
+        tensors there; other backends get host copies and answer torch CPU tensors."""
+        missing = [n for n in self.input_names if n not in inputs]
+        if missing:
+            raise RequestError(f"{self.backend} model {self.path.name}: the request needs inputs {missing}")
+        if self.backend != "pytorch":
+            import torch
+
+            host = {n: inputs[n].detach().cpu().numpy() for n in self.input_names}
+            return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in self(host).items()}
+        try:
+            return self._run_pytorch_tensors([inputs[n] for n in self._order])
+        except RequestError:
+            raise
+        except Exception as exc:  # a framework error on these tensors is the request's problem
+            raise RequestError(f"{self.backend} model {self.path.name} rejects the request: "
+                               f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+
+    def _run_pytorch_tensors(self, tensors: list[Any]) -> dict[str, Any]:
         torch = self._torch
+        tensors = [t if t.device == self.torch_device else t.to(self.torch_device) for t in tensors]
         with torch.inference_mode():
-            result = self._module(*[torch.from_numpy(np.ascontiguousarray(inputs[n])) for n in self._order])
+            result = self._module(*tensors)
         if isinstance(result, dict):
-            return self._pick_outputs({k: v.numpy() for k, v in result.items()})
+            return self._pick_outputs(dict(result))
         if isinstance(result, (tuple, list)):
-            arrays = [r.numpy() for r in result]
             names = self.output_names
             if all(_INDEX_SUFFIX.search(n) for n in names):
-                return {n: arrays[int(_INDEX_SUFFIX.search(n).group(1))] for n in names}
-            return dict(zip(names, arrays))
-        return {self.output_names[0]: result.numpy()}
+                return {n: result[int(_INDEX_SUFFIX.search(n).group(1))] for n in names}
+            return dict(zip(names, result))
+        return {self.output_names[0]: result}
+
+    def _run_pytorch(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        torch = self._torch
+        result = self._run_pytorch_tensors([torch.from_numpy(np.ascontiguousarray(inputs[n])) for n in self._order])
+        return {k: v.detach().cpu().numpy() for k, v in result.items()}
 
     def _run_onnxruntime(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = self._session.run(self.output_names, {n: inputs[n] for n in self.input_names})
         return dict(zip(self.output_names, out))
 
-    def _pick_outputs(self, result: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _pick_outputs(self, result: dict[str, Any]) -> dict[str, Any]:
         missing = [n for n in self.output_names if n not in result]
         if missing:
             if len(result) == len(self.output_names) == 1:

@@ -12,6 +12,7 @@ import re
 from typing import Mapping, Sequence
 
 from hps.serving.triton.errors import RepositoryError
+from hps.serving.triton.instance_device import FORCE_CPU_ONLY_INPUT_TENSORS
 
 EMBEDDING_INPUTS = (("KEYS", "TYPE_INT64"), ("NUMKEYS", "TYPE_INT32"))
 EMBEDDING_OUTPUT = "OUTPUT0"
@@ -29,9 +30,6 @@ def quote(text: str) -> str:
 
 #: Devices a python-backend model of an hps repository can run on (`instance_group` kind).
 DEVICES = ("cpu", "gpu")
-#: The python backend's parameter that lets inputs arrive in GPU memory (its default, "yes", copies
-#: every input to the host first).
-FORCE_CPU_ONLY_INPUT_TENSORS = "FORCE_CPU_ONLY_INPUT_TENSORS"
 
 
 def instance_group(instance_count: int, device: str = "cpu", gpus: Sequence[int] | None = None) -> str:
@@ -171,32 +169,42 @@ def top_level_field(text: str, field: str) -> str | None:
     return match.group(1) if match else None
 
 
-def rewrite_hps_config(text: str, parameters: Mapping[str, str]) -> str:
+def rewrite_hps_config(text: str, parameters: Mapping[str, str], *, device: str = "cpu") -> str:
     """A HugeCTR `backend: "hps"` config.pbtxt rewritten for hps: backend "python", KIND_CPU instances
     (the python model picks its devices from the ps.json), `parameters` added or replaced. Inputs,
-    outputs (their dims included), max_batch_size and other parameters stay as the user wrote them."""
+    outputs (their dims included), max_batch_size and other parameters stay as the user wrote them.
+    device "gpu": the user's KIND_GPU instance_group is kept (else one KIND_GPU instance) and inputs may
+    arrive in GPU memory (`device_parameters`)."""
     body = _strip_comments(text)
     body = _BACKEND_RE.sub('backend: "python"', body, count=1)
+    return _with_instances(body, parameters, device)
+
+
+def _with_instances(body: str, parameters: Mapping[str, str], device: str) -> str:
+    """`body` (comments stripped) with its instance_group for `device` and `parameters` (plus the device's)
+    added or replaced, at the end."""
+    group = instance_group(1, device)
+    if device == "gpu":
+        kept = _block_text(body, "instance_group")
+        if kept is not None and "KIND_GPU" in kept:
+            group = kept.strip() + "\n"
     body = _remove_block(body, "instance_group")
+    parameters = {**parameters, **device_parameters(device)}
     for key in parameters:
         body = _remove_parameter(body, key)
-    return (body.rstrip() + "\ninstance_group [ { count: 1 kind: KIND_CPU } ]\n"
-            + parameters_block(parameters))
+    return body.rstrip() + "\n" + group + parameters_block(parameters)
 
 
-def rewrite_dense_config(text: str, parameters: Mapping[str, str]) -> str:
+def rewrite_dense_config(text: str, parameters: Mapping[str, str], *, device: str = "cpu") -> str:
     """A framework-backend config.pbtxt (tensorflow / pytorch / onnxruntime) rewritten for hps's python
     runner: backend "python" instead of `platform` / `backend`, no `default_model_filename` (the python
     backend would take it for its model.py; the runner gets the file through `parameters`), KIND_CPU
-    instances. Name, inputs, outputs (dims included), max_batch_size and the rest stay as written."""
+    instances (device "gpu": as in `rewrite_hps_config`). Name, inputs, outputs (dims included),
+    max_batch_size and the rest stay as written."""
     body = _strip_comments(text)
     for field in ("platform", "backend", "default_model_filename"):
         body = _remove_scalar(body, field)
-    body = _remove_block(body, "instance_group")
-    for key in parameters:
-        body = _remove_parameter(body, key)
-    return ('backend: "python"\n' + body.strip() + "\ninstance_group [ { count: 1 kind: KIND_CPU } ]\n"
-            + parameters_block(parameters))
+    return 'backend: "python"\n' + _with_instances(body.strip() + "\n", parameters, device)
 
 
 def top_level_string(text: str, field: str) -> str | None:
@@ -258,6 +266,15 @@ def _block_span(text: str, start: int) -> int:
                 return i + 1
         i += 1
     return len(text)
+
+
+def _block_text(text: str, field: str) -> str | None:
+    """The first top-level `field [ ... ]` / `field { ... }` of `text`, as written; None if there is none."""
+    match = re.search(rf"(^|\s){field}\s*:?\s*[\[{{]", _top_level_text(text))
+    if not match:
+        return None
+    start = match.start() + len(match.group(1))
+    return text[start:_block_span(text, match.end() - 1)]
 
 
 def _remove_block(text: str, field: str) -> str:

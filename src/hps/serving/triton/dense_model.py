@@ -24,6 +24,7 @@ import triton_python_backend_utils as pb_utils
 
 from hps.serving.triton.dense_runner import DenseRunner
 from hps.serving.triton.errors import RequestError
+from hps.serving.triton.instance_device import instance_device
 
 
 class TritonPythonModel:
@@ -33,7 +34,8 @@ class TritonPythonModel:
         version_dir = os.path.join(args["model_repository"], args["model_version"])
         self.name = args["model_name"]
         width = int(params["width"]) if params.get("width") else None
-        self.dlpack, device = _tensor_device(args, params)
+        where = instance_device(args, params)
+        self.dlpack, device = where.dlpack, where.torch_device
         if self.dlpack:
             import torch
             import torch.utils.dlpack  # noqa: F401 - a submodule, not imported by `import torch`
@@ -74,12 +76,3 @@ class TritonPythonModel:
             self._torch.cuda.current_stream(self.runner.torch_device).synchronize()
         return responses
 
-
-def _tensor_device(args, params):
-    """(dlpack, device): the DLPack path on a KIND_GPU instance ("cuda:<its GPU>") or when inputs may arrive
-    in GPU memory (FORCE_CPU_ONLY_INPUT_TENSORS "no" on a KIND_CPU instance: "cpu")."""
-    kind = str(args.get("model_instance_kind", "CPU")).upper()
-    forced = str(params.get("FORCE_CPU_ONLY_INPUT_TENSORS", "yes")).strip().lower() not in ("no", "false", "0", "off")
-    if kind == "GPU":
-        return True, f"cuda:{int(args.get('model_instance_device_id') or 0)}"
-    return not forced, "cpu"

@@ -39,6 +39,7 @@ import triton_python_backend_utils as pb_utils
 import hps
 from hps.errors import KeyInputError
 from hps.serving.triton.errors import RepositoryError
+from hps.serving.triton.instance_device import instance_device
 from hps.serving.triton.embedding_io import EmbeddingSpec, lookup_request, lookup_request_tensor
 
 
@@ -174,23 +175,21 @@ OVERRIDES = {"refresh_interval": float, "refresh_delay": float}
 
 
 def _tensor_path(args, params):
-    """(dlpack, torch device or None, GPU id or None) of this instance: the DLPack path on a KIND_GPU
-    instance (its GPU) or when inputs may arrive in GPU memory (FORCE_CPU_ONLY_INPUT_TENSORS "no")."""
-    kind = str(args.get("model_instance_kind", "CPU")).upper()
-    forced = str(params.get("FORCE_CPU_ONLY_INPUT_TENSORS", "yes")).strip().lower() not in ("no", "false", "0", "off")
-    if kind != "GPU" and forced:
+    """(dlpack, torch device or None, GPU id or None) of this instance (`instance_device`); a KIND_GPU
+    instance needs a CUDA build of torch in the stub's environment."""
+    where = instance_device(args, params)
+    if not where.dlpack:
         return False, None, None
     import torch
 
-    if kind != "GPU":
+    if where.gpu is None:
         return True, torch.device("cpu"), None
-    gpu = int(args.get("model_instance_device_id") or 0)
     if not torch.cuda.is_available():
-        raise RepositoryError(f"a KIND_GPU instance on GPU {gpu}, but torch {torch.__version__} sees no CUDA device "
-                           f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}); install a CUDA "
-                           "build of torch in the stub's environment, or build the repository with device='cpu'")
-    torch.cuda.set_device(gpu)
-    return True, torch.device("cuda", gpu), gpu
+        raise RepositoryError(f"a KIND_GPU instance on GPU {where.gpu}, but torch {torch.__version__} sees no CUDA "
+                              f"device (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}); install a "
+                              "CUDA build of torch in the stub's environment, or build the repository with device='cpu'")
+    torch.cuda.set_device(where.gpu)
+    return True, torch.device("cuda", where.gpu), where.gpu
 
 
 def _tier_name(volatile):

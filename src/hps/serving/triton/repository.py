@@ -158,7 +158,7 @@ def add_model_to_repository(repo: str | os.PathLike, ps_json: str | os.PathLike,
 
 def convert_hugectr_repository(repo_in: str | os.PathLike, repo_out: str | os.PathLike | None,
                                ps_json: str | os.PathLike, *, metrics_interval_s: float = 1.0,
-                               backends: Iterable[str] | None = None) -> list[str]:
+                               backends: Iterable[str] | None = None, device: str = "cpu") -> list[str]:
     """Rewrite a HugeCTR Triton repository to run on hps; returns the names of the rewritten models.
 
     Every `backend: "hps"` model becomes hps's python model: it is matched to the ps.json model of the
@@ -170,7 +170,9 @@ def convert_hugectr_repository(repo_in: str | os.PathLike, repo_out: str | os.Pa
     outputs and max_batch_size stay as written. Any other backend the server lacks (a TensorRT plan
     without TensorRT) is a `RepositoryError` naming the model, the backend and what to do.
     Original configs are kept as `config.pbtxt.hugectr`. ps_json: the file HugeCTR got as
-    `--backend-config=hps,ps=...`.
+    `--backend-config=hps,ps=...`. device "gpu": the rewritten python models keep the user's KIND_GPU
+    instance groups (HugeCTR's samples have them) and take their tensors through DLPack on the GPU
+    (`build_repository`'s device="gpu"); "cpu" (the default): KIND_CPU, numpy tensors.
 
     repo_out: a new (or empty) directory, or None / the same path to rewrite in place. Nothing is
     half-applied: the work happens in a temporary directory beside the target that replaces it by
@@ -186,6 +188,8 @@ def convert_hugectr_repository(repo_in: str | os.PathLike, repo_out: str | os.Pa
     if not in_place and src.resolve() in dst.resolve().parents:
         raise RepositoryError(f"{dst}: the output directory cannot be inside the repository {src}")
     config = load_config(ps_json)
+    if device not in config_text.DEVICES:
+        raise RepositoryError(f"device must be one of {list(config_text.DEVICES)}, not {device!r}")
     available = set(backends) if backends is not None else server_backends()
     parent = dst.resolve().parent
     parent.mkdir(parents=True, exist_ok=True)
@@ -196,7 +200,7 @@ def convert_hugectr_repository(repo_in: str | os.PathLike, repo_out: str | os.Pa
         # directory it copies, so later edits of either repository stay apart
         shutil.copytree(src, work, copy_function=_link_or_copy if in_place else shutil.copy2, symlinks=True)
         try:
-            converted = _convert_tree(work, config, ps_json, metrics_interval_s, available)
+            converted = _convert_tree(work, config, ps_json, metrics_interval_s, available, device)
         except RepositoryError as exc:  # name the user's paths, not the temporary copy's
             raise RepositoryError(str(exc).replace(str(work), str(src))) from None
         if in_place:
@@ -212,7 +216,7 @@ def convert_hugectr_repository(repo_in: str | os.PathLike, repo_out: str | os.Pa
 
 
 def _convert_tree(repo: Path, config: PsConfig, ps_json: Any, metrics_interval_s: float,
-                  available: set[str]) -> list[str]:
+                  available: set[str], device: str = "cpu") -> list[str]:
     """Rewrite the models of `repo` (a private copy) in place; see `convert_hugectr_repository`."""
     models = []
     for cfg_path in sorted(repo.glob("*/config.pbtxt")):
@@ -225,17 +229,17 @@ def _convert_tree(repo: Path, config: PsConfig, ps_json: Any, metrics_interval_s
     converted = []
     for cfg_path, text, name, backend in models:
         if backend == "hps":
-            _convert_hps_model(cfg_path, text, name, config, ps_json, metrics_interval_s)
+            _convert_hps_model(cfg_path, text, name, config, ps_json, metrics_interval_s, device)
         elif backend in (None, "python", "ensemble") or backend in available:
             continue
         else:
-            _convert_dense_model(cfg_path, text, name, backend, available)
+            _convert_dense_model(cfg_path, text, name, backend, available, device)
         converted.append(name)
     return converted
 
 
 def _convert_hps_model(cfg_path: Path, text: str, name: str, config: PsConfig, ps_json: Any,
-                       metrics_interval_s: float) -> None:
+                       metrics_interval_s: float, device: str = "cpu") -> None:
     model_dir = cfg_path.parent
     if name != model_dir.name:
         raise RepositoryError(f"{cfg_path}: name {name!r} differs from its directory {model_dir.name!r}")
@@ -252,10 +256,11 @@ def _convert_hps_model(cfg_path: Path, text: str, name: str, config: PsConfig, p
         _copy_new(EMBEDDING_MODEL_SOURCE, version / "model.py")
     _copy_new(cfg_path, model_dir / "config.pbtxt.hugectr")
     _write_new(cfg_path, config_text.rewrite_hps_config(text, _embedding_parameters(
-        json_name, model.name, metrics_interval_s)))
+        json_name, model.name, metrics_interval_s), device=device))
 
 
-def _convert_dense_model(cfg_path: Path, text: str, name: str, backend: str, available: set[str]) -> None:
+def _convert_dense_model(cfg_path: Path, text: str, name: str, backend: str, available: set[str],
+                         device: str = "cpu") -> None:
     """Give a framework-backend model hps's python runner, or say why it cannot run here."""
     platform = config_text.top_level_field(text, "platform")
     if backend not in RUNNABLE or platform == "tensorflow_graphdef":
@@ -285,7 +290,7 @@ def _convert_dense_model(cfg_path: Path, text: str, name: str, backend: str, ava
         _copy_new(BACKEND_MODEL_SOURCE, version / "model.py")
     _copy_new(cfg_path, model_dir / "config.pbtxt.hugectr")
     _write_new(cfg_path, config_text.rewrite_dense_config(text, {
-        "hps_runner_backend": backend, "hps_model_file": filename}))
+        "hps_runner_backend": backend, "hps_model_file": filename}, device=device))
 
 
 def _versions(model_dir: Path, create: bool = True) -> list[Path]:
