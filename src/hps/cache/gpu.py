@@ -47,6 +47,8 @@ DEFAULT_WAYS = 8
 _NO_LOCK = contextlib.nullcontext()
 #: Counted finds that may be in flight at once (each holds one int64 miss word on the device).
 MISS_SLOTS = 256
+#: Batch sizes per thread whose counted-find buffers are kept (the oldest size is dropped first).
+WORK_SIZES = 8
 def _storage_dtype(dtype: Any) -> Any:
     named = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16}
     dtype = named.get(dtype, dtype) if isinstance(dtype, str) else dtype
@@ -109,6 +111,7 @@ class GpuEmbeddingCache:
         #: Concurrent `find_counted` calls launch one at a time (see there).
         self.serialize_launches = True
         self._launch_lock = threading.Lock()
+        self._local = threading.local()  # per thread: the found mask and scratch of counted finds, by size
         # Miss words: one per counted find in flight (lent from `_free_slots`), the last for `find`.
         self._misses = torch.zeros(MISS_SLOTS + 1, dtype=torch.int64, device=dev)
         self._miss_words = list(self._misses.unbind())
@@ -161,21 +164,29 @@ class GpuEmbeddingCache:
         (returned as `vectors`); every row is written."""
         keys = self._check_keys(keys, "find")
         out = check_out(out, keys.shape[0], self.dim, self.torch_device, "GpuEmbeddingCache.find")
-        return self._probe(keys, out, MISS_SLOTS)  # the last miss word: nobody reads it
+        found = self._probe(keys, out, MISS_SLOTS)  # the last miss word: nobody reads it
+        return out, found.view(torch.bool)
 
-    def _probe(self, keys: Any, out: Any, miss_slot: int) -> tuple[Any, Any]:
-        """Launch the find of checked `keys` into `out`, adding the misses to `self._misses[miss_slot]`."""
+    def _probe(self, keys: Any, out: Any, miss_slot: int, work: tuple | None = None) -> Any:
+        """Launch the find of checked `keys` into `out`, adding the misses to `self._misses[miss_slot]`;
+        returns the found mask, `(n,) int8`. `work`: `(found (n,) int8, scratch (n,) int64 | None)` to use
+        instead of new ones."""
         n = keys.shape[0]
         dev = self.torch_device
-        found = torch.empty(n, dtype=torch.int8, device=dev)
+        if work is None:
+            found = torch.empty(n, dtype=torch.int8, device=dev)
+            scratch = torch.empty(n, dtype=torch.int64, device=dev) if self.consistent_reads and n else keys
+        else:
+            found, scratch = work
         if n == 0:
-            return out, found.view(torch.bool)
+            return found
         with self._lock:
             self._clock += 1
             self._calls += 1
             clock = self._clock
             touch = self.touch_every_calls > 0 and self._calls % self.touch_every_calls == 0
-        scratch = torch.empty(n, dtype=torch.int64, device=dev) if self.consistent_reads else keys
+        if scratch is None:
+            scratch = keys
         args = (keys, n, self._keys, self._ver32, self._scores, self._rows, self._special, out, found, scratch,
                 self.num_buckets, clock, 0, self._misses, miss_slot)
         grid0 = -(-n // self.find_block)
@@ -194,7 +205,7 @@ class GpuEmbeddingCache:
             else:
                 with torch.cuda.device(dev):
                     self._launcher.launch(variant, grid0, args, constexprs, self.find_warps, index)
-        return out, found.view(torch.bool)
+        return found
 
     def find_counted(self, keys: Any, out: Any = None) -> tuple[Any, Any, int]:
         """`find` plus the number of hits, as `(vectors, found, num_found: int)` (host-synchronizing);
@@ -222,15 +233,33 @@ class GpuEmbeddingCache:
         with self._launch_lock if self.serialize_launches else _NO_LOCK:
             out = check_out(out, n, self.dim, self.torch_device, "GpuEmbeddingCache.find")
             slot = free.pop()  # atomic under the GIL
-            vectors, found = self._probe(keys, out, slot)
+            found = self._probe(keys, out, slot, self._thread_work(n))
         word = self._miss_words[slot]
-        misses = int(word.item())  # waits for the find (this stream)
+        misses = word.item()  # waits for the find (this stream)
+        mask = None
         if misses:
+            mask = found.view(torch.bool).clone()  # the thread's buffer is reused by its next call
             word.zero_()
-            if not self._interpret:
-                torch.cuda.current_stream(self.torch_device).synchronize()  # zero before the word is lent again
+            if not self._interpret:  # the word zeroed (and the mask copied) before either is used again
+                torch.cuda.current_stream(self.torch_device).synchronize()
         free.append(slot)  # (a call interrupted before this line leaves its word out of the pool)
-        return vectors, (found if misses else None), n - misses
+        return out, mask, n - misses
+
+    def _thread_work(self, n: int) -> tuple:
+        """This thread's `(found (n,) int8, scratch (n,) int64 | None)` for counted finds of `n` keys, made
+        once per size (up to `WORK_SIZES` sizes per thread): a counted find waits for its kernel before it
+        returns, so the thread's next one may reuse them; two allocations fewer per call."""
+        sizes = getattr(self._local, "work", None)
+        if sizes is None:
+            sizes = self._local.work = {}
+        work = sizes.get(n)
+        if work is None:
+            if len(sizes) >= WORK_SIZES:
+                sizes.pop(next(iter(sizes)))
+            dev = self.torch_device
+            work = sizes[n] = (torch.empty(n, dtype=torch.int8, device=dev),
+                               torch.empty(n, dtype=torch.int64, device=dev) if self.consistent_reads else None)
+        return work
 
     def _write(self, keys: Any, vectors: Any, mode: int, op: str) -> None:
         keys = self._check_keys(keys, op)
@@ -288,6 +317,7 @@ class GpuEmbeddingCache:
         self._closed = True
         self._keys = self._ver32 = self._scores = self._rows = self._special = self._misses = None
         self._miss_words = []
+        self._local = threading.local()  # drops this thread's buffers (other threads' go with their threads)
 
     def memory_bytes(self) -> int:
         """Device bytes held: per bucket line `ways` × (key 8 + score 8) plus `ways - 1` rows."""

@@ -16,7 +16,6 @@ from typing import Any
 
 from hps.errors import require
 
-torch = require("torch", "gpu")
 triton = require("triton", "gpu")
 
 
@@ -41,6 +40,7 @@ class CompiledLaunch:
         self._kernel = kernel
         self._compiled: dict[Any, Any] = {}
         self.enabled = not _launch_hooks_set()
+        self._stream: Any = None
         #: Direct launches made (tests and benchmarks read it).
         self.direct_launches = 0
 
@@ -51,14 +51,20 @@ class CompiledLaunch:
         if direct is not None:
             run, function, metadata, values = direct
             try:
-                run(grid0, 1, 1, torch._C._cuda_getCurrentRawStream(device_index), function, metadata, None, None,
-                    None, *args, *values)
+                run(grid0, 1, 1, self._stream(device_index), function, metadata, None, None, None, *args, *values)
                 self.direct_launches += 1
                 return
             except Exception:  # noqa: BLE001 - never again; the JIT path below launches this call
                 self.enabled = False
                 self._compiled.clear()
         compiled = self._kernel[(grid0,)](*args, **dict(constexprs), num_warps=num_warps)
+        if self._stream is None and self.enabled:
+            try:  # the JIT's own way to the current stream (torch's raw stream handle)
+                from triton.runtime import driver
+
+                self._stream = driver.active.get_current_stream
+            except Exception:  # noqa: BLE001 - no direct launches then
+                self.enabled = False
         if self.enabled and hasattr(compiled, "function") and self._fits(args, constexprs):
             self._compiled[variant] = (compiled.run, compiled.function, compiled.packed_metadata,
                                        tuple(v for _, v in constexprs))
