@@ -181,6 +181,11 @@ def test_cli_build_flags(seed_model, dense_pt, tmp_path, capsys):
     assert main(["triton", "build", "--config", str(seed_model["ps_json"]), "--dense", str(dense_pt), "--out",
                  str(tmp_path / "b"), "--device", "gpu", "--instances", "2", "--no-shared-host-tier"]) == 0
     assert ps_of(tmp_path / "b", "hps_embedding")["volatile_db"]["type"] == "hash_map"
+    other = write_ps_json(tmp_path / "other.json", "other", [str(seed_model["root"] / "naive_dnn_sparse.model")],
+                          [16], [1])
+    assert main(["triton", "add-model", str(repo), "--config", str(other), "--device", "gpu", "--instances", "2"]) == 0
+    assert "count: 2 kind: KIND_GPU gpus: [ 0 ]" in read(repo, "other")
+    assert ps_of(repo, "other")["volatile_db"]["type"] == "multi_process_hash_map"
 
 
 # --- the torch / DLPack request path, in process -------------------------------------------------

@@ -144,7 +144,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("repo", help="the model repository to add to")
     p.add_argument("--config", required=True, help="ps.json of the new model")
     p.add_argument("--model", help="the ps.json model to add (when it has several)")
-    p.set_defaults(run=_triton_add_model, flags={"model_name": "--model"})
+    p.add_argument("--instances", type=int, default=1, help="model instances (processes)")
+    p.add_argument("--device", choices=("cpu", "gpu"), default="cpu", help="as for `hps triton build`")
+    p.add_argument("--gpus", type=int, nargs="+", metavar="ID", help="as for `hps triton build`")
+    p.add_argument("--shared-host-tier", action=argparse.BooleanOptionalAction, default=None,
+                   help="as for `hps triton build`")
+    p.set_defaults(run=_triton_add_model, flags={"model_name": "--model", "instance_count": "--instances",
+                                                 "device": "--device", "gpus": "--gpus",
+                                                 "shared_host_tier": "--shared-host-tier"})
     p = _add(tsub, "serve", "start tritonserver on a model repository (stops on Ctrl-C / SIGTERM)",
              "hps triton serve repo --http-port 8000")
     p.add_argument("repo", help="the model repository folder (hps triton build --out)")
@@ -244,7 +251,8 @@ def _triton_convert(args: argparse.Namespace) -> int:
 def _triton_add_model(args: argparse.Namespace) -> int:
     from hps.serving.triton import add_model_to_repository
 
-    path = add_model_to_repository(args.repo, args.config, model_name=args.model)
+    path = add_model_to_repository(args.repo, args.config, model_name=args.model, instance_count=args.instances,
+                                   device=args.device, gpus=args.gpus, shared_host_tier=args.shared_host_tier)
     print(f"added {path}; load it through the repository API of a server started with "
           "`hps triton serve --allow-model-control`, or restart the server (it loads every model at start)")
     return 0
