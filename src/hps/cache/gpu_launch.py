@@ -29,6 +29,17 @@ def _launch_hooks_set() -> bool:
         return True
 
 
+def current_stream_getter() -> Any:
+    """The JIT's own way to a device's current stream, `get(device_index) -> raw stream handle` (torch's);
+    None where Triton has no active GPU driver."""
+    try:
+        from triton.runtime import driver
+
+        return driver.active.get_current_stream
+    except Exception:  # noqa: BLE001 - no direct launches then
+        return None
+
+
 class CompiledLaunch:
     """Launch Triton `kernel` with positional `args` (every non-constexpr parameter, in order) and
     `constexprs` (the constexpr parameters in signature order, as a tuple of `(name, value)` pairs).
@@ -59,12 +70,8 @@ class CompiledLaunch:
                 self._compiled.clear()
         compiled = self._kernel[(grid0,)](*args, **dict(constexprs), num_warps=num_warps)
         if self._stream is None and self.enabled:
-            try:  # the JIT's own way to the current stream (torch's raw stream handle)
-                from triton.runtime import driver
-
-                self._stream = driver.active.get_current_stream
-            except Exception:  # noqa: BLE001 - no direct launches then
-                self.enabled = False
+            self._stream = current_stream_getter()
+            self.enabled = self._stream is not None
         if self.enabled and hasattr(compiled, "function") and self._fits(args, constexprs):
             self._compiled[variant] = (compiled.run, compiled.function, compiled.packed_metadata,
                                        tuple(v for _, v in constexprs))
