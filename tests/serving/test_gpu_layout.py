@@ -397,6 +397,147 @@ def test_backend_runner_tensors(tmp_path):
             BackendRunner("pytorch", tmp_path / "two.pt", ["a", "b"], ["x", "y"], device="cuda:0")
 
 
+# --- the python models in process, with a stand-in for triton_python_backend_utils ----------------
+# On a machine with a GPU these run the KIND_GPU path itself (CUDA keys, the GPU cache, GPU tensors
+# handed on); without one, the same models on a KIND_CPU instance with FORCE_CPU_ONLY_INPUT_TENSORS "no".
+
+ON_GPU = torch.cuda.is_available()
+DEVICE = "cuda:0" if ON_GPU else "cpu"
+
+
+class _Tensor:
+    """pb_utils.Tensor as the python backend has it: numpy or DLPack in, DLPack or numpy out."""
+
+    def __init__(self, name, data):
+        self._name, self.data = name, data
+
+    def name(self):
+        return self._name
+
+    def is_cpu(self):
+        return not (isinstance(self.data, torch.Tensor) and self.data.is_cuda)
+
+    def as_numpy(self):
+        if not self.is_cpu():
+            raise RuntimeError("as_numpy() of a GPU tensor")  # as the python backend refuses it
+        return self.data.numpy() if isinstance(self.data, torch.Tensor) else np.asarray(self.data)
+
+    def to_dlpack(self):
+        data = self.data if isinstance(self.data, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(self.data))
+        return torch.utils.dlpack.to_dlpack(data)
+
+    @staticmethod
+    def from_dlpack(name, capsule):
+        return _Tensor(name, torch.utils.dlpack.from_dlpack(capsule))
+
+
+def _fake_pb_utils():
+    import types
+
+    class TritonError:
+        INVALID_ARG, INTERNAL = "INVALID_ARG", "INTERNAL"
+
+        def __init__(self, message, code=None):
+            self.message, self.code = message, code
+
+    class InferenceResponse:
+        def __init__(self, output_tensors, error=None):
+            self.output_tensors, self.error = output_tensors, error
+
+    class Logger:
+        lines: list = []
+
+        @classmethod
+        def log_info(cls, message):
+            cls.lines.append(message)
+
+        log_warn = log_error = log_info
+
+    module = types.ModuleType("triton_python_backend_utils")
+    module.Tensor, module.TritonError, module.InferenceResponse, module.Logger = _Tensor, TritonError, InferenceResponse, Logger
+    module.get_input_tensor_by_name = lambda request, name: request.get(name)
+    module.triton_string_to_numpy = lambda t: {"TYPE_FP32": np.float32, "TYPE_INT64": np.int64}[t]
+    return module
+
+
+def _load_model(repo: Path, name: str, monkeypatch, kind: str):
+    """Import `<repo>/<name>/1/model.py` with the stand-in pb_utils and initialize it as Triton would."""
+    import importlib.util
+
+    pb = _fake_pb_utils()
+    monkeypatch.setitem(__import__("sys").modules, "triton_python_backend_utils", pb)
+    text = read(repo, name)
+    inputs, outputs = re.split(r"^output \[", text, maxsplit=1, flags=re.MULTILINE)
+    tensor = r'\{ name: "([^"]+)" data_type: (TYPE_\w+)'
+    config = {"name": name,
+              "parameters": {k: {"string_value": v} for k, v in
+                             re.findall(r'key: "([^"]+)" value: \{ string_value: "([^"]*)" \}', text)},
+              "input": [{"name": n, "data_type": t} for n, t in re.findall(tensor, inputs)],
+              "output": [{"name": n, "data_type": t} for n, t in re.findall(tensor, outputs)]}
+    spec = importlib.util.spec_from_file_location(f"_hps_triton_{name}", repo / name / "1" / "model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    model = module.TritonPythonModel()
+    model.initialize({"model_config": json.dumps(config), "model_repository": str(repo / name), "model_name": name,
+                      "model_version": "1", "model_instance_kind": kind, "model_instance_device_id": "0"})
+    return model, pb
+
+
+@pytest.fixture()
+def gpu_repo(seed_model, dense_pt, tmp_path):
+    raw = json.loads(Path(seed_model["ps_json"]).read_text())
+    raw["models"][0].update(gpucache=True, gpucacheper=0.5, sparse_files=[str(seed_model["root"] / "naive_dnn_sparse.model")])
+    (tmp_path / "ps.json").write_text(json.dumps(raw))
+    repo = build_repository(tmp_path / "ps.json", dense_pt, tmp_path / "repo", device="gpu", metrics_interval_s=0)
+    build_repository(tmp_path / "ps.json", dense_pt, repo, layout="fused", ensemble_name="fused_model", device="gpu",
+                     metrics_interval_s=0)
+    if not ON_GPU:
+        on_cpu_instances(repo)
+    return repo
+
+
+@pytest.mark.parametrize("keys_on", ["host", "device"])
+def test_python_models_in_process(gpu_repo, seed_model, dense_pt, monkeypatch, keys_on):
+    kind = "GPU" if ON_GPU else "CPU"
+    interpret = not ON_GPU and os.environ.get("TRITON_INTERPRET") == "1"
+    if interpret:  # the GPU cache's code on CPU tensors (Triton's interpreter): the lookup path a GPU takes
+        monkeypatch.setenv("HPS_DEVICE", "interpret")
+    emb, pb = _load_model(gpu_repo, "hps_embedding", monkeypatch, kind)
+    assert emb.ps._models["hps_embedding"].replicas[(0, 0)].takes_torch == (ON_GPU or interpret)
+    dense, _ = _load_model(gpu_repo, "dense_model", monkeypatch, kind)
+    fused, _ = _load_model(gpu_repo, "fused_model", monkeypatch, kind)
+    try:
+        assert emb.dlpack and str(emb.device) == DEVICE and dense.dlpack and fused.dlpack
+        assert any(f"tensors through DLPack on {DEVICE}" in line for line in pb.Logger.lines)
+        keys = np.random.default_rng(2).integers(0, 30000, (64, 3)).astype(np.int64)
+        vectors = seed_model["vectors"][keys.reshape(-1)]
+        keys[0, 0], vectors[0] = 12_345_678, 0.5  # a miss: the default value
+        key_data = torch.from_numpy(keys).to(DEVICE) if keys_on == "device" else keys
+        numkeys = np.array([[keys.size]], np.int32)
+        for _ in range(2):  # cold (the tiers), then warm (the cache)
+            [response] = emb.execute([{"KEYS": _Tensor("KEYS", key_data), "NUMKEYS": _Tensor("NUMKEYS", numkeys)}])
+            assert response.error is None, response.error.message
+            [out] = response.output_tensors
+            assert isinstance(out.data, torch.Tensor) and str(out.data.device) == DEVICE  # no host round trip
+            np.testing.assert_array_equal(out.data.cpu().numpy(), vectors.reshape(-1))
+        [prediction] = dense.execute([{"input_1": _Tensor("input_1", out.data)}])
+        assert prediction.error is None, prediction.error.message
+        [pred] = prediction.output_tensors
+        assert str(pred.data.device) == DEVICE and tuple(pred.data.shape) == (64, 1)
+        expected = DenseRunner(dense_pt, width=48)(vectors.reshape(-1))
+        np.testing.assert_allclose(pred.data.cpu().numpy(), expected, rtol=1e-5, atol=1e-6)
+        [both] = fused.execute([{"EMB_KEY": _Tensor("EMB_KEY", key_data), "EMB_N_KEY": _Tensor("EMB_N_KEY", numkeys)}])
+        assert both.error is None, both.error.message
+        assert str(both.output_tensors[0].data.device) == DEVICE
+        np.testing.assert_allclose(both.output_tensors[0].data.cpu().numpy(), expected, rtol=1e-5, atol=1e-6)
+        [bad] = emb.execute([{"KEYS": _Tensor("KEYS", key_data), "NUMKEYS": _Tensor("NUMKEYS", np.array([[3]], np.int32))}])
+        assert bad.error.code == "INVALID_ARG" and "adds up to 3 keys but KEYS holds 192" in bad.error.message
+    finally:
+        for model in (emb, dense, fused):
+            if hasattr(model, "finalize"):
+                model.finalize()
+
+
 # --- a real tritonserver serving the GPU layout on CPU instances -----------------------------------
 
 
