@@ -33,6 +33,8 @@ from tests.serving.conftest import write_dense_onnx, write_ps_json, write_table
 torch = pytest.importorskip("torch")
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*` is deprecated:DeprecationWarning")
+ON_GPU = torch.cuda.is_available()
+DEVICE = "cuda:0" if ON_GPU else "cpu"
 
 
 def write_dense_torchscript(path: Path, width: int, hidden: int = 32, seed: int = 0) -> Path:
@@ -284,11 +286,21 @@ def test_dense_runner_tensors(seed_model, dense_pt):
     if not torch.cuda.is_available():
         with pytest.raises(RepositoryError, match="sees no CUDA device"):
             DenseRunner(dense_pt, width=48, device="cuda:0")
-        ort = pytest.importorskip("onnxruntime")
-        if "CUDAExecutionProvider" not in ort.get_available_providers():
-            fallback = DenseRunner(seed_model["dense"], width=48, device="cuda:0")
-            assert not fallback.on_gpu and "no CUDAExecutionProvider" in fallback.note
-            np.testing.assert_array_equal(fallback.run_tensor(torch.from_numpy(flat)).numpy(), fallback(flat))
+    else:  # TorchScript on the GPU: GPU tensors in and out
+        gpu = DenseRunner(dense_pt, width=48, device="cuda:0")
+        answer = gpu.run_tensor(torch.from_numpy(flat).to("cuda:0"))
+        assert gpu.on_gpu and answer.is_cuda and answer.shape == (7, 1)
+        np.testing.assert_allclose(answer.cpu().numpy(), ts(flat), rtol=1e-5, atol=1e-6)
+    ort = pytest.importorskip("onnxruntime")
+    onnx_gpu = DenseRunner(seed_model["dense"], width=48, device="cuda:0") if (
+        torch.cuda.is_available() or "CUDAExecutionProvider" not in ort.get_available_providers()) else None
+    if onnx_gpu is not None:
+        source = torch.from_numpy(flat).to(DEVICE)
+        if "CUDAExecutionProvider" in ort.get_available_providers():  # bound to GPU memory
+            assert onnx_gpu.on_gpu and onnx_gpu.run_tensor(source).is_cuda
+        else:  # on the CPU, said once
+            assert not onnx_gpu.on_gpu and "no CUDAExecutionProvider" in onnx_gpu.note
+        np.testing.assert_allclose(onnx_gpu.run_tensor(source).cpu().numpy(), onnx_gpu(flat), rtol=1e-5, atol=1e-6)
 
 
 # HugeCTR's style of repository (reference §4): the hps backend on a GPU, a TorchScript dense model in
@@ -400,10 +412,6 @@ def test_backend_runner_tensors(tmp_path):
 # --- the python models in process, with a stand-in for triton_python_backend_utils ----------------
 # On a machine with a GPU these run the KIND_GPU path itself (CUDA keys, the GPU cache, GPU tensors
 # handed on); without one, the same models on a KIND_CPU instance with FORCE_CPU_ONLY_INPUT_TENSORS "no".
-
-ON_GPU = torch.cuda.is_available()
-DEVICE = "cuda:0" if ON_GPU else "cpu"
-
 
 class _Tensor:
     """pb_utils.Tensor as the python backend has it: numpy or DLPack in, DLPack or numpy out."""
