@@ -143,6 +143,16 @@ def test_shared_host_tier_from_the_users_config(seed_model, dense_pt, tmp_path, 
         assert written == volatile  # the user's shared tier as they wrote it
 
 
+def test_lazy_volatile_tier_in_front_of_rocksdb_stays_per_instance(seed_model, dense_pt, tmp_path):
+    raw = json.loads(Path(seed_model["ps_json"]).read_text())
+    raw["models"][0]["sparse_files"] = [str(seed_model["root"] / "naive_dnn_sparse.model")]
+    raw["volatile_db"].update(initialize_after_startup=False, cache_missed_embeddings=True)
+    raw["persistent_db"] = {"type": "rocks_db", "path": str(tmp_path / "rocks"), "read_only": True}
+    (tmp_path / "ps.json").write_text(json.dumps(raw))
+    repo = build_repository(tmp_path / "ps.json", dense_pt, tmp_path / "repo", device="gpu", instance_count=2)
+    assert ps_of(repo, "hps_embedding")["volatile_db"] == raw["volatile_db"]
+
+
 def test_static_cache_needs_no_host_tier(seed_model, dense_pt, tmp_path):
     raw = json.loads(Path(seed_model["ps_json"]).read_text())
     raw["models"][0].update(gpucache=True, use_static_table=True,

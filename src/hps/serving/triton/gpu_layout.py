@@ -8,7 +8,8 @@ row in host memory. With several instances on one GPU the rows are kept once ins
 - a `redis_cluster` volatile tier is shared already (every instance is a client of the same cluster);
 - a `multi_process_hash_map` is shared already (the map lives in /dev/shm, or `$HPS_SHM_DIR`);
 - static and uvm caches hold the whole table and need no host tier, and a model served from a
-  `persistent_db` alone reads RocksDB's files (shared through the page cache);
+  `persistent_db` alone reads RocksDB's files (shared through the page cache); an in-process map with
+  `initialize_after_startup` false in front of a `persistent_db` holds only each instance's misses;
 - otherwise (`hash_map`, `parallel_hash_map`, or no volatile_db at all) `shared_host_tier_json` turns
   the volatile_db into a `multi_process_hash_map` with the user's other keys: the first instance to
   start creates and loads each table, the others attach to it (`hps.storage.shared_hash_map`: every
@@ -47,14 +48,19 @@ SHARED_MEMORY_EXTRA_BYTES = 64 << 20
 
 def needs_shared_host_tier(config: PsConfig, model: ModelConfig) -> bool:
     """True when instances of `model` would each hold their own copy of its rows in host memory
-    (an in-process volatile tier, or none with no persistent_db: hps then keeps the rows in an
-    in-process hash map), so a GPU deployment with several instances should share one."""
+    (an in-process volatile tier that loads the sparse files, or none with no persistent_db: hps then
+    keeps the rows in an in-process hash map), so a GPU deployment with several instances should share
+    one. An in-process map with initialize_after_startup false in front of a persistent_db holds only
+    the misses each instance fetched: it stays per instance."""
     if cache_holds_whole_table(model):
         return False
     volatile = config.volatile_db
     if volatile is None:
         return config.persistent_db is None
-    return volatile.type in IN_PROCESS_VOLATILE_TYPES
+    if volatile.type not in IN_PROCESS_VOLATILE_TYPES:
+        return False
+    # a map left empty at start (filled with the misses fetched from the persistent_db) is kept per instance
+    return volatile.initialize_after_startup or config.persistent_db is None
 
 
 def shared_memory_name(model_name: str) -> str:
@@ -94,6 +100,8 @@ def shared_host_tier_json(raw: dict[str, Any], config: PsConfig, model: ModelCon
     if not needs_shared_host_tier(config, model):
         why = ("its cache holds the whole table" if cache_holds_whole_table(model)
                else "its rows are read from the persistent_db")
+        if volatile is not None and volatile.type in IN_PROCESS_VOLATILE_TYPES and not cache_holds_whole_table(model):
+            why = "the volatile_db holds only each instance's misses from the persistent_db"
         return raw, f"none needed ({why})"
     out = dict(raw)
     section = dict(raw.get("volatile_db") or {}) if isinstance(raw.get("volatile_db"), dict) else {}
