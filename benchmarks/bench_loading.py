@@ -138,8 +138,10 @@ def main() -> None:
                          "peak sampled by hps GiB": max((r["peak_sampled"] or 0) for r in runs) / 2**30})
     notes = (f"One table of {rows:,} × {DIM} float32 rows ({nbytes / 1e9:.2f} GB: key 8 B + vector {4 * DIM} B "
              "per row; "
-             "the issue's 20 M × 64 scaled to this VM), page cache warm, each load in a fresh process (HPS(config) "
-             "until it returns, validation of the keys included); fromfile and the loads alternated, "
+             + ("the issue's 20 M × 64" if rows >= 20_000_000 else "the issue's 20 M × 64 scaled to this VM")
+             + "), page cache warmed first (a file larger than what the page cache keeps beside the loads is partly "
+             "read from disk: then fromfile's seconds are mostly the disk's), each load in a fresh process "
+             "(HPS(config) until it returns, validation of the keys included); fromfile and the loads alternated, "
              f"{args.repeat} runs each, median and best seconds (the VM is shared: medians move with the "
              "neighbours' load); peak = the larger of getrusage's max RSS and the loader's "
              "sampled peak (HPS.stats()['load']['peak_rss_bytes']), steady = RSS right after the load (Python, numpy "
