@@ -119,6 +119,8 @@ def run_variant(tmp: str, tables: list, rows: int, repeat: int, gpucacheper: flo
 
 #: bench_fused: batches per timed block of one method, of which the first WARM_IN_BLOCK are not timed.
 BLOCK, WARM_IN_BLOCK = 40, 8
+#: bench_fused: rounds of blocks (every method once per block, in turn); each round gives its own ratio.
+ROUNDS = 5
 
 
 def bench_fused(rows: int, repeat: int, rng: np.random.Generator, gpu: bool = False, samples: int = SAMPLES) -> None:
@@ -146,6 +148,7 @@ def bench_fused(rows: int, repeat: int, rng: np.random.Generator, gpu: bool = Fa
         for prefill in (True, False):
             ids = list(range(NUM_TABLES))
             batches = [[t * rows + rng.integers(0, rows, samples) for t in ids] for _ in range(8)]
+            stacked = [np.stack(batch) for batch in batches]  # the same keys as one (tables, samples) array
             if device is not None:
                 batches = [[torch.from_numpy(keys).to(device) for keys in batch] for batch in batches]
             configs = [fused_config(tmp, prefill, fuse, samples) for fuse in (False, True)]
@@ -170,40 +173,67 @@ def bench_fused(rows: int, repeat: int, rng: np.random.Generator, gpu: bool = Fa
                     fused.lookup_many(batches[state["i"] % len(batches)], "dlrm", ids)
                     sync()
 
+                def one_pass_2d() -> None:
+                    fused.lookup_many(stacked[state["i"] % len(stacked)], "dlrm", ids)
+
                 def fused_separate() -> None:
                     separate(fused)
 
-                timed = {name: [] for name in ("plain", "fused", "fused_separate")}
+                methods = [("plain", separate), ("fused", one_pass), ("fused_separate", fused_separate)]
+                if device is None:
+                    methods.insert(2, ("fused_2d", one_pass_2d))
+                timed = {name: [] for name, _ in methods}
+                cpu = {name: [] for name, _ in methods}
+                round_p50 = {name: [] for name, _ in methods}
                 # blocks of BLOCK batches per method, the methods taking turns, so that a busy neighbour slows
                 # all alike; each block first re-warms its method's rows (8 batches, as in `run_variant`: they
-                # stay in the CPU's caches, as a serving process's hot rows do) and times the rest
-                for _ in range(max(1, repeat // (BLOCK - WARM_IN_BLOCK))):
-                    for name, fn in (("plain", separate), ("fused", one_pass), ("fused_separate", fused_separate)):
-                        for i in range(BLOCK):
-                            state["i"] = i
-                            t0 = time.perf_counter()
-                            fn()
-                            if i >= WARM_IN_BLOCK:
-                                timed[name].append(time.perf_counter() - t0)
+                # stay in the CPU's caches, as a serving process's hot rows do) and times the rest; ROUNDS
+                # rounds, each giving its own p50 per method (and so its own ratio)
+                blocks = max(1, -(-repeat // ((BLOCK - WARM_IN_BLOCK) * ROUNDS)))
+                for _ in range(ROUNDS):
+                    this_round = {name: [] for name, _ in methods}
+                    for _ in range(blocks):
+                        for name, fn in methods:
+                            for i in range(BLOCK):
+                                state["i"] = i
+                                c0, t0 = time.thread_time(), time.perf_counter()
+                                fn()
+                                t1, c1 = time.perf_counter(), time.thread_time()
+                                if i >= WARM_IN_BLOCK:
+                                    this_round[name].append(t1 - t0)
+                                    cpu[name].append(c1 - c0)
+                    for name in timed:
+                        timed[name] += this_round[name]
+                        round_p50[name].append(percentile(this_round[name], 50))
             filled = "pre-filled with the whole table" if prefill else "holding the timed keys only"
             where = "" if device is None else ", CUDA keys"
-            base = percentile(timed["plain"], 50)
-            for name, label in (("plain", f"26 × HPS.lookup, unfused ({filled}{where})"),
-                                ("fused", f"HPS.lookup_many, fused: 1 pass ({filled}{where})"),
-                                ("fused_separate", f"26 × HPS.lookup on the fused model ({filled}{where})")):
+            base, base_cpu = percentile(timed["plain"], 50), percentile(cpu["plain"], 50)
+            labels = {"plain": f"26 × HPS.lookup, unfused ({filled}{where})",
+                      "fused": f"HPS.lookup_many, fused: 1 pass, list of 26 key arrays ({filled}{where})",
+                      "fused_2d": f"HPS.lookup_many, fused: 1 pass, one (26, {samples}) key array ({filled}{where})",
+                      "fused_separate": f"26 × HPS.lookup on the fused model ({filled}{where})"}
+            for name in timed:
                 p50 = percentile(timed[name], 50)
-                rows_out.append({"method": label, "keys per batch": NUM_TABLES * samples, "p50 ms": p50 * 1e3,
+                ratios = sorted(b / r for b, r in zip(round_p50["plain"], round_p50[name]))
+                rows_out.append({"method": labels[name], "keys per batch": NUM_TABLES * samples, "p50 ms": p50 * 1e3,
                                  "p99 ms": percentile(timed[name], 99) * 1e3,
                                  "M keys/s": NUM_TABLES * samples / p50 / 1e6,
-                                 "speed-up vs 26 calls": base / p50, "identical vectors": identical})
+                                 "speed-up vs 26 calls": base / p50,
+                                 f"speed-up per round (min / median / max of {ROUNDS})":
+                                     f"{ratios[0]:.2f} / {percentile(ratios, 50):.2f} / {ratios[-1]:.2f}",
+                                 "speed-up in CPU time": base_cpu / percentile(cpu[name], 50),
+                                 "identical vectors": identical})
     cache = "GPU cache (whole-table: gpucacheper 1.0)" if gpu else "whole-table CPU cache (gpucacheper 1.0)"
     notes = (f"fuse_embedding_table: the {NUM_TABLES} tables of dim {DIM} (one default) form one fused table "
              f"(fused_embedding0, {NUM_TABLES} × {rows:,} rows, disjoint key ranges); `HPS.lookup_many` looks the "
-             f"{NUM_TABLES} × {samples} keys up in one pass, against {NUM_TABLES} `HPS.lookup` calls on the same "
+             f"{NUM_TABLES} × {samples} keys up in one pass (given as a list of {NUM_TABLES} arrays, or as one "
+             f"({NUM_TABLES}, {samples}) array), against {NUM_TABLES} `HPS.lookup` calls on the same "
              f"tables unfused; {cache}, pre-filled or holding the timed keys; the 8 batches of `hps_lookup` in "
-             f"blocks of {BLOCK} per method (the first {WARM_IN_BLOCK} untimed), the methods taking turns, about "
-             f"{repeat} timed batches each{'' if gpu else ', one core'}; identical vectors checked key by key on "
-             "8 batches. "
+             f"blocks of {BLOCK} per method (the first {WARM_IN_BLOCK} untimed), the methods taking turns, in "
+             f"{ROUNDS} rounds, about {repeat} timed batches each{'' if gpu else ', one core'}; p50 over all rounds, "
+             f"and the speed-up of each round's p50 (min / median / max); CPU time = the calling thread's "
+             f"(time.thread_time: robust to time-slicing by other jobs, not to their cache traffic); identical "
+             "vectors checked key by key on 8 batches. "
              f"Target: fused ≥ 2× faster. {VM_NOTE}")
     if interpreted:
         print("GPU cache code in Triton's CPU interpreter (logic check; timings mean nothing, nothing written):")

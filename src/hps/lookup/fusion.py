@@ -20,6 +20,11 @@ the storage side and offers the packing as a call instead of a rendezvous of thr
   layers call it that way) and answers from the fused storage. `HPS.lookup_many` takes the keys
   of several tables at once: the keys of the tables of one fused table are concatenated, looked up
   in one pass (one cache probe on the CPU, one kernel launch on a GPU cache) and split back.
+  The usual call — numpy int64 keys of tables that all live in one fused table, the same table ids
+  call after call — takes a path with no per-table Python work: its table ids are resolved once
+  (`_OnePassPlan`, kept per model), the keys' types, dims and dtypes are checked by C-level
+  `map`/`concatenate` calls, a `(tables, n)` array is used as it is (no copy), and equal-sized
+  results are the rows of one `(tables, n, dim)` array.
 - **Updates.** Kafka topics and `HPS.apply_update` keep the original tags (`hps_et.<model>.<table>`,
   what trainers publish); the rows are written to the fused table. An update must not give a
   table a key another member of its fused table holds (that row is shared: the same requirement).
@@ -33,6 +38,8 @@ from __future__ import annotations
 import dataclasses
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from itertools import accumulate
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
@@ -55,6 +62,9 @@ if TYPE_CHECKING:
 
 #: HugeCTR's name of the N-th fused table of a model.
 FUSED_TABLE_NAME = "fused_embedding{}"
+#: `lookup_many` call plans kept per fused model (one per list of table ids and device a server uses).
+MAX_CALL_PLANS = 64
+_NDIM = attrgetter("ndim")
 
 
 @dataclass(frozen=True)
@@ -192,13 +202,25 @@ class FusedRows:
         return {"dim": self.dim, "fused": [m.fingerprint() for m in self.members]}
 
 
+@dataclass(frozen=True)
+class _OnePassPlan:
+    """A `lookup_many` list of table ids whose tables all live in one fused table, on one device:
+    its pass, how many tables, and the most keys every one of them takes per call."""
+
+    one_pass: TableLookup
+    num_tables: int
+    max_keys: int
+
+
 @dataclass
 class FusedLookups:
-    """The fused tables of one loaded model: a `TableLookup` per fused table and device, its stats."""
+    """The fused tables of one loaded model: a `TableLookup` per fused table and device, its stats,
+    and the `lookup_many` call plans seen so far (`(table ids, device) → _OnePassPlan`)."""
 
     plan: FusionPlan
     passes: dict[tuple[int, int], TableLookup] = field(default_factory=dict)
     stats: list[TableStats] = field(default_factory=list)
+    call_plans: dict[tuple[tuple[int, ...], int], _OnePassPlan] = field(default_factory=dict)
 
     def stored_tag(self, table_id: int) -> str:
         """The tiers' tag of the fused table holding original table `table_id`."""
@@ -261,6 +283,13 @@ def lookup_many(ps: Any, keys_per_table: Sequence[Any], model_name: str, table_i
                 device_id: int = 0) -> list[Any]:
     """`[ps.lookup(k, model_name, t, device_id) for k, t in zip(keys_per_table, table_ids)]`, with the
     tables of one fused table looked up in one pass (see `HPS.lookup_many`)."""
+    fused_model: FusedLookups | None = ps._runtime(model_name).fused
+    if fused_model is not None and type(table_ids) in (list, tuple, range) and type(device_id) is int:
+        call = fused_model.call_plans.get((tuple(table_ids), device_id))
+        if call is not None and (type(table_ids) is range or set(map(type, table_ids)) == {int}):
+            results = _one_pass_numpy(call, keys_per_table)
+            if results is not None:
+                return results
     if isinstance(keys_per_table, np.ndarray) or is_torch(keys_per_table):
         keys_per_table = list(keys_per_table)  # a (tables, n) array: one row per table
     if not isinstance(table_ids, (Sequence, np.ndarray, range)):
@@ -282,12 +311,63 @@ def lookup_many(ps: Any, keys_per_table: Sequence[Any], model_name: str, table_i
     for i, replica in enumerate(replicas):
         groups.setdefault(fused_of[replica.table.table_id], []).append(i)
     results: list[Any] = [None] * len(replicas)
+    if len(groups) == 1 and len(replicas) > 1 and ps.config.supportlonglong:
+        _note_call_plan(fused, table_ids, device_id, replicas, next(iter(groups)))
     for index, positions in groups.items():
         if len(positions) == 1 or not _lookup_pass(ps, fused.passes[(index, device_id)], replicas, keys_per_table,
                                                    positions, results):
             for i in positions:
                 results[i] = ps.lookup(keys_per_table[i], model_name, replicas[i].table.table_id, device_id)
     return results
+
+
+def _note_call_plan(fused: FusedLookups, table_ids: Sequence[int], device_id: int, replicas: list[TableLookup],
+                    index: int) -> None:
+    """Keep the plan of a `lookup_many` call whose tables all live in fused table `index` (plain int
+    table ids and device only: True == 1 must not find table 1's plan)."""
+    if type(device_id) is not int or type(table_ids) not in (list, tuple, range):
+        return
+    ids = tuple(table_ids)
+    if any(type(t) is not int for t in ids):
+        return
+    if len(fused.call_plans) >= MAX_CALL_PLANS:
+        fused.call_plans.clear()
+    fused.call_plans[(ids, device_id)] = _OnePassPlan(fused.passes[(index, device_id)], len(ids),
+                                                      min(r.max_keys for r in replicas))
+
+
+def _one_pass_numpy(call: _OnePassPlan, keys_per_table: Any) -> list[np.ndarray] | None:
+    """`lookup_many` of a known call (`call`) with numpy int64 keys: one `(tables, n)` array, or one 1-D
+    array per table. No per-table Python work: the checks are C-level (`map`, `concatenate` with
+    casting "no"), a 2-D array is looked up as it is, and equal-sized results are the rows of one
+    `(tables, n, dim)` array. None (nothing done) when the keys need the general path (torch, other
+    dtypes or dims, empty or too many keys): it checks and converts them per table."""
+    num_tables = call.num_tables
+    if type(keys_per_table) is np.ndarray:
+        if (keys_per_table.ndim != 2 or keys_per_table.dtype is not INT64 or keys_per_table.shape[0] != num_tables
+                or not 0 < keys_per_table.shape[1] <= call.max_keys):
+            return None
+        flat, sizes = keys_per_table.reshape(-1), None
+    else:
+        if (type(keys_per_table) not in (list, tuple) or len(keys_per_table) != num_tables
+                or set(map(type, keys_per_table)) != {np.ndarray} or set(map(_NDIM, keys_per_table)) != {1}):
+            return None
+        sizes = list(map(len, keys_per_table))
+        low, high = min(sizes), max(sizes)
+        if low == 0 or high > call.max_keys:
+            return None
+        try:
+            flat = np.concatenate(keys_per_table, dtype=INT64, casting="no")
+        except TypeError:  # another dtype: converted and checked per table by the general path
+            return None
+        if low == high:
+            sizes = None
+    one_pass = call.one_pass
+    vectors = one_pass.lookup_host(flat) if one_pass.takes_torch else one_pass.lookup(flat)
+    if sizes is None:
+        return list(vectors.reshape(num_tables, -1, vectors.shape[1]))
+    ends = list(accumulate(sizes))
+    return [vectors[end - size:end] for size, end in zip(sizes, ends)]
 
 
 def _lookup_pass(ps: Any, one_pass: TableLookup, replicas: list[TableLookup], keys_per_table: Sequence[Any],
