@@ -200,6 +200,19 @@ def test_cli_build_flags(seed_model, dense_pt, tmp_path, capsys):
     assert ps_of(repo, "other")["volatile_db"]["type"] == "multi_process_hash_map"
 
 
+def test_cli_serve_cuda_memory_pool(monkeypatch, tmp_path, capsys):
+    import hps.serving.triton as triton
+    from hps.cli.main import main
+
+    seen = {}
+    monkeypatch.setattr(triton, "serve_forever", lambda repo, **kw: seen.update(kw) or 0)
+    assert main(["triton", "serve", str(tmp_path), "--cuda-memory-pool", "0:2147483648",
+                 "--cuda-memory-pool", "1:1024"]) == 0
+    assert seen["extra_args"] == ["--cuda-memory-pool-byte-size=0:2147483648", "--cuda-memory-pool-byte-size=1:1024"]
+    assert main(["triton", "serve", str(tmp_path), "--cuda-memory-pool", "2GiB"]) == 2
+    assert "must be GPU:BYTES" in capsys.readouterr().err
+
+
 # --- the torch / DLPack request path, in process -------------------------------------------------
 
 

@@ -166,6 +166,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="with --allow-model-control: model to load at start (repeatable; default: all)")
     p.add_argument("--max-input-bytes", type=int, default=64 * 1024 * 1024,
                    help="largest input a request may declare (default 64 MiB); larger requests get HTTP 400")
+    p.add_argument("--cuda-memory-pool", action="append", metavar="GPU:BYTES", default=[],
+                   help="Triton's CUDA memory pool on a GPU (repeatable; Triton's default 64 MiB): GPU tensors "
+                        "between the models of a --device gpu repository go through it (size it for the vectors of "
+                        "the largest requests in flight)")
     p.set_defaults(run=_triton_serve, flags={"http_port": "--http-port", "grpc_port": "--grpc-port",
                                              "metrics_port": "--metrics-port", "max_input_bytes": "--max-input-bytes",
                                              "load_models": "--load-model"})
@@ -263,10 +267,17 @@ def _triton_serve(args: argparse.Namespace) -> int:
 
     if args.load_model and not args.allow_model_control:
         raise HpsError("hps triton serve: --load-model needs --allow-model-control (without it every model loads)")
+    pools = []
+    for pool in args.cuda_memory_pool:
+        gpu, _, size = pool.partition(":")
+        if not (gpu.strip().isdigit() and size.strip().isdigit()):
+            raise HpsError(f"hps triton serve: --cuda-memory-pool {pool!r} must be GPU:BYTES, e.g. 0:2147483648")
+        pools.append(f"--cuda-memory-pool-byte-size={int(gpu)}:{int(size)}")
     return serve_forever(args.repo, http_port=args.http_port, grpc_port=args.grpc_port,
                          metrics_port=args.metrics_port, address=args.address,
                          model_control="explicit" if args.allow_model_control else "none",
-                         load_models=args.load_model, max_input_bytes=args.max_input_bytes)
+                         load_models=args.load_model, max_input_bytes=args.max_input_bytes,
+                         **({"extra_args": pools} if pools else {}))
 
 
 if __name__ == "__main__":
