@@ -47,8 +47,11 @@ DEFAULT_WAYS = 8
 _NO_LOCK = contextlib.nullcontext()
 #: Counted finds that may be in flight at once (each holds one int64 miss word on the device).
 MISS_SLOTS = 256
-#: Batch sizes per thread whose counted-find buffers are kept (the oldest size is dropped first).
-WORK_SIZES = 8
+#: Batch sizes per thread whose counted-find buffers are kept (the oldest size is dropped first), for batches
+#: of at most `WORK_MAX_KEYS` keys (9 bytes a key): larger ones allocate per call, where it costs little next
+#: to the kernel. At most 4 × 9 MiB of device memory per calling thread.
+WORK_SIZES = 4
+WORK_MAX_KEYS = 1 << 20
 def _storage_dtype(dtype: Any) -> Any:
     named = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16}
     dtype = named.get(dtype, dtype) if isinstance(dtype, str) else dtype
@@ -233,7 +236,7 @@ class GpuEmbeddingCache:
         with self._launch_lock if self.serialize_launches else _NO_LOCK:
             out = check_out(out, n, self.dim, self.torch_device, "GpuEmbeddingCache.find")
             slot = free.pop()  # atomic under the GIL
-            found = self._probe(keys, out, slot, self._thread_work(n))
+            found = self._probe(keys, out, slot, self._thread_work(n) if n <= WORK_MAX_KEYS else None)
         word = self._miss_words[slot]
         misses = word.item()  # waits for the find (this stream)
         mask = None
