@@ -457,7 +457,10 @@ def main() -> None:
                 vec = got["OUTPUT0"].reshape(-1, DIM)
                 expect_vec = host_rows(keys.reshape(-1))
                 expect_pred = local(keys)
+                wrong = np.abs(vec - expect_vec).max(axis=1) > 0
                 row = {"batch": b, "vectors max abs diff": float(np.abs(vec - expect_vec).max()),
+                       "wrong rows": int(wrong.sum()),
+                       "wrong rows all default (0)": int((vec[wrong] == 0).all(axis=1).sum()),
                        "in-process vectors max abs diff": float(np.abs(
                            local.vectors(keys).cpu().numpy().reshape(-1, DIM) - expect_vec).max())}
                 for label, name in layouts:
