@@ -485,7 +485,8 @@ def _fake_pb_utils():
         log_warn = log_error = log_info
 
     module = types.ModuleType("triton_python_backend_utils")
-    module.Tensor, module.TritonError, module.InferenceResponse, module.Logger = _Tensor, TritonError, InferenceResponse, Logger
+    module.Tensor, module.TritonError, module.InferenceResponse = _Tensor, TritonError, InferenceResponse
+    module.Logger = Logger
     module.get_input_tensor_by_name = lambda request, name: request.get(name)
     module.triton_string_to_numpy = lambda t: {"TYPE_FP32": np.float32, "TYPE_INT64": np.int64}[t]
     return module
@@ -517,7 +518,8 @@ def _load_model(repo: Path, name: str, monkeypatch, kind: str):
 @pytest.fixture()
 def gpu_repo(seed_model, dense_pt, tmp_path):
     raw = json.loads(Path(seed_model["ps_json"]).read_text())
-    raw["models"][0].update(gpucache=True, gpucacheper=0.5, sparse_files=[str(seed_model["root"] / "naive_dnn_sparse.model")])
+    raw["models"][0].update(gpucache=True, gpucacheper=0.5,
+                            sparse_files=[str(seed_model["root"] / "naive_dnn_sparse.model")])
     (tmp_path / "ps.json").write_text(json.dumps(raw))
     repo = build_repository(tmp_path / "ps.json", dense_pt, tmp_path / "repo", device="gpu", metrics_interval_s=0)
     build_repository(tmp_path / "ps.json", dense_pt, repo, layout="fused", ensemble_name="fused_model", device="gpu",
@@ -561,7 +563,8 @@ def test_python_models_in_process(gpu_repo, seed_model, dense_pt, monkeypatch, k
         assert both.error is None, both.error.message
         assert str(both.output_tensors[0].data.device) == DEVICE
         np.testing.assert_allclose(both.output_tensors[0].data.cpu().numpy(), expected, rtol=1e-5, atol=1e-6)
-        [bad] = emb.execute([{"KEYS": _Tensor("KEYS", key_data), "NUMKEYS": _Tensor("NUMKEYS", np.array([[3]], np.int32))}])
+        [bad] = emb.execute([{"KEYS": _Tensor("KEYS", key_data),
+                              "NUMKEYS": _Tensor("NUMKEYS", np.array([[3]], np.int32))}])
         assert bad.error.code == "INVALID_ARG" and "adds up to 3 keys but KEYS holds 192" in bad.error.message
     finally:
         for model in (emb, dense, fused):

@@ -50,7 +50,8 @@ class TritonPythonModel:
                                     threads=int(params.get("hps_threads") or 0),
                                     device=where.torch_device if backend == "pytorch" else "cpu")
         pb_utils.Logger.log_info(f"model {self.name}: {backend} model {params['hps_model_file']} run by hps "
-                                 f"in the python backend ({self._tensors(where)}; this server has no {backend} backend)")
+                                 f"in the python backend ({self._tensors(where)}; "
+                                 f"this server has no {backend} backend)")
         gc.freeze()
 
     def _tensors(self, where):

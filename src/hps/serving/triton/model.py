@@ -187,7 +187,8 @@ def _tensor_path(args, params):
     if not torch.cuda.is_available():
         raise RepositoryError(f"a KIND_GPU instance on GPU {where.gpu}, but torch {torch.__version__} sees no CUDA "
                               f"device (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}); install a "
-                              "CUDA build of torch in the stub's environment, or build the repository with device='cpu'")
+                              "CUDA build of torch in the stub's environment, or build the repository with "
+                              "device='cpu'")
     torch.cuda.set_device(where.gpu)
     return True, torch.device("cuda", where.gpu), where.gpu
 
