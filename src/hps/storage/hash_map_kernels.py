@@ -213,6 +213,34 @@ def span_rows(lo, span, first_row, keys, rows, found):
     return num_found
 
 
+#: Rows `gather_rows` prefetches ahead of the one it copies (the cache misses in flight at once).
+GATHER_AHEAD = 32
+
+
+@numba.njit(cache=True, nogil=True)
+def gather_rows(values, rows, out):
+    """`out[i] = values[rows[i]]` for `rows: (n,) int64` into `out: (n, dim) float32`; a row < 0 gives zeros.
+
+    Prefetches the row `GATHER_AHEAD` positions ahead: numpy's `take` copies one row at a time and
+    waits for each miss (random rows of a table larger than the CPU caches: ~1.4x slower)."""
+    n = rows.shape[0]
+    dim = values.shape[1]
+    flat = values.reshape(-1)
+    for i in range(min(GATHER_AHEAD, n)):
+        if rows[i] >= 0:
+            prefetch(flat, rows[i] * dim)
+    for i in range(n):
+        if i + GATHER_AHEAD < n and rows[i + GATHER_AHEAD] >= 0:
+            prefetch(flat, rows[i + GATHER_AHEAD] * dim)
+        r = rows[i]
+        if r >= 0:
+            for d in range(dim):
+                out[i, d] = values[r, d]
+        else:
+            for d in range(dim):
+                out[i, d] = 0.0
+
+
 @numba.njit(cache=True, nogil=True)
 def count_absent(slots, num_slots, keys):
     """How many of `keys: (n,) int64` are not in the table (duplicates counted each time)."""
