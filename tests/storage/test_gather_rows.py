@@ -25,18 +25,24 @@ def test_gather_rows_is_take_with_zeros_for_absent_rows(n, dim):
     np.testing.assert_array_equal(out, want)
 
 
-def test_direct_index_find_answers_exactly_through_the_gather():
+def test_direct_index_find_answers_exactly_through_the_gather(monkeypatch):
+    calls = []
+    original = K.gather_rows
+    monkeypatch.setattr(K, "gather_rows", lambda *a: calls.append(1) or original(*a))
     b = HashMapBackend(HashMapConfig())
     b.create_table("t", 8)
-    keys = np.arange(50_000, dtype=np.int64)
+    keys = np.arange(200_000, dtype=np.int64)  # a 6.4 MB slab: beyond the cache-resident size, so gathered
     vectors = (keys[:, None] * 10 + np.arange(8)).astype(np.float32)
     b.insert_or_assign("t", keys, vectors)
-    query = np.random.default_rng(0).integers(-100, 50_100, 20_000)
+    query = np.random.default_rng(0).integers(-100, 200_100, 20_000)
     for _ in range(6):  # the direct index is built after a few quiet finds
         got, found = b.find("t", query)
     assert b._tables["t"].dense is not None
-    present = (query >= 0) & (query < 50_000)
+    present = (query >= 0) & (query < 200_000)
     np.testing.assert_array_equal(found, present)
     np.testing.assert_array_equal(got[present], vectors[query[present]])
     assert not got[~present].any()
+    assert calls, "the direct-index find did not use gather_rows"
+    small, _ = b.find("t", query[:10])  # a few keys: numpy's take, same rows
+    np.testing.assert_array_equal(small[present[:10]], vectors[query[:10][present[:10]]])
     b.close()
