@@ -11,9 +11,11 @@ Request: input_1 FP32 [-1] (the embedding model's OUTPUT0), reshaped inside to (
 Response: output_1 FP32 (samples, 1).
 
 On a KIND_GPU instance (or with FORCE_CPU_ONLY_INPUT_TENSORS "no") the input is taken through DLPack
-wherever it is (the GPU embedding model hands OUTPUT0 on in GPU memory), a TorchScript model runs on
-the instance's GPU and output_1 is handed back through DLPack as a GPU tensor; an ONNX model runs there
-only with onnxruntime's CUDAExecutionProvider, else on the CPU (said once in the log).
+wherever it is (the GPU embedding model hands OUTPUT0 on in GPU memory) and a TorchScript model runs on
+the instance's GPU; an ONNX model runs there only with onnxruntime's CUDAExecutionProvider, else on the
+CPU (said once in the log). output_1 ((samples, 1) floats: the ensemble's answer to the client) is
+handed back through DLPack in host memory, copied here: a GPU output would cost the python backend one
+more exchange between the stub and the server, and then the same copy.
 """
 
 import gc
@@ -62,7 +64,7 @@ class TritonPythonModel:
                     raise ValueError(f"the request needs {self.input_name}")
                 if self.dlpack:
                     dlpack = self._torch.utils.dlpack
-                    out = self.runner.run_tensor(dlpack.from_dlpack(tensor.to_dlpack()))
+                    out = self.runner.run_tensor(dlpack.from_dlpack(tensor.to_dlpack())).cpu()  # see docstring
                     output = pb_utils.Tensor.from_dlpack(self.output_name, dlpack.to_dlpack(out.contiguous()))
                 else:
                     output = pb_utils.Tensor(self.output_name, self.runner(tensor.as_numpy()))
@@ -72,7 +74,5 @@ class TritonPythonModel:
                         else pb_utils.TritonError.INTERNAL)  # a client mistake is HTTP 400, not 500
                 responses.append(pb_utils.InferenceResponse(
                     output_tensors=[], error=pb_utils.TritonError(f"dense model {self.name}: {exc}", code)))
-        if self.dlpack and self.runner.on_gpu:  # GPU answers written on torch's stream: done before Triton reads them
-            self._torch.cuda.current_stream(self.runner.torch_device).synchronize()
         return responses
 

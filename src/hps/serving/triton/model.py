@@ -16,8 +16,10 @@ Two ways through a request:
 - DLPack (a KIND_GPU instance, or FORCE_CPU_ONLY_INPUT_TENSORS "no": the GPU layout): KEYS is taken
   with `to_dlpack()` wherever Triton put it, as a torch tensor; on a GPU instance keys in host memory
   are copied to the instance's GPU once, looked up in its GPU cache (`HPS.lookup` with CUDA keys,
-  `HPS.lookup_many` for several tables of a fused model), and OUTPUT0 (and, fused, the dense model's
-  answer) is handed on with `Tensor.from_dlpack` as a GPU tensor: no host round trip. Each GPU
+  `HPS.lookup_many` for several tables of a fused model), and OUTPUT0 is handed on with
+  `Tensor.from_dlpack` as a GPU tensor: no host round trip. The fused layout runs the dense model on
+  the GPU tensor and answers its predictions ((samples, 1) floats, for the client) in host memory:
+  a GPU output costs the python backend one more exchange between the stub and the server. Each GPU
   instance's `hps.HPS` serves only its own GPU (deployed_device_list = [the instance's GPU]). On a
   KIND_CPU instance the same path runs on CPU tensors.
 
@@ -108,6 +110,7 @@ class TritonPythonModel:
 
     def execute(self, requests):
         responses = []
+        self._gpu_outputs = False
         for request in requests:
             try:
                 keys = pb_utils.get_input_tensor_by_name(request, self.keys_name)
@@ -126,8 +129,7 @@ class TritonPythonModel:
             except Exception as exc:  # every failure becomes this request's error response
                 responses.append(pb_utils.InferenceResponse(output_tensors=[], error=_error(
                     f"hps model {self.triton_name}: {exc}", exc)))
-        if self.dlpack and self.device.type == "cuda":
-            # the answers are GPU tensors written on torch's stream: finished before Triton reads them
+        if self._gpu_outputs:  # GPU answers written on torch's stream: finished before Triton reads them
             self._torch.cuda.current_stream(self.device).synchronize()
         if self.metrics is not None:
             try:
@@ -146,6 +148,10 @@ class TritonPythonModel:
                                     lookup_many=self.lookup_many)
         if self.dense is not None:
             out = self.dense.run_tensor(out)
+            if out.is_cuda:  # the predictions go to the client: 4 bytes a sample, copied here (see docstring)
+                out = out.cpu()
+        else:
+            self._gpu_outputs |= out.is_cuda
         return pb_utils.Tensor.from_dlpack(self.output_name, to_dlpack(out.contiguous()))
 
     def _lookup(self, keys, table_id, out):
