@@ -69,7 +69,7 @@ def main() -> None:
             p50, p99 = percentile(times, 50) * 1e3, percentile(times, 99) * 1e3
             rows_out.append({"method": name, "keys per batch": NUM_TABLES * SAMPLES, "p50 ms": p50, "p99 ms": p99,
                              "M keys/s": NUM_TABLES * SAMPLES / percentile(times, 50) / 1e6,
-                             "all cache hits": all_hits if "HPS" in name else ""})
+                             "all found (cache or hash map)": all_hits if "HPS" in name else ""})
     notes = (f"{NUM_TABLES} tables × {SAMPLES} samples × 1 key (one HPS.lookup per table per batch), int64 keys, "
              f"dim {DIM} float32, {rows:,} rows per table (keys 0..rows-1, as DLRM tables number their ids); the "
              "cache either pre-filled at start-up (cache_refresh_percentage_per_iteration 1.0, HugeCTR's pre-fill: "
@@ -95,7 +95,8 @@ def run_variant(tmp: str, tables: list, rows: int, repeat: int, gpucacheper: flo
         for batch in batches:  # warm the cache with every key the timed calls use
             for t in range(NUM_TABLES):
                 ps.lookup(batch[t], "dlrm", t)
-        hits_before = ps.stats()["models"]["dlrm"]["sparse_embedding0"]["hits"]["cache"]
+        before = ps.stats()["models"]["dlrm"]["sparse_embedding0"]["hits"]
+        hits_before = before["cache"] + before["volatile"]
         state = {"i": 0}
 
         def hps_batch() -> None:
@@ -113,7 +114,8 @@ def run_variant(tmp: str, tables: list, rows: int, repeat: int, gpucacheper: flo
         hps_s = time_calls(hps_batch, repeat=repeat, warmup=5)
         np_s = time_calls(numpy_batch, repeat=repeat, warmup=5)
         s = ps.stats()["models"]["dlrm"]["sparse_embedding0"]
-        all_hits = s["hits"]["cache"] - hits_before == s["keys"] - SAMPLES * len(batches)
+        # the cache route (hps.lookup.cache_route) sends a few lookups straight to the hash map to time it
+        all_hits = s["hits"]["cache"] + s["hits"]["volatile"] - hits_before == s["keys"] - SAMPLES * len(batches)
     return hps_s, np_s, all_hits
 
 
