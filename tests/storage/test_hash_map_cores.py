@@ -22,29 +22,77 @@ def four_cores(monkeypatch):
     monkeypatch.setattr(hash_map, "FIND_WORKERS", None)
 
 
-def _parts(n: int) -> list[tuple[int, int]]:
-    """The `(start, stop)` parts `_on_all_cores` splits `n` keys into."""
+def _split(n: int) -> tuple[list[tuple[int, int]], int]:
+    """The `(start, stop)` chunks `_on_all_cores` cuts `n` keys into (checked to cover them once, in
+    order), and the number of threads that ran them."""
     seen: list[tuple[int, int]] = []
+    threads: set[int] = set()
     lock = threading.Lock()
 
     def part(s: slice) -> int:
         with lock:
             seen.append((s.start, s.stop))
+            threads.add(threading.get_ident())
         return s.stop - s.start
 
     assert hash_map._on_all_cores(part, n) == n
-    return sorted(seen)
+    seen.sort()
+    assert seen[0][0] == 0 and seen[-1][1] == n
+    assert all(a[1] == b[0] for a, b in zip(seen, seen[1:]))  # contiguous, no gap or overlap
+    return seen, len(threads)
+
+
+def _parts(n: int) -> list[tuple[int, int]]:
+    return _split(n)[0]
+
+
+def _threads(n: int) -> int:
+    return _split(n)[1]
 
 
 def test_every_core_by_default_and_nothing_split_below_the_threshold(four_cores):
     assert hash_map.find_workers() == 4
     assert _parts(hash_map.PARALLEL_FIND_KEYS - 1) == [(0, hash_map.PARALLEL_FIND_KEYS - 1)]
     n = 4 * hash_map.PARALLEL_FIND_KEYS
-    parts = _parts(n)
-    assert len(parts) == 4 and parts[0][0] == 0 and parts[-1][1] == n
-    assert all(a[1] == b[0] for a, b in zip(parts, parts[1:]))  # contiguous, no gap or overlap
-    # each part keeps at least half the threshold: 1.5 × threshold keys make 3 parts at most
+    chunks, threads = _split(n)
+    assert threads <= 4 and len(chunks) == 8  # each chunk keeps at least half the threshold
+    assert max(b - a for a, b in chunks) - min(b - a for a, b in chunks) <= 1
+    n = 64 * hash_map.PARALLEL_FIND_KEYS
+    assert len(_parts(n)) == 4 * hash_map.CHUNKS_PER_WORKER  # up to CHUNKS_PER_WORKER per thread
     assert len(_parts(3 * hash_map.PARALLEL_FIND_KEYS // 2)) == 3
+
+
+def test_a_slow_thread_takes_fewer_chunks(monkeypatch):
+    """Chunks are taken in turn: while one thread is held up (another process on its core), the other
+    threads take the rest of the chunks."""
+    monkeypatch.setattr(hash_map.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(hash_map, "FIND_WORKERS", None)
+    n = 64 * hash_map.PARALLEL_FIND_KEYS
+    caller = threading.get_ident()
+    done: dict[str, int] = {"caller": 0, "pool": 0}
+    pool_done = threading.Event()
+
+    def part(s: slice) -> int:
+        if threading.get_ident() == caller:
+            pool_done.wait(10)  # the caller's thread stalls on its first chunk until the pool thread finished
+            done["caller"] += 1
+        else:
+            done["pool"] += 1
+        return s.stop - s.start
+
+    orig_submit = hash_map.ThreadPoolExecutor.submit
+
+    def submit(self, fn, *args):  # the pool thread says when it ran out of chunks
+        def wrapped():
+            try:
+                return fn(*args)
+            finally:
+                pool_done.set()
+        return orig_submit(self, wrapped)
+
+    monkeypatch.setattr(hash_map.ThreadPoolExecutor, "submit", submit)
+    assert hash_map._on_all_cores(part, n) == n
+    assert done == {"caller": 1, "pool": 2 * hash_map.CHUNKS_PER_WORKER - 1}
 
 
 def test_the_environment_variable_caps_the_cores(four_cores, monkeypatch):
@@ -52,13 +100,14 @@ def test_the_environment_variable_caps_the_cores(four_cores, monkeypatch):
     assert hash_map.find_workers() == 1
     assert len(_parts(8 * hash_map.PARALLEL_FIND_KEYS)) == 1
     monkeypatch.setenv(hash_map.FIND_WORKERS_ENV, "2")
-    assert len(_parts(8 * hash_map.PARALLEL_FIND_KEYS)) == 2
+    assert _threads(64 * hash_map.PARALLEL_FIND_KEYS) <= 2
+    assert len(_parts(64 * hash_map.PARALLEL_FIND_KEYS)) == 2 * hash_map.CHUNKS_PER_WORKER
 
 
 def test_the_module_setting_wins_over_the_environment(four_cores, monkeypatch):
     monkeypatch.setenv(hash_map.FIND_WORKERS_ENV, "1")
     monkeypatch.setattr(hash_map, "FIND_WORKERS", 3)
-    assert len(_parts(8 * hash_map.PARALLEL_FIND_KEYS)) == 3
+    assert len(_parts(64 * hash_map.PARALLEL_FIND_KEYS)) == 3 * hash_map.CHUNKS_PER_WORKER
 
 
 @pytest.mark.parametrize("env, module", [("0", None), ("two", None), ("-3", None), ("1.5", None),
@@ -92,9 +141,9 @@ def test_a_concurrent_caller_gets_only_the_free_cores(monkeypatch):
         return s.stop - s.start
 
     assert hash_map._on_all_cores(outer_part, n) == n
-    assert len(outer) == 2 and inner == [[(0, n)]]
+    assert len(outer) == 8 and inner == [[(0, n)]]  # 2 threads took the 8 chunks; the inner find 1 thread
     assert hash_map._busy_cores == 0
-    assert len(_parts(n)) == 2
+    assert len(_parts(n)) == 8
 
 
 def test_a_failing_part_frees_its_cores(four_cores):
@@ -104,7 +153,7 @@ def test_a_failing_part_frees_its_cores(four_cores):
     with pytest.raises(RuntimeError):
         hash_map._on_all_cores(part, 4 * hash_map.PARALLEL_FIND_KEYS)
     assert hash_map._busy_cores == 0
-    assert len(_parts(4 * hash_map.PARALLEL_FIND_KEYS)) == 4
+    assert len(_parts(4 * hash_map.PARALLEL_FIND_KEYS)) == 8
 
 
 @pytest.mark.parametrize("workers", [1, 2, 3])

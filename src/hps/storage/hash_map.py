@@ -27,6 +27,7 @@ parts may race on one key's access metadata, which then counts one access too fe
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import threading
@@ -68,6 +69,9 @@ _DENSE_QUIET_FINDS = 4
 #: handing parts to threads costs more than it saves (benchmarks/results/cpu-miss-path.md, all_cores). Each
 #: part gets at least half of it.
 PARALLEL_FIND_KEYS = 1 << 16
+#: A split find cuts its keys into up to this many chunks per thread (each at least half the split size),
+#: taken by the threads in turn, so a thread slowed by another process's job takes fewer of them.
+CHUNKS_PER_WORKER = 4
 #: Environment variable capping the cores one find is split over (a positive integer; unset: every core).
 FIND_WORKERS_ENV = "HPS_FIND_WORKERS"
 #: The same cap set at run time (`hps.storage.hash_map.FIND_WORKERS = 1`), over the environment variable;
@@ -101,9 +105,9 @@ def find_workers() -> int:
 
 
 def _on_all_cores(find_part: Callable[[slice], int], n: int, split_from: int = PARALLEL_FIND_KEYS) -> int:
-    """Run `find_part` over `n` keys, split for `n` ≥ `split_from` into one contiguous part per core that no
-    other large find holds (at most `find_workers()`, each of at least `split_from // 2` keys); returns the
-    sum of what the parts return (keys found)."""
+    """Run `find_part` over `n` keys; for `n` ≥ `split_from`, on one thread per core that no other large find
+    holds (at most `find_workers()`), the caller's included, each taking contiguous chunks of at least
+    `split_from // 2` keys in turn (in any order); returns the sum of what the calls return (keys found)."""
     global _pool, _busy_cores
     if n < split_from:  # most lookups: no system call, no threads, no accounting
         return find_part(slice(0, n))
@@ -117,12 +121,22 @@ def _on_all_cores(find_part: Callable[[slice], int], n: int, split_from: int = P
     try:
         if parts == 1:
             return find_part(slice(0, n))
-        bounds = np.linspace(0, n, parts + 1).astype(np.int64)
-        futures = [pool.submit(find_part, slice(int(a), int(b))) for a, b in zip(bounds[1:-1], bounds[2:])]
+        # more chunks than threads, taken in turn: a thread whose core another process's job shares takes fewer
+        chunks = max(parts, min(CHUNKS_PER_WORKER * parts, n // (split_from // 2)))
+        bounds = np.linspace(0, n, chunks + 1).astype(np.int64).tolist()
+        next_chunk = itertools.count()  # its next() is atomic: each chunk is taken once
+
+        def work() -> int:
+            found = 0
+            while (c := next(next_chunk)) < chunks:
+                found += find_part(slice(bounds[c], bounds[c + 1]))
+            return found
+
+        futures = [pool.submit(work) for _ in range(parts - 1)]
         try:
-            found = find_part(slice(0, int(bounds[1])))  # the caller's thread takes the first part
+            found = work()  # the caller's thread works too
         finally:
-            wait(futures)  # no part may still write into the result once the caller has it
+            wait(futures)  # no chunk may still be written into the result once the caller has it
         return found + sum(f.result() for f in futures)
     finally:
         with _pool_lock:
