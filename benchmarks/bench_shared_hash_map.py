@@ -34,6 +34,7 @@ e.g. one mounted with `-o huge=always` to give the segments 2 MiB pages where /d
 from __future__ import annotations
 
 import argparse
+import gc
 import glob
 import multiprocessing as mp
 import os
@@ -156,7 +157,9 @@ def member(role: str, name: str, rows: int, commands: Any, results: Any) -> None
         command = commands.get()
         if command == "exit":
             break
-        what, niceness, v0 = command
+        what, niceness, v0, freeze = command
+        if freeze:  # start-up's objects out of the collector's reach (a full collection here takes ~40 ms)
+            gc.freeze()
         if not _set_niceness(niceness):
             results.put((what, None))
         elif what == "write" and role == "owner":
@@ -164,6 +167,7 @@ def member(role: str, name: str, rows: int, commands: Any, results: Any) -> None
         elif what == "poll":
             results.put(("poll", _poll_versions(backend, v0)))
         _set_niceness(0)
+        gc.unfreeze()
     backend.close()
 
 
@@ -294,6 +298,9 @@ def speed_worker(kind: str, name: str, rows: int, commands: Any, results: Any) -
         command = commands.get()
         if command == "exit":
             break
+        if isinstance(command, tuple):  # ("small", keys per call, calls): the per-call cost of small finds
+            results.put((kind, "small", _small_finds(backend, rows, command[1], command[2])))
+            continue
         rng = np.random.default_rng(command)
         keys = ((rng.integers(0, rows, n).astype(np.uint64) + np.uint64(1)) * _MULT).view(np.int64)
         t0 = time.perf_counter()
@@ -304,8 +311,32 @@ def speed_worker(kind: str, name: str, rows: int, commands: Any, results: Any) -
     backend.close()
 
 
+#: Keys per call of the small finds (one key; a table's 1,024; 26 tables' 26,624), calls timed of each (in
+#: SMALL_ROUNDS rounds, the four processes taking turns), and the pause before the update rounds.
+SMALL_KEYS = (1, 1024, 26_624)
+SMALL_CALLS = 2000
+SMALL_ROUNDS = 10
+#: Seconds between the find comparison (whose four processes free ~3.5 GB as they exit) and the update rounds.
+SETTLE_S = 3.0
+
+
+def _small_finds(backend: Any, rows: int, n: int, calls: int) -> list[float]:
+    """Seconds of `calls` finds of `n` random keys (16 key sets in turn) into a reused buffer, after 5 untimed."""
+    rng = np.random.default_rng(n)
+    sets = [((rng.integers(0, rows, n).astype(np.uint64) + np.uint64(1)) * _MULT).view(np.int64) for _ in range(16)]
+    out = np.empty((n, DIM), np.float32)
+    times = []
+    for i in range(calls + 5):
+        t0 = time.perf_counter()
+        backend.find(TAG, sets[i % 16], out)
+        if i >= 5:
+            times.append(time.perf_counter() - t0)
+    return times
+
+
 def compare_finds(ctx: Any, name: str, rows: int,
-                  repeat: int) -> tuple[dict[str, list[float]], int, int, dict[str, tuple[int, int]]]:
+                  repeat: int) -> tuple[dict[str, list[float]], int, int, dict[str, tuple[int, int]],
+                                        dict[tuple[str, int], float]]:
     """Interleaved finds in four processes (the four members idle meanwhile): {label: seconds}, the
     in-process map's memory_bytes and measured PSS increase (KiB), and {label: (bytes on 2 MiB pages,
     table bytes)}."""
@@ -327,12 +358,23 @@ def compare_finds(ctx: Any, name: str, rows: int,
             got = results.get(timeout=600)
             if i >= 2:  # two warm-up calls each
                 times[labels[kind]].append(got[2])
+    small: dict[tuple[str, int], float] = {}
+    for n in SMALL_KEYS:
+        calls = (SMALL_CALLS if n < 10_000 else SMALL_CALLS // 4) // SMALL_ROUNDS
+        got_small: dict[str, list[float]] = {kind: [] for kind in queues}
+        for r in range(SMALL_ROUNDS):  # one process at a time, taking turns
+            kinds = list(queues)
+            for kind in kinds[r % len(kinds):] + kinds[:r % len(kinds)]:
+                queues[kind].put(("small", n, calls))
+                got_small[kind] += results.get(timeout=600)[2]
+        for kind, ts in got_small.items():
+            small[(labels[kind], n)] = median(ts)
     for q in queues.values():
         q.put("exit")
     for proc in procs:
         proc.join(60)
     huge = {labels[kind]: (ready[kind][4], ready[kind][2]) for kind in queues}
-    return times, ready["local"][2], ready["local"][3], huge
+    return times, ready["local"][2], ready["local"][3], huge, small
 
 
 def main() -> None:
@@ -370,7 +412,7 @@ def main() -> None:
         one_copy = segment / 2**20
 
         # find speed: two more processes, one in-process map and one secondary, with the four idle
-        times, local_bytes, local_pss, huge = compare_finds(ctx, name, rows, args.repeat)
+        times, local_bytes, local_pss, huge, small = compare_finds(ctx, name, rows, args.repeat)
         mem_rows.append({"process": "sum of the 4", "pss_before_MiB": sum(r["pss_before_MiB"] for r in mem_rows),
                          "pss_after_MiB": sum(r["pss_after_MiB"] for r in mem_rows),
                          "pss_increase_MiB": total_increase, "table_pss_MiB": total_table, "load_s": ""})
@@ -412,13 +454,26 @@ def main() -> None:
             f"or ShmemPmdMapped of the segment (secondary). Target: time_vs_in_process ≤ 1.2 (like with like: "
             f"secondary vs in-process on 2 MiB pages). {VM_NOTE}"))
 
+        small_rows = []
+        for n in SMALL_KEYS:
+            base_small = small[("in-process hash_map (2 MiB THP)", n)]
+            for label in times:
+                small_rows.append({"keys_per_call": n, "backend": label, "median_us": small[(label, n)] * 1e6,
+                                   "time_vs_in_process": small[(label, n)] / base_small})
+        write_results("shared-hash-map", "find_small" + suffix, small_rows, notes=(
+            f"The per-call cost of small finds on the {rows:,} × {DIM} table, in the four processes of 'find', one "
+            f"process at a time, in {SMALL_ROUNDS} rounds taking turns: the median of {SMALL_CALLS} calls "
+            f"({SMALL_CALLS // 4} of 26,624 keys) of random keys (all hits) into a reused buffer. A secondary's call adds no lock (the in-process map takes its "
+            f"readers-writer lock), one header read per call and a seqlock check per {8192:,} keys. {VM_NOTE}"))
+
         # update visibility: owner writes, s1 polls; at normal priority, then (root only) both at nice -10
         vis_rows = []
-        for round_, niceness in enumerate((0, -10)):
+        time.sleep(SETTLE_S)  # not measuring the kernel freeing the find processes' ~3.5 GB
+        for round_, (niceness, freeze) in enumerate(((0, False), (0, True), (-10, True))):
             v0 = round_ * len(_BATCHES) * _VERSIONS
-            commands["s1"].put(("poll", niceness, v0))
+            commands["s1"].put(("poll", niceness, v0, freeze))
             time.sleep(0.5)
-            commands["owner"].put(("write", niceness, v0))
+            commands["owner"].put(("write", niceness, v0, freeze))
             got = {kind: payload for kind, payload in (results.get(timeout=600) for _ in range(2))}
             writes, polls = got["write"], got["poll"]
             if writes is None or polls is None:
@@ -427,7 +482,7 @@ def main() -> None:
             for b, batch in enumerate(_BATCHES):
                 mine = polls["probe"] == b
                 w = np.array([(v, t0, t1) for size, v, t0, t1 in writes if size == batch], dtype=np.int64)
-                vis_rows.append({"niceness": niceness, **_visibility_row(
+                vis_rows.append({"niceness": niceness, "gc_frozen": freeze, **_visibility_row(
                     batch, w, polls["start"][mine], polls["end"][mine], polls["version"][mine])})
         write_results("shared-hash-map", "update_visibility" + suffix, vis_rows, notes=(
             f"The owner process rewrites the first 1 or 1,000 keys of the {rows:,}-row table {_VERSIONS} times, "
@@ -444,7 +499,12 @@ def main() -> None:
             f"with a poller stall in between, those whose insert_or_assign call took > 1 ms (the owner was "
             f"descheduled in it), and those with neither. Rows at niceness "
             f"-10: the owner and the poller at nice -10 (os.setpriority, as root), i.e. less exposed to the "
-            f"other jobs of this VM; the mechanism is the same. "
+            f"other jobs of this VM; the mechanism is the same. gc_frozen: the owner and the poller called "
+            f"gc.freeze() first, as a serving process may after start-up: a full collection of a process with "
+            f"numpy, numba and hps loaded (~100k objects) takes ~40 ms on this VM, and without the freeze the "
+            f"first round's poller stalled 15-60 ms several times (three runs each way: p99 16-35 ms vs 0.5-2.2 "
+            f"ms). The rounds start {SETTLE_S:g} s after the find "
+            f"comparison's four processes exited (their ~3.5 GB being freed is not measured). "
             f"Target: ≤ 10 ms. {VM_NOTE}"))
         for queue in commands.values():
             queue.put("exit")
