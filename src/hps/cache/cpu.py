@@ -27,6 +27,7 @@ from hps.errors import ClosedError, KeyInputError
 from hps.storage.base import check_keys
 from hps.storage import hash_map
 from hps.storage.hash_map_kernels import prefetch
+from hps.storage.result_buffers import empty_float32
 from hps.storage.partition import rrxmrrxmsx_0_scalar
 
 #: Slots per set. HugeCTR's GPU sets hold 64 (2 slabs x 32, one warp compare each); on a CPU a probe
@@ -276,7 +277,7 @@ class CpuEmbeddingCache:
         recency order is still the order of the keys."""
         keys = check_keys(keys, "CpuEmbeddingCache.find")
         n = keys.shape[0]
-        out = np.empty((n, self.dim), dtype=np.float32)  # the kernel zeroes the misses' rows
+        out = empty_float32(n, self.dim)  # the kernel zeroes the misses' rows
         found = np.empty(n, dtype=np.bool_)
         with self._lock:
             self._check_open("find")

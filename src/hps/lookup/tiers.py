@@ -22,6 +22,7 @@ from hps.config.schema import TableConfig
 from hps.errors import BackendError, KeyInputError, PartialBackendError
 from hps.lookup.stats import DEFAULT, PERSISTENT, VOLATILE, TableStats
 from hps.storage.base import KeyValueBackend
+from hps.storage.result_buffers import empty_float32
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ class TierChain:
             find_counted = getattr(self.volatile, "find_counted", None)
             try:
                 if find_counted is not None:  # an in-process map: it writes into the result itself
-                    vectors = np.empty((n, dim), dtype=np.float32) if out is None else out
+                    vectors = empty_float32(n, dim) if out is None else out  # large: recycled memory
                     _, found, num_found = find_counted(table.tag, keys, vectors)
                 else:
                     vectors, found = self.volatile.find(table.tag, keys)

@@ -40,6 +40,7 @@ from hps.config.schema import HashMapConfig
 from hps.errors import BackendError, ClosedError, ConfigError
 from hps.storage import hash_map_kernels as K
 from hps.storage.base import check_keys, check_vectors
+from hps.storage.result_buffers import empty_float32
 
 #: Grow the slot array when the load would pass this.
 MAX_LOAD = 0.75
@@ -229,7 +230,7 @@ def _aligned_slab(rows: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
 def _output(tag: str, out: np.ndarray | None, num_keys: int, dim: int) -> np.ndarray:
     """`out` checked to be a writable C-contiguous `(num_keys, dim) float32` array, or a new one."""
     if out is None:
-        return np.empty((num_keys, dim), dtype=np.float32)
+        return empty_float32(num_keys, dim)  # large results on recycled memory
     if (not isinstance(out, np.ndarray) or out.dtype != np.float32 or out.shape != (num_keys, dim)
             or not out.flags.c_contiguous or not out.flags.writeable):
         got = (f"{out.dtype} {out.shape}" if isinstance(out, np.ndarray) else type(out).__name__)
