@@ -553,7 +553,8 @@ class HashMapBackend:
 
         Returns `(vectors: (n, dim) float32, found: (n,) bool)`; rows of missing keys are zeros.
         `out`, a C-contiguous `(n, dim) float32` array, receives the vectors instead of a new array
-        (a fresh 64 MB result costs its page faults: 10–13 ms of a 1M-key call on our 2-core VMs).
+        (a fresh 64 MB result costs its page faults: 10–13 ms of a 1M-key call on our 2-core VMs; a new
+        result of 32 MiB or more reuses the memory of a dropped one: `hps.storage.result_buffers`).
         Under evict_least_used / evict_oldest, found keys' access count / last access is updated."""
         vectors, found, _ = self.find_counted(tag, keys, out)
         return vectors, found
