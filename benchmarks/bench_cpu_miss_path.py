@@ -82,17 +82,31 @@ def fetch_before(chain: TierChain, table: TableConfig, keys: np.ndarray, stats: 
     return vectors, source
 
 
-def _alternate(fns: dict, repeat: int, warmup: int = 2) -> dict[str, list[float]]:
-    """Wall seconds of each `fns[name](i)`, called in turn `repeat` times (a busy neighbour slows all alike)."""
-    for i in range(warmup):
+def _alternate(fns: dict, repeat: int, warmup: int = 2, others: list | None = None,
+               quiet_rounds: int = 0, max_repeat: int = 0) -> dict[str, list[float]]:
+    """Wall seconds of each `fns[name](k)`, called in turn `repeat` times (a busy neighbour slows all alike).
+    `k` counts every call, so consecutive calls pick different batches (`batches[k % len(batches)]`): a method
+    never runs on keys the method before it just brought into the CPU caches. `others`: gets, per round,
+    the cores other processes kept busy meanwhile (`_OthersLoad`); with `quiet_rounds`, rounds go on past
+    `repeat` (up to `max_repeat`) until that many had other processes under `QUIET_CORES` cores."""
+    k = 0
+    for _ in range(warmup):
         for fn in fns.values():
-            fn(i)
+            fn(k)
+            k += 1
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for i in range(repeat):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn(i)
-            times[name].append(time.perf_counter() - t0)
+    rounds = quiet = 0
+    while rounds < repeat or (quiet < quiet_rounds and rounds < max_repeat):
+        rounds += 1
+        with _OthersLoad() as load:
+            for name, fn in fns.items():
+                t0 = time.perf_counter()
+                fn(k)
+                times[name].append(time.perf_counter() - t0)
+                k += 1
+        quiet += load.cores is not None and load.cores < QUIET_CORES
+        if others is not None:
+            others.append(load.cores)
     return times
 
 
@@ -281,10 +295,17 @@ def _callers(fn, threads: int, calls: int) -> float:
     return time.perf_counter() - t0
 
 
+#: all_cores: the cache route explores the other route every 8th lookup after 4 through the cache (the defaults,
+#: 32 after 16, would leave the tiers' route unmeasured through most of a short timed run of 1 M-key lookups).
+ROUTE_EXPLORE_EVERY, ROUTE_WARMUP = 8, 4
+#: A round of calls counts as quiet when other processes kept fewer cores than this busy meanwhile.
+QUIET_CORES = 0.3
+
+
 def bench_all_cores(rows: int, quick: bool, quiet_wait_s: float = 0.0) -> None:
     """One lookup of 1 M keys on one core against every core, alone and from T concurrent callers."""
     n = 250_000 if quick else 1_000_000
-    repeat = 3 if quick else 7
+    repeat = 3 if quick else 9
     cores = hash_map.find_workers()
     rng = np.random.default_rng(0)
     rows_out, caller_rows, split_rows = [], [], []
@@ -307,7 +328,10 @@ def bench_all_cores(rows: int, quick: bool, quiet_wait_s: float = 0.0) -> None:
             buffer = np.empty((n, dim), np.float32)
             for kind, batches in traffic.items():
                 q = lambda i: batches[i % 4]  # noqa: E731
-                for i in range(20):  # past the cache route's warm-up, and the caches filled
+                for h in (lru, whole):  # measured afresh per traffic; both routes measured within the warm-up
+                    h._models["m"].replica(0, 0).route = CacheRoute(explore_every=ROUTE_EXPLORE_EVERY,
+                                                                    warmup_lookups=ROUTE_WARMUP)
+                for i in range(ROUTE_WARMUP + 2 * ROUTE_EXPLORE_EVERY):  # the caches filled, both routes measured
                     lru.lookup(q(i), "m", 0)
                     whole.lookup(q(i), "m", 0)
                 cases = {"HashMapBackend.find": lambda i: backend.find(tag, q(i)),
@@ -322,14 +346,22 @@ def bench_all_cores(rows: int, quick: bool, quiet_wait_s: float = 0.0) -> None:
                     fns[(name, 1)] = _capped(1, fn)
                     fns[(name, cores)] = _capped(None, fn)
                 wait_for_quiet(quiet_wait_s)
+                round_load: list = []
                 with _OthersLoad() as others:
-                    times = _alternate(fns, repeat=repeat, warmup=1)
+                    times = _alternate(fns, repeat=repeat, warmup=1, others=round_load,
+                                       quiet_rounds=0 if quick else repeat, max_repeat=4 * repeat)
+                quiet = [r for r, c in enumerate(round_load) if c is not None and c < QUIET_CORES]
                 for name in cases:
                     one, every = (percentile(times[(name, w)], 50) for w in (1, cores))
-                    rows_out.append({"dim": dim, "keys": kind, "method": name, "1 core p50 ms": one * 1e3,
-                                     f"{cores} cores p50 ms": every * 1e3, "1 core M keys/s": n / one / 1e6,
-                                     f"{cores} cores M keys/s": n / every / 1e6, "speed-up": one / every,
-                                     "other processes' cores": others.cores})
+                    row = {"dim": dim, "keys": kind, "method": name, "1 core p50 ms": one * 1e3,
+                           f"{cores} cores p50 ms": every * 1e3, "1 core M keys/s": n / one / 1e6,
+                           f"{cores} cores M keys/s": n / every / 1e6, "speed-up": one / every,
+                           "other processes' cores": others.cores, "quiet rounds": f"{len(quiet)}/{len(round_load)}",
+                           "speed-up, quiet rounds": None}
+                    if quiet:
+                        row["speed-up, quiet rounds"] = (percentile([times[(name, 1)][r] for r in quiet], 50)
+                                                         / percentile([times[(name, cores)][r] for r in quiet], 50))
+                    rows_out.append(row)
                     print(rows_out[-1], flush=True)
                 if kind != "uniform":
                     continue
@@ -338,16 +370,25 @@ def bench_all_cores(rows: int, quick: bool, quiet_wait_s: float = 0.0) -> None:
                     for threads in (1, 2, 4):
                         calls = max(2, repeat // threads) if not quick else 2
                         row = {"dim": dim, "method": name, "callers": threads}
-                        walls: dict[str, list[float]] = {"1 core per find": [], "split": []}
+                        callers = {label: (lambda k, w=workers: _callers(_capped(w, fn), threads, calls))
+                                   for label, workers in (("1 core per find", 1), ("split", None))}
                         wait_for_quiet(quiet_wait_s)
+                        round_load = []
                         with _OthersLoad() as others:
-                            for _ in range(3):  # in turn, as _alternate does
-                                for label, workers in (("1 core per find", 1), ("split", None)):
-                                    walls[label].append(_callers(_capped(workers, fn), threads, calls))
+                            walls = _alternate(callers, repeat=3, warmup=0, others=round_load,
+                                               quiet_rounds=0 if quick else 3, max_repeat=8)
+                        quiet = [r for r, c in enumerate(round_load) if c is not None and c < QUIET_CORES]
+                        keys_done = threads * calls * n
                         for label, w in walls.items():
-                            row[f"{label}: M keys/s"] = threads * calls * n / float(np.median(w)) / 1e6
+                            row[f"{label}: M keys/s"] = keys_done / float(np.median(w)) / 1e6
                         row["split / 1 core per find"] = row["split: M keys/s"] / row["1 core per find: M keys/s"]
                         row["other processes' cores"] = others.cores
+                        row["quiet rounds"] = f"{len(quiet)}/{len(round_load)}"
+                        row["split / 1 core, quiet rounds"] = None
+                        if quiet:
+                            one_quiet = float(np.median([walls["1 core per find"][r] for r in quiet]))
+                            row["split / 1 core, quiet rounds"] = one_quiet / float(
+                                np.median([walls["split"][r] for r in quiet]))
                         caller_rows.append(row)
                         print(row, flush=True)
             # the threshold: small finds must not be slower split than on one core
@@ -386,15 +427,22 @@ def bench_all_cores(rows: int, quick: bool, quiet_wait_s: float = 0.0) -> None:
     notes = (f"{n:,} int64 keys per call (uniform over the table, or Zipf(1.05) ranks), one table of {rows:,} rows "
              f"of dim 16 or 128 float32 with scattered keys (hashed probes) in the in-process hash map. Each call "
              f"with the find capped at 1 core (`hash_map.FIND_WORKERS = 1`, as `HPS_FIND_WORKERS=1`) and on every "
-             f"core ({cores}), called in turn, {repeat} timed calls each: p50. CPU caches: gpucacheper 0.2 "
-             "(set-associative LRU; the cache route picks it or the tiers) and 1.0 (the whole table in a second "
-             "hash map), 20 warm-up lookups first. Fresh result arrays unless out=: their first-touch page faults "
-             "are part of each call. Target: speed-up ≥ 1.6 on 2 cores; 'other processes' cores' is what the "
-             f"rest of the VM used meanwhile (a neighbour's job on the second core caps the speed-up). {load}. {VM_NOTE}")
+             f"core ({cores}), called in turn, {repeat} timed calls each or more (up to {4 * repeat}, until {repeat} "
+             "rounds were quiet): p50 over all, "
+             "and over the quiet rounds only (rounds of every method once in which other processes kept "
+             f"under {QUIET_CORES} cores busy). CPU caches: gpucacheper 0.2 "
+             "(set-associative LRU; the cache route picks it or the tiers, exploring the other route every "
+             f"{ROUTE_EXPLORE_EVERY}th lookup, so 1 in {ROUTE_EXPLORE_EVERY} timed calls took the other route) and 1.0 "
+             f"(the whole table in a second hash map), {ROUTE_WARMUP + 2 * ROUTE_EXPLORE_EVERY} warm-up lookups "
+             "first. Fresh result arrays unless out=: their first-touch page faults are part of each call. "
+             "Target: speed-up ≥ 1.6 on 2 cores; 'other processes' cores' is what the rest of the VM used "
+             "meanwhile (a neighbour's job on the second core caps the speed-up). "
+             f"{load}. {VM_NOTE}")
     write_results("cpu-miss-path", "all_cores", rows_out, notes)
     write_results("cpu-miss-path", "concurrent_callers", caller_rows,
                   f"T threads each making lookups of {n:,} uniform keys at once: total M keys/s, each find on one "
-                  f"core against split over the cores no other find holds (ours); median of 3 runs. {load}. {VM_NOTE}")
+                  "core against split over the cores no other find holds (ours), in turn; median of 3 runs or more "
+                  f"(up to 8, until 3 were quiet: other processes under {QUIET_CORES} cores). {load}. {VM_NOTE}")
     write_results("cpu-miss-path", "split_threshold", split_rows,
                   "HashMapBackend.find(out=) of a few thousand to 262,144 uniform keys: on one core, always split "
                   f"over every core, and ours (split from PARALLEL_FIND_KEYS = {hash_map.PARALLEL_FIND_KEYS:,} keys, "
