@@ -24,7 +24,7 @@ MIN_BYTES = 32 << 20
 #: At most this many bytes of dropped results are kept for reuse.
 POOL_BYTES = 1 << 30
 
-_lock = threading.Lock()
+_lock = threading.RLock()  # re-entrant: a lease collected while this thread holds it gives back safely
 _free: list[np.ndarray] = []  # dropped results' buffers, oldest first
 _free_bytes = 0
 
