@@ -444,10 +444,10 @@ def bench_all_cores(rows: int, quick: bool, quiet_wait_s: float = 0.0) -> None:
                   "core against split over the cores no other find holds (ours), in turn; median of 3 runs or more "
                   f"(up to 8, until 3 were quiet: other processes under {QUIET_CORES} cores). {load}. {VM_NOTE}")
     write_results("cpu-miss-path", "split_threshold", split_rows,
-                  "HashMapBackend.find(out=) of a few thousand to 262,144 uniform keys: on one core, always split "
-                  f"over every core, and ours (split from PARALLEL_FIND_KEYS = {hash_map.PARALLEL_FIND_KEYS:,} keys, "
-                  f"parts of at least half that); p50 of alternating calls. Target: ours never slower than one core "
-                  f"(within noise). {load}. {VM_NOTE}")
+                  "HashMapBackend.find(out=) of 8,192 to 262,144 uniform keys: on one core, always split over every "
+                  "core (from 8,192 keys), and ours (split from PARALLEL_FIND_KEYS × 16 / dim keys, at least 8,192: "
+                  f"{hash_map.PARALLEL_FIND_KEYS:,} at dim 16, 8,192 at dim 128; chunks of at least half that); p50 "
+                  f"of alternating calls. Target: ours never slower than one core (within noise). {load}. {VM_NOTE}")
 
 
 def main() -> None:
