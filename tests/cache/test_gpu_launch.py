@@ -48,6 +48,16 @@ class _Kernel:
 def _stream(monkeypatch):
     monkeypatch.setattr(gpu_launch, "current_stream_getter", lambda: (lambda index: 1000 + index))
     monkeypatch.setattr(gpu_launch, "_launch_hooks_set", lambda: False)
+    monkeypatch.setattr(gpu_launch, "ENABLED", True)  # (off by default until it has run on a GPU)
+
+
+def test_off_by_default_every_launch_goes_through_the_jit(monkeypatch):
+    monkeypatch.setattr(gpu_launch, "ENABLED", False)
+    kernel = _Kernel()
+    launch = CompiledLaunch(kernel)
+    for _ in range(3):
+        launch.launch("a", 5, ("keys", 7), (("DIM", 16), ("TOUCH", True)), 1, 0)
+    assert [entry[0] for entry in kernel.log] == ["jit", "jit", "jit"] and not launch.enabled
 
 
 def test_later_launches_of_a_variant_go_direct_with_every_parameter_in_order():

@@ -8,15 +8,23 @@ and keeps the compiled kernel it returns; later calls of that variant go straigh
 and every property the JIT specializes on must be the same within one variant (here: tensor dtypes, and
 pointers aligned to 16 bytes, which the caller checks). Any failure of the direct launch turns it off
 for good (the JIT path keeps working). Only on CUDA, with no Triton launch hooks set (profilers).
+
+Off unless `HPS_DIRECT_LAUNCH=1`: it has not yet run on a GPU (the session that wrote it had no device
+time left), and a launcher handed its arguments in the wrong order would answer wrong rows, not fail.
+Turn it on by default once `tests/cache` and `benchmarks/bench_dlrm.py` have run with it on a GPU.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from hps.errors import require
 
 triton = require("triton", "gpu")
+
+#: Direct launches are made only when this is true (`HPS_DIRECT_LAUNCH=1`); see the module docstring.
+ENABLED = os.environ.get("HPS_DIRECT_LAUNCH", "0") == "1"
 
 
 def _launch_hooks_set() -> bool:
@@ -50,7 +58,7 @@ class CompiledLaunch:
     def __init__(self, kernel: Any) -> None:
         self._kernel = kernel
         self._compiled: dict[Any, Any] = {}
-        self.enabled = not _launch_hooks_set()
+        self.enabled = ENABLED and not _launch_hooks_set()
         self._stream: Any = None
         #: Direct launches made (tests and benchmarks read it).
         self.direct_launches = 0
