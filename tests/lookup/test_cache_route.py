@@ -29,6 +29,12 @@ def test_a_cache_slower_than_its_tier_is_bypassed_but_still_sampled():
     assert route.snapshot()["route"] == "tiers"
 
 
+def test_the_tiers_route_is_measured_right_after_the_warm_up():
+    route = CacheRoute()
+    taken = _drive(route, cache_s=10e-6, tier_s=1e-6, lookups=WARMUP_LOOKUPS + 2)
+    assert all(taken[:WARMUP_LOOKUPS]) and taken[WARMUP_LOOKUPS:] == [False, False]
+
+
 def test_a_cache_faster_than_its_tier_keeps_serving():
     route = CacheRoute()
     taken = _drive(route, cache_s=1e-6, tier_s=20e-6, lookups=WARMUP_LOOKUPS + 10 * EXPLORE_EVERY)

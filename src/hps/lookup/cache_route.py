@@ -8,7 +8,9 @@ In front of a slow tier (Redis, RocksDB) the cache wins instead. So the route is
 not guessed: each lookup's seconds per key feed a moving average of its route (through the
 cache, or straight to the tiers), the cheaper route serves, and one lookup in `EXPLORE_EVERY`
 takes the other route so that its average follows the traffic (a cold or changed cache, a
-tier that got slower). The first `WARMUP_LOOKUPS` lookups always go through the cache.
+tier that got slower). The first `WARMUP_LOOKUPS` lookups always go through the cache; the next
+ones go to the tiers until one of them has been measured (not `EXPLORE_EVERY` lookups later: a
+cache slower than its tier would serve that many lookups first).
 
 Bypassing the cache changes no answer: the tiers hold every row the cache holds (online updates
 reach both), and a bypassed lookup gets exact vectors where the cache path might have given the
@@ -55,6 +57,8 @@ class CacheRoute:
             count = self._lookups
         if count <= self._warmup:
             return True
+        if self.tier_s_per_key is None:  # the tiers' route is not measured yet: measure it now
+            return False
         prefer = self.prefers_cache()
         explore = count % self._explore_every == 0
         return prefer != explore
