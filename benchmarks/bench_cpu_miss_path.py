@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import VM_NOTE, percentile, write_results  # noqa: E402
+from harness import VM_NOTE, percentile, threads_at_once, write_results  # noqa: E402
 
 import hps  # noqa: E402
 from hps.config.schema import HashMapConfig, TableConfig  # noqa: E402
@@ -278,21 +278,13 @@ def _capped(workers: int | None, fn):
 
 def _callers(fn, threads: int, calls: int) -> float:
     """Wall seconds for `threads` threads each making `calls` calls of `fn(i)` at once."""
-    barrier = threading.Barrier(threads + 1)
 
-    def worker(t: int) -> None:
+    def worker(t: int, barrier: threading.Barrier) -> None:
         barrier.wait()
         for i in range(calls):
             fn(t * calls + i)
 
-    pool = [threading.Thread(target=worker, args=(t,)) for t in range(threads)]
-    for th in pool:
-        th.start()
-    barrier.wait()
-    t0 = time.perf_counter()
-    for th in pool:
-        th.join()
-    return time.perf_counter() - t0
+    return threads_at_once(worker, threads)
 
 
 #: all_cores: the cache route explores the other route every 8th lookup after 4 through the cache (the defaults,

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import RESULTS, percentile, write_results  # noqa: E402
+from harness import RESULTS, percentile, threads_at_once, write_results  # noqa: E402
 
 import hps  # noqa: E402
 
@@ -394,11 +394,10 @@ def concurrent(ps: Any, keys: torch.Tensor) -> tuple[list[dict], str]:
 
 
 def _callers(ps: Any, keys: torch.Tensor, threads: int, per_thread: int, serialize: Any) -> dict:
-    barrier = threading.Barrier(threads + 1)
     lat: list[float] = []
     lock = threading.Lock()
 
-    def worker() -> None:
+    def worker(_: int, barrier: threading.Barrier) -> None:
         stream = torch.cuda.Stream()
         mine = []
         with torch.cuda.stream(stream):
@@ -414,14 +413,7 @@ def _callers(ps: Any, keys: torch.Tensor, threads: int, per_thread: int, seriali
         with lock:
             lat.extend(mine)
 
-    pool = [threading.Thread(target=worker) for _ in range(threads)]
-    for t in pool:
-        t.start()
-    barrier.wait()
-    t0 = time.perf_counter()
-    for t in pool:
-        t.join()
-    wall = time.perf_counter() - t0
+    wall = threads_at_once(worker, threads)
     calls = threads * per_thread
     return {"launch lock": {True: "on", False: "off", None: "–"}[serialize], "threads": threads,
             "keys per call": keys.numel(), "calls/s": calls / wall, "M keys/s": calls * keys.numel() / wall / 1e6,

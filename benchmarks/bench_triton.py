@@ -22,14 +22,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import VM_NOTE, percentile, write_results  # noqa: E402
+from harness import VM_NOTE, closed_loop, percentile, write_results  # noqa: E402
 
 import hps  # noqa: E402
 from hps.model_format.writer import write_sparse_model  # noqa: E402
@@ -150,22 +148,7 @@ def in_process(ps: "hps.HPS", runner: DenseRunner, samples: int, concurrency: in
     for keys in batches:
         step(keys)
 
-    def worker(w: int) -> list[float]:
-        times, i = [], w
-        t_end = time.perf_counter() + seconds
-        while time.perf_counter() < t_end:
-            if pause_s:
-                time.sleep(pause_s)
-            t0 = time.perf_counter()
-            step(batches[i % len(batches)])
-            times.append(time.perf_counter() - t0)
-            i += 1
-        return times
-
-    start = time.perf_counter()
-    with ThreadPoolExecutor(concurrency) as pool:
-        times = [t for ts in pool.map(worker, range(concurrency)) for t in ts]
-    elapsed = time.perf_counter() - start
+    times, elapsed = closed_loop(lambda i: step(batches[i % len(batches)]), concurrency, seconds, pause_s=pause_s)
     return {"throughput_infer_s": len(times) / elapsed, "p50_ms": percentile(times, 50) * 1e3,
             "p99_ms": percentile(times, 99) * 1e3}
 

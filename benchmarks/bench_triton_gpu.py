@@ -40,7 +40,7 @@ import sys
 import tempfile
 import time
 import traceback
-from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable
 
@@ -49,7 +49,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_dlrm import DIM, KEYS_PER_SAMPLE, ROWS, host_rows, write_table  # noqa: E402
-from harness import RESULTS, percentile, write_results  # noqa: E402
+from harness import RESULTS, closed_loop, percentile, write_results  # noqa: E402
 
 import hps  # noqa: E402
 from hps.serving.triton import build_repository, serve  # noqa: E402
@@ -210,33 +210,13 @@ class InProcess:
         for k in batches:
             self(k)
 
-        def worker(w: int) -> list[float]:
-            stream = torch.cuda.Stream() if self.device == "cuda" else None
-            times, i = [], w
-            t_end = time.perf_counter() + seconds
-            ctx = torch.cuda.stream(stream) if stream is not None else _Null()
-            with ctx:
-                while time.perf_counter() < t_end or len(times) < 5:
-                    t0 = time.perf_counter()
-                    self(batches[i % len(batches)])
-                    times.append(time.perf_counter() - t0)
-                    i += 1
-            return times
+        def own_stream() -> Any:
+            return torch.cuda.stream(torch.cuda.Stream()) if self.device == "cuda" else nullcontext()
 
-        start = time.perf_counter()
-        with ThreadPoolExecutor(concurrency) as pool:
-            times = [t for ts in pool.map(worker, range(concurrency)) for t in ts]
-        elapsed = time.perf_counter() - start
+        times, elapsed = closed_loop(lambda i: self(batches[i % len(batches)]), concurrency, seconds, min_calls=5,
+                                     context=own_stream)
         return {"p50_ms": percentile(times, 50) * 1e3, "p99_ms": percentile(times, 99) * 1e3,
                 "infer_per_s": len(times) / elapsed}
-
-
-class _Null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
 
 
 # --- process memory ---------------------------------------------------------------------------------

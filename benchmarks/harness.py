@@ -11,7 +11,10 @@ import json
 import os
 import platform
 import statistics
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -53,6 +56,47 @@ def time_calls(fn: Callable[[], Any], repeat: int = 20, warmup: int = 2, min_sec
         fn()
         times.append(time.perf_counter() - t0)
     return times
+
+
+def closed_loop(call: Callable[[int], Any], concurrency: int, seconds: float, *, min_calls: int = 0,
+                pause_s: float = 0.0,
+                context: Callable[[], AbstractContextManager] = nullcontext) -> tuple[list[float], float]:
+    """`concurrency` threads each calling `call(i)` back to back for `seconds` (and at least `min_calls`
+    times; i starts at the thread's index and counts up), each inside its own `context()` (e.g. a CUDA
+    stream); with `pause_s`, a thread sleeps that long before every call, untimed. Returns the seconds of
+    every call and the wall seconds of the whole run."""
+
+    def worker(w: int) -> list[float]:
+        times, i = [], w
+        t_end = time.perf_counter() + seconds
+        with context():
+            while time.perf_counter() < t_end or len(times) < min_calls:
+                if pause_s:
+                    time.sleep(pause_s)
+                t0 = time.perf_counter()
+                call(i)
+                times.append(time.perf_counter() - t0)
+                i += 1
+        return times
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        times = [t for ts in pool.map(worker, range(concurrency)) for t in ts]
+    return times, time.perf_counter() - start
+
+
+def threads_at_once(worker: Callable[[int, threading.Barrier], Any], threads: int) -> float:
+    """Wall seconds of `threads` threads running `worker(t, barrier)`, timed from the moment all of them
+    have called `barrier.wait()` (each after its own set-up) until the last returns."""
+    barrier = threading.Barrier(threads + 1)
+    pool = [threading.Thread(target=worker, args=(t, barrier)) for t in range(threads)]
+    for th in pool:
+        th.start()
+    barrier.wait()
+    t0 = time.perf_counter()
+    for th in pool:
+        th.join()
+    return time.perf_counter() - t0
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -43,9 +43,12 @@ class _Model:
         return out, found
 
 
-@settings(max_examples=40, deadline=None)
-@given(st.lists(st.tuples(st.booleans(), st.lists(st.integers(0, 30), min_size=1, max_size=150)), max_size=6))
-def test_matches_a_per_set_lru_model(steps):
+#: Steps of a run: (insert?, keys), each key in 0..30 (a few sets, so sets fill and evict).
+STEPS = st.lists(st.tuples(st.booleans(), st.lists(st.integers(0, 30), min_size=1, max_size=150)), max_size=6)
+
+
+def check_against_the_model(steps) -> None:
+    """Replay `steps` (see `STEPS`) through a fresh cache and `_Model`: every find and the final contents agree."""
     cache = CpuEmbeddingCache(WAYS * SETS, DIM, ways=WAYS)
     model = _Model()
     for version, (is_insert, batch) in enumerate(steps):
@@ -60,3 +63,9 @@ def test_matches_a_per_set_lru_model(steps):
             np.testing.assert_array_equal(got_found, want_found)
             np.testing.assert_array_equal(got, want)  # misses' rows are zero
     assert sorted(cache.dump().tolist()) == sorted(k for entries in model.sets for k in entries)
+
+
+@settings(max_examples=40, deadline=None)
+@given(STEPS)
+def test_matches_a_per_set_lru_model(steps):
+    check_against_the_model(steps)

@@ -8,11 +8,10 @@ import threading
 import numpy as np
 import pytest
 from hypothesis import given, settings
-from hypothesis import strategies as st
 
 import hps.storage.hash_map as hash_map
 from hps.cache.cpu import CpuEmbeddingCache
-from tests.cache.test_cpu_cache_lru_model import DIM, SETS, WAYS, _Model
+from tests.cache.test_cpu_cache_lru_model import DIM, SETS, STEPS, WAYS, check_against_the_model
 
 
 def _parts_in_reverse(find_part, n: int) -> int:
@@ -23,25 +22,12 @@ def _parts_in_reverse(find_part, n: int) -> int:
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.lists(st.tuples(st.booleans(), st.lists(st.integers(0, 30), min_size=1, max_size=150)), max_size=6))
+@given(STEPS)
 def test_split_finds_match_a_per_set_lru_model(steps):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(hash_map, "PARALLEL_FIND_KEYS", 3)
         mp.setattr(hash_map, "_on_all_cores", _parts_in_reverse)
-        cache = CpuEmbeddingCache(WAYS * SETS, DIM, ways=WAYS)
-        model = _Model()
-        for version, (is_insert, batch) in enumerate(steps):
-            keys = np.array(batch, np.int64)
-            if is_insert:
-                vectors = (keys[:, None] * 100 + version * 1000 + np.arange(DIM)).astype(np.float32)
-                cache.insert_or_assign(keys, vectors)
-                model.insert(keys, vectors)
-            else:
-                got, got_found = cache.find(keys)
-                want, want_found = model.find(keys)
-                np.testing.assert_array_equal(got_found, want_found)
-                np.testing.assert_array_equal(got, want)
-        assert sorted(cache.dump().tolist()) == sorted(k for s in model.sets for k in s)
+        check_against_the_model(steps)
 
 
 def test_a_large_find_is_split_over_the_cores_and_exact(monkeypatch):

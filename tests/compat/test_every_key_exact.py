@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
 
 import numpy as np
 import pytest
@@ -135,13 +134,7 @@ GPU_CASES = list(itertools.product(("dynamic-0.2", "dynamic-1.0", "uvm", "static
 
 
 @pytest.mark.parametrize("cache,refresh", GPU_CASES, ids=[f"{c}-{r}" for c, r in GPU_CASES])
-def test_every_stored_key_is_exact_through_the_gpu_cache(table, tmp_path, monkeypatch, cache, refresh):
-    torch = pytest.importorskip("torch")
-    pytest.importorskip("triton")
-    if not torch.cuda.is_available():
-        if os.environ.get("TRITON_INTERPRET") != "1":
-            pytest.skip("needs CUDA, or TRITON_INTERPRET=1")
-        monkeypatch.setenv("HPS_DEVICE", "interpret")
+def test_every_stored_key_is_exact_through_the_gpu_cache(table, tmp_path, gpu_cache_device, cache, refresh):
     sparse_file, keys, vectors = table
     with hps.HPS(ps_json(sparse_file, "m", cache, None, None, refresh, tmp_path), show_progress=False) as ps:
         check_every_key_exact(ps, "m", keys, vectors)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import time
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import pytest
 
 import hps
 from hps.model_format import write_sparse_model
+from tests.compat.file_rows import rows_from_files
 from tests.kafka_fixture import kafka_brokers  # noqa: F401  (fixture)
 
 NUM_TABLES = 8
@@ -59,17 +59,8 @@ def write_demo(directory: Path, fuse: bool = True, **extra) -> str:
 
 
 def from_files(ps_json: str, table_id: int, keys: np.ndarray) -> np.ndarray:
-    """keys (...) → (..., EMB_VEC_SIZE) float32 from the raw `key` / `emb_vector` files; 0.0 for absent keys."""
-    table_dir = json.loads(Path(ps_json).read_text())["models"][0]["sparse_files"][table_id]
-    file_keys = np.fromfile(os.path.join(table_dir, "key"), dtype="<i8")
-    rows = np.fromfile(os.path.join(table_dir, "emb_vector"), dtype="<f4").reshape(len(file_keys), EMB_VEC_SIZE)
-    order = np.argsort(file_keys)
-    flat = np.asarray(keys, dtype=np.int64).ravel()
-    pos = np.minimum(np.searchsorted(file_keys[order], flat), len(file_keys) - 1)
-    found = file_keys[order][pos] == flat
-    out = np.zeros((flat.size, EMB_VEC_SIZE), dtype=np.float32)
-    out[found] = rows[order][pos[found]]
-    return out.reshape(np.shape(keys) + (EMB_VEC_SIZE,))
+    """keys (...) → (..., EMB_VEC_SIZE) float32 from the table's own files; 0.0 for absent keys."""
+    return rows_from_files(ps_json, table_id, keys, EMB_VEC_SIZE, 0.0)
 
 
 def demo_inputs(seed: int) -> list[np.ndarray]:

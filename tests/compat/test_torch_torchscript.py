@@ -8,6 +8,7 @@ rows), not against our own reader. Written without `from __future__ import annot
 compiles the models below from their source.
 """
 
+import inspect
 import json
 import os
 import subprocess
@@ -23,6 +24,7 @@ torch = pytest.importorskip("torch")
 hps_torch = pytest.importorskip("hps.torch")
 
 from hps.model_format import write_sparse_model  # noqa: E402
+from tests.compat.file_rows import rows_from_files  # noqa: E402
 
 # torch 2.9+ marks TorchScript deprecated; HugeCTR's users still script, save and load with it
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*` is deprecated:DeprecationWarning")
@@ -64,18 +66,8 @@ def write_tables(directory: Path, supportlonglong: bool) -> str:
 
 
 def from_files(ps_json: str, table_id: int, keys: np.ndarray) -> np.ndarray:
-    """keys (B, N) → (B, N, EMB_VEC_SIZE) float32 read straight from the table's `key` / `emb_vector` files;
-    DEFAULT_VALUE for keys the files don't hold."""
-    table_dir = json.loads(Path(ps_json).read_text())["models"][0]["sparse_files"][table_id]
-    file_keys = np.fromfile(os.path.join(table_dir, "key"), dtype="<i8")
-    rows = np.fromfile(os.path.join(table_dir, "emb_vector"), dtype="<f4").reshape(len(file_keys), EMB_VEC_SIZE)
-    order = np.argsort(file_keys)
-    flat = np.asarray(keys, dtype=np.int64).ravel()
-    pos = np.minimum(np.searchsorted(file_keys[order], flat), len(file_keys) - 1)
-    found = file_keys[order][pos] == flat
-    out = np.full((flat.size, EMB_VEC_SIZE), DEFAULT_VALUE, dtype=np.float32)
-    out[found] = rows[order][pos[found]]
-    return out.reshape(np.shape(keys) + (EMB_VEC_SIZE,))
+    """keys (B, N) → (B, N, EMB_VEC_SIZE) float32 from the table's own files; DEFAULT_VALUE for absent keys."""
+    return rows_from_files(ps_json, table_id, keys, EMB_VEC_SIZE, DEFAULT_VALUE)
 
 
 def key_batches(dtype: torch.dtype, seed: int, count: int) -> List[torch.Tensor]:
@@ -185,6 +177,7 @@ def test_scripted_lookup_errors_name_the_problem(tables):
         scripted(torch.zeros((4,), dtype=dtype))
 
 
+# FusedModel, defined once above, saved by another process (its source is pasted in)
 _SAVE = """
 import json
 import sys
@@ -192,23 +185,7 @@ from typing import List
 import torch
 import hps.torch as hps_torch
 
-class FusedModel(torch.nn.Module):
-    def __init__(self, ps_config_file: str, model_name: str, emb_vec_size: List[int]):
-        super().__init__()
-        self.layers = torch.nn.ModuleList([
-            hps_torch.LookupLayer(ps_config_file, model_name, table_id, emb_vec_size[table_id])
-            for table_id in range(len(emb_vec_size))
-        ])
-
-    def forward(self, keys_list: torch.Tensor) -> torch.Tensor:
-        vectors = []
-        futures = torch.jit.annotate(List[torch.jit.Future[torch.Tensor]], [])
-        for i, layer in enumerate(self.layers):
-            futures.append(torch.jit.fork(layer, keys_list[i]))
-        for i, _ in enumerate(self.layers):
-            vectors.append(torch.jit.wait(futures[i]))
-        return torch.cat(vectors)
-
+{fused_model}
 model_name, dim, tables = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 for ps_json, out in json.loads(sys.argv[4]):
     torch.jit.save(torch.jit.script(FusedModel(ps_json, model_name, [dim] * tables)), out)
@@ -253,7 +230,7 @@ def test_saved_model_runs_after_load_in_another_process(tmp_path):
         cases.append((ps_json, keys_list, tmp_path / name))
     # as in HugeCTR's notebook, the ps.json path given to the layers is relative to the saving process's
     # directory; the loading process runs in another one (as Triton does)
-    _python(tmp_path, "save_model.py", _SAVE, MODEL_NAME, str(EMB_VEC_SIZE), str(NUM_TABLES),
+    _python(tmp_path, "save_model.py", _SAVE.replace("{fused_model}", inspect.getsource(FusedModel)), MODEL_NAME, str(EMB_VEC_SIZE), str(NUM_TABLES),
             json.dumps([[os.path.relpath(ps_json, tmp_path), str(d / "fused.pt")] for ps_json, _, d in cases]))
     (tmp_path / "elsewhere").mkdir()
     _python(tmp_path / "elsewhere", "load_model.py", _LOAD,

@@ -264,18 +264,12 @@ def test_one_pass_per_fused_table(tables, monkeypatch):
 
 
 @pytest.mark.parametrize("cache", ["lru", "whole", "static"])
-def test_gpu_cache_pipeline_fused_in_one_pass(tables, monkeypatch, cache):
+def test_gpu_cache_pipeline_fused_in_one_pass(tables, monkeypatch, gpu_cache_device, cache):
     """The GPU cache's code (Triton kernels; on a machine without a GPU in the CPU interpreter): one
     cache probe per fused table, torch and numpy keys, the same vectors as unfused."""
-    torch = pytest.importorskip("torch")
-    pytest.importorskip("triton")
-    import os
+    import torch
 
-    if not torch.cuda.is_available():
-        if os.environ.get("TRITON_INTERPRET") != "1":
-            pytest.skip("needs CUDA, or TRITON_INTERPRET=1")
-        monkeypatch.setenv("HPS_DEVICE", "interpret")
-    device = "cuda:0" if torch.cuda.is_available() else "cpu"
+    device = gpu_cache_device
     small = dict(CACHES[cache], max_batch_size=8)
     with hps.HPS(config(tables, False, **small), show_progress=False) as plain, \
             hps.HPS(config(tables, True, **small), show_progress=False) as ps:

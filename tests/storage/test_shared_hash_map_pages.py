@@ -7,7 +7,6 @@ of the backend."""
 from __future__ import annotations
 
 import ctypes
-import glob
 import mmap
 import multiprocessing as mp
 import os
@@ -19,6 +18,7 @@ import pytest
 from hps.config.schema import HashMapConfig
 from hps.storage import shared_hash_map_pages as P
 from hps.storage.shared_hash_map import SharedHashMapBackend
+from tests.storage.test_shared_hash_map import shm_name  # noqa: F401  (fixture)
 
 TAG = "hps_et.shm.pages"
 DIM = 16
@@ -44,14 +44,6 @@ def _collapse_supported() -> bool:
 
 
 needs_collapse = pytest.mark.skipif(not _collapse_supported(), reason="this kernel does not collapse shmem pages")
-
-
-@pytest.fixture
-def shm_name():
-    name = f"hps_test_{uuid.uuid4().hex[:12]}"
-    yield name
-    for path in glob.glob(f"/dev/shm/{name}.*"):
-        os.unlink(path)
 
 
 def _config(name: str, owner: bool = True) -> HashMapConfig:

@@ -83,15 +83,18 @@ def convert_file(
     if remote_out is not None:
         refuse_existing(remote_out, overwrite)  # before the work, not after it
     with tempfile.TemporaryDirectory(prefix="hps-convert-") as tmp:
-        shown: dict[str, str] = {}
+        shown: dict[str, str] = {}  # local copy → the URL its errors name
+
+        def local_copy(url: str | os.PathLike[str], folder: str, what: str) -> str:
+            os.mkdir(os.path.join(tmp, folder))
+            local = download(str(url), os.path.join(tmp, folder), what)
+            shown[local] = redact(str(url))
+            return local
+
         if is_remote(input_path):
-            os.mkdir(os.path.join(tmp, "input"))
-            local_input = download(str(input_path), os.path.join(tmp, "input"), "input file")
-            shown[local_input], input_path = redact(str(input_path)), local_input
+            input_path = local_copy(input_path, "input", "input file")
         if keys_path is not None and is_remote(keys_path):
-            os.mkdir(os.path.join(tmp, "keys"))
-            local_keys = download(str(keys_path), os.path.join(tmp, "keys"), "keys file")
-            shown[local_keys], keys_path = redact(str(keys_path)), local_keys
+            keys_path = local_copy(keys_path, "keys", "keys file")
         if remote_out is not None:
             out_dir = os.path.join(tmp, "out")
             shown[out_dir] = redact(remote_out)

@@ -320,6 +320,14 @@ class _Table:
             self.clock += 1
         return self.clock
 
+    def write_clock(self, meta_mode: int) -> int:
+        """The stamp of a write under the write lock: the advanced clock in `META_CLOCK` mode (every stamp
+        halved first when the clock is near its limit), else 0."""
+        if self.clock >= _CLOCK_MAX:
+            K.halve_meta(self.slots, self.num_slots)
+            self.clock //= 2
+        return self.tick() if meta_mode == K.META_CLOCK else 0
+
     def reserve(self, new_rows: int) -> None:
         """Make room for `new_rows` more live rows: slab rows and slots (load ≤ MAX_LOAD).
 
@@ -528,10 +536,7 @@ class HashMapBackend:
                 target = table.values[hwm:hwm + n]
                 if target.ctypes.data != vectors.ctypes.data:
                     np.copyto(target, vectors)
-                if table.clock >= _CLOCK_MAX:
-                    K.halve_meta(table.slots, table.num_slots)
-                    table.clock //= 2
-                clock = table.tick() if self._meta_mode == K.META_CLOCK else 0
+                clock = table.write_clock(self._meta_mode)
                 meta_word = np.uint64(clock) << np.uint64(32)
                 table.note_inserted(keys)
                 table.state[K.ST_HWM] = hwm + n
@@ -634,10 +639,7 @@ class HashMapBackend:
         if n == 0:
             return
         with table.lock.write():
-            if table.clock >= _CLOCK_MAX:
-                K.halve_meta(table.slots, table.num_slots)
-                table.clock //= 2
-            clock = table.tick() if self._meta_mode == K.META_CLOCK else 0
+            clock = table.write_clock(self._meta_mode)
             if n > self._batch_rows:
                 self._reserve_for(table, keys, limit_rows=self._overflow_cap_rows())
             table.note_inserted(keys)
