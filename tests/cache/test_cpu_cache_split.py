@@ -35,11 +35,13 @@ def test_a_large_find_is_split_over_the_cores_and_exact(monkeypatch):
     monkeypatch.setattr(hash_map, "FIND_WORKERS", None)
     monkeypatch.delenv(hash_map.FIND_WORKERS_ENV, raising=False)
     threads: set[int] = set()
+    parts: list[slice] = []
     split = hash_map._on_all_cores
 
     def spy(find_part, n):
         def part(s: slice) -> int:
             threads.add(threading.get_ident())
+            parts.append(s)
             return find_part(s)
         return split(part, n)
 
@@ -53,15 +55,17 @@ def test_a_large_find_is_split_over_the_cores_and_exact(monkeypatch):
     idx = rng.integers(0, keys.shape[0], 3 * hash_map.PARALLEL_FIND_KEYS)
     query = np.concatenate([keys[idx], -keys[:1000] - 1])
     got, found, hits = cache.find_counted(query)
-    assert len(threads) == 3
+    # split for 3 cores; the chunks are taken in turn, so a thread that starts late may find none left
+    assert len(parts) >= 3 and 1 <= len(threads) <= 3
     want_found = np.array([int(k) in present for k in query])
     np.testing.assert_array_equal(found, want_found)
     assert hits == int(want_found.sum()) > 0
     np.testing.assert_array_equal(got[found], vectors[idx][found[:idx.shape[0]]])
     assert (got[~found] == 0).all()
     threads.clear()
+    parts.clear()
     cache.find(query[:1000])  # small: one kernel call in the caller's thread, no split
-    assert threads == set()
+    assert threads == set() and parts == []
 
 
 def test_a_key_repeated_across_parts_keeps_its_latest_use(monkeypatch):
